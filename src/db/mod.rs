@@ -1,0 +1,173 @@
+//! Persistence: the diesel schema and models, the connection pool, migrations, and query functions.
+//!
+//! Every query function takes `&mut AsyncPgConnection` so callers decide about pooling and transactions.
+//! Errors leave this layer as [`DbError`], which already tells "the database is unreachable" apart from
+//! constraint violations and genuine bugs.
+
+pub mod keys;
+pub mod models;
+pub mod schema;
+pub mod service_keys;
+pub mod sessions;
+pub mod users;
+
+use std::time::Duration;
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::deadpool::{Object, Pool as DeadPool, PoolError};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+pub use diesel_async::AsyncPgConnection as PgConn;
+
+/// The migrations in `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Advisory-lock key that serializes migrations across replicas ("authd" + 1 in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x6175_7468_6401;
+
+/// A pool of PostgreSQL connections.
+pub type Pool = DeadPool<AsyncPgConnection>;
+/// A connection checked out of the [`Pool`].
+pub type PooledConn = Object<AsyncPgConnection>;
+
+/// What can go wrong in this layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection could be had: the server is down, unreachable, or the pool timed out.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A unique constraint rejected the write.
+    #[error("unique constraint {constraint:?} violated")]
+    UniqueViolation { constraint: String },
+    /// The statement ran into `statement_timeout`.
+    #[error("database statement timed out")]
+    Timeout,
+    /// Anything else: a bug or a schema mismatch.
+    #[error("database error: {0}")]
+    Query(DieselError),
+}
+
+impl From<DieselError> for DbError {
+    fn from(e: DieselError) -> Self {
+        match e {
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+                DbError::UniqueViolation {
+                    constraint: info.constraint_name().unwrap_or_default().to_owned(),
+                }
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                DbError::Unavailable(info.message().to_owned())
+            }
+            DieselError::DatabaseError(_, ref info)
+                if info.message().contains("statement timeout") =>
+            {
+                DbError::Timeout
+            }
+            DieselError::DatabaseError(_, ref info) if is_connection_message(info.message()) => {
+                DbError::Unavailable(info.message().to_owned())
+            }
+            DieselError::BrokenTransactionManager => {
+                DbError::Unavailable("broken transaction manager".into())
+            }
+            other => DbError::Query(other),
+        }
+    }
+}
+
+fn is_connection_message(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.contains("connection closed")
+        || m.contains("terminating connection")
+        || m.contains("connection reset")
+        || m.contains("broken pipe")
+        || m.contains("the database system is shutting down")
+        || m.contains("the database system is starting up")
+}
+
+impl From<PoolError> for DbError {
+    fn from(e: PoolError) -> Self {
+        DbError::Unavailable(e.to_string())
+    }
+}
+
+impl From<diesel::ConnectionError> for DbError {
+    fn from(e: diesel::ConnectionError) -> Self {
+        DbError::Unavailable(e.to_string())
+    }
+}
+
+/// Builds the pool. Each new connection gets `statement_timeout` and
+/// `idle_in_transaction_session_timeout`, so no statement or abandoned transaction holds locks for long.
+/// `timeout` bounds the wait for a pooled connection, the connect, and each statement.
+pub fn build_pool(url: &str, max_size: u32, timeout: Duration) -> Result<Pool, DbError> {
+    let statement_ms = timeout.as_millis().max(1);
+    let idle_tx_ms = statement_ms.saturating_mul(2);
+    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    manager_config.custom_setup = Box::new(move |url| {
+        let url = url.to_owned();
+        Box::pin(async move {
+            let mut conn = tokio::time::timeout(timeout, AsyncPgConnection::establish(&url))
+                .await
+                .map_err(|_| {
+                    diesel::ConnectionError::BadConnection("connect timed out".into())
+                })??;
+            conn.batch_execute(&format!(
+                "SET statement_timeout = {statement_ms}; \
+                 SET idle_in_transaction_session_timeout = {idle_tx_ms}"
+            ))
+            .await
+            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
+    let manager = AsyncDieselConnectionManager::new_with_config(url, manager_config);
+    DeadPool::builder(manager)
+        .max_size(max_size as usize)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| DbError::Unavailable(format!("cannot build pool: {e}")))
+}
+
+/// Checks a connection out of the pool.
+pub async fn conn(pool: &Pool) -> Result<PooledConn, DbError> {
+    Ok(pool.get().await?)
+}
+
+/// Runs pending migrations under a session-level advisory lock, so that replicas starting together
+/// apply each migration exactly once. Returns how many were applied.
+pub async fn run_migrations(url: &str) -> Result<usize, DbError> {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<usize, DbError> {
+        let mut conn: AsyncConnectionWrapper<AsyncPgConnection> =
+            diesel::connection::Connection::establish(&url)?;
+        diesel::RunQueryDsl::execute(
+            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")),
+            &mut conn,
+        )?;
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map(|v| v.len())
+            .map_err(|e| DbError::Query(DieselError::QueryBuilderError(e)));
+        // The lock also ends with the connection; unlock explicitly anyway.
+        let _ = diesel::RunQueryDsl::execute(
+            diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")),
+            &mut conn,
+        );
+        applied
+    })
+    .await
+    .map_err(|e| DbError::Unavailable(format!("migration task failed: {e}")))?
+}
+
+/// `SELECT 1` on a pooled connection: the readiness probe.
+pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+    let mut conn = conn(pool).await?;
+    diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Row types: a `Queryable` read struct per table and an `Insertable` `NewX` for writes.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::schema::{refresh_tokens, server_secrets, service_keys, sessions, signing_keys, users};
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub username: Option<String>,
+    pub first_name: String,
+    pub last_name: String,
+    pub password_hash: String,
+    pub role: String,
+    pub active: bool,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+    pub last_login_time: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = users)]
+pub struct NewUser<'a> {
+    pub id: Uuid,
+    pub email: &'a str,
+    pub username: Option<&'a str>,
+    pub first_name: &'a str,
+    pub last_name: &'a str,
+    pub password_hash: &'a str,
+    pub role: &'a str,
+    pub active: bool,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = sessions, check_for_backend(diesel::pg::Pg))]
+pub struct Session {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub generation: i32,
+    pub create_time: DateTime<Utc>,
+    pub last_use_time: DateTime<Utc>,
+    pub idle_expire_time: DateTime<Utc>,
+    pub expire_time: DateTime<Utc>,
+    pub revoke_time: Option<DateTime<Utc>>,
+    pub revoke_reason: Option<String>,
+    pub user_agent: String,
+    pub ip_address: String,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = sessions)]
+pub struct NewSession<'a> {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub generation: i32,
+    pub create_time: DateTime<Utc>,
+    pub last_use_time: DateTime<Utc>,
+    pub idle_expire_time: DateTime<Utc>,
+    pub expire_time: DateTime<Utc>,
+    pub user_agent: &'a str,
+    pub ip_address: &'a str,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = refresh_tokens, check_for_backend(diesel::pg::Pg))]
+pub struct RefreshToken {
+    pub token_hash: Vec<u8>,
+    pub session_id: Uuid,
+    pub generation: i32,
+    pub create_time: DateTime<Utc>,
+    pub spend_time: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = refresh_tokens)]
+pub struct NewRefreshToken<'a> {
+    pub token_hash: &'a [u8],
+    pub session_id: Uuid,
+    pub generation: i32,
+    pub create_time: DateTime<Utc>,
+}
+
+#[derive(Clone, Queryable, Selectable)]
+#[diesel(table_name = signing_keys, check_for_backend(diesel::pg::Pg))]
+pub struct SigningKey {
+    pub kid: String,
+    pub algorithm: String,
+    pub private_key: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub create_time: DateTime<Utc>,
+    pub activate_time: DateTime<Utc>,
+    pub retire_time: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("private_key", &"[redacted]")
+            .field("activate_time", &self.activate_time)
+            .field("retire_time", &self.retire_time)
+            .finish()
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = signing_keys)]
+pub struct NewSigningKey<'a> {
+    pub kid: &'a str,
+    pub algorithm: &'a str,
+    pub private_key: &'a [u8],
+    pub public_key: &'a [u8],
+    pub create_time: DateTime<Utc>,
+    pub activate_time: DateTime<Utc>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = server_secrets)]
+pub struct NewServerSecret<'a> {
+    pub name: &'a str,
+    pub value: &'a [u8],
+    pub create_time: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = service_keys, check_for_backend(diesel::pg::Pg))]
+pub struct ServiceKey {
+    pub id: Uuid,
+    pub name: String,
+    pub key_hash: Vec<u8>,
+    pub creator_id: Option<Uuid>,
+    pub create_time: DateTime<Utc>,
+    pub last_use_time: Option<DateTime<Utc>>,
+    pub revoke_time: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = service_keys)]
+pub struct NewServiceKey<'a> {
+    pub id: Uuid,
+    pub name: &'a str,
+    pub key_hash: &'a [u8],
+    pub creator_id: Option<Uuid>,
+    pub create_time: DateTime<Utc>,
+}

@@ -1,0 +1,88 @@
+// Diesel table definitions; kept in step with migrations/ by hand (see diesel.toml).
+
+diesel::table! {
+    users (id) {
+        id -> Uuid,
+        email -> Text,
+        username -> Nullable<Text>,
+        first_name -> Text,
+        last_name -> Text,
+        password_hash -> Text,
+        role -> Text,
+        active -> Bool,
+        create_time -> Timestamptz,
+        update_time -> Timestamptz,
+        last_login_time -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        generation -> Int4,
+        create_time -> Timestamptz,
+        last_use_time -> Timestamptz,
+        idle_expire_time -> Timestamptz,
+        expire_time -> Timestamptz,
+        revoke_time -> Nullable<Timestamptz>,
+        revoke_reason -> Nullable<Text>,
+        user_agent -> Text,
+        ip_address -> Text,
+    }
+}
+
+diesel::table! {
+    refresh_tokens (token_hash) {
+        token_hash -> Bytea,
+        session_id -> Uuid,
+        generation -> Int4,
+        create_time -> Timestamptz,
+        spend_time -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    signing_keys (kid) {
+        kid -> Text,
+        algorithm -> Text,
+        private_key -> Bytea,
+        public_key -> Bytea,
+        create_time -> Timestamptz,
+        activate_time -> Timestamptz,
+        retire_time -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    server_secrets (name) {
+        name -> Text,
+        value -> Bytea,
+        create_time -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    service_keys (id) {
+        id -> Uuid,
+        name -> Text,
+        key_hash -> Bytea,
+        creator_id -> Nullable<Uuid>,
+        create_time -> Timestamptz,
+        last_use_time -> Nullable<Timestamptz>,
+        revoke_time -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(refresh_tokens -> sessions (session_id));
+diesel::joinable!(service_keys -> users (creator_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    sessions,
+    refresh_tokens,
+    signing_keys,
+    server_secrets,
+    service_keys,
+);
