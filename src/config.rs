@@ -1,0 +1,220 @@
+//! Runtime configuration: every option is a clap flag backed by an environment variable.
+//!
+//! | env var | flag | default |
+//! |---|---|---|
+//! | `DATABASE_URL` | `--database-url` | unset: run the embedded PostgreSQL |
+//! | `AUTHD_LISTEN` | `--listen` | `127.0.0.1:50051` |
+//! | `AUTHD_DATA_DIR` | `--data-dir` | `/var/lib/authd` as root, else `$XDG_DATA_HOME/authd` (`~/.local/share/authd`) |
+//! | `AUTHD_ACCESS_TOKEN_TTL` | `--access-token-ttl` | `15m` |
+//! | `AUTHD_REFRESH_TOKEN_TTL` | `--refresh-token-ttl` | `7d` (idle lifetime of a session) |
+//! | `AUTHD_SESSION_MAX_LIFETIME` | `--session-max-lifetime` | `30d` (absolute lifetime) |
+//! | `AUTHD_REFRESH_REUSE_GRACE` | `--refresh-reuse-grace` | `5s` (`0` = strict) |
+//! | `AUTHD_BCRYPT_COST` | `--bcrypt-cost` | `12` (4-31) |
+//! | `AUTHD_ISSUER` | `--issuer` | `authd` |
+//! | `AUTHD_AUDIENCE` | `--audience` | `authd` |
+//! | `AUTHD_BOOTSTRAP_ADMIN_EMAIL` | `--bootstrap-admin-email` | unset |
+//! | `AUTHD_BOOTSTRAP_ADMIN_PASSWORD` | `--bootstrap-admin-password` | unset |
+//! | `AUTHD_VALIDATE_REQUIRE_KEY` | `--validate-require-key` | `true` |
+//! | `AUTHD_DB_POOL_SIZE` | `--db-pool-size` | `10` |
+//! | `AUTHD_DB_TIMEOUT` | `--db-timeout` | `5s` (pool wait, connect and statement timeout) |
+//! | `AUTHD_LOG` | `--log` | `info` (a `tracing` filter such as `authd=debug,info`) |
+//!
+//! Durations are written as a number and a unit: `500ms`, `90s`, `15m`, `12h`, `7d` (a bare `0` is zero).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Every setting of the server; also used by the CLI subcommands that touch the database.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// PostgreSQL URL. When unset, authd runs its own PostgreSQL in the data directory.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Address of the gRPC listener.
+    #[arg(
+        long,
+        env = "AUTHD_LISTEN",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded PostgreSQL (used only without DATABASE_URL).
+    /// Default: /var/lib/authd as root, else $XDG_DATA_HOME/authd or ~/.local/share/authd.
+    #[arg(long, env = "AUTHD_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Lifetime of an access token.
+    #[arg(long, env = "AUTHD_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration, global = true)]
+    pub access_token_ttl: Duration,
+
+    /// Idle lifetime of a session: its refresh token expires after this long unused.
+    #[arg(long, env = "AUTHD_REFRESH_TOKEN_TTL", default_value = "7d", value_parser = parse_duration, global = true)]
+    pub refresh_token_ttl: Duration,
+
+    /// Absolute lifetime of a session, however often it is refreshed.
+    #[arg(long, env = "AUTHD_SESSION_MAX_LIFETIME", default_value = "30d", value_parser = parse_duration, global = true)]
+    pub session_max_lifetime: Duration,
+
+    /// How long a just-spent refresh token may be presented again and get the same successor. 0 = strict.
+    #[arg(long, env = "AUTHD_REFRESH_REUSE_GRACE", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub refresh_reuse_grace: Duration,
+
+    /// bcrypt cost for new password hashes (4-31).
+    #[arg(long, env = "AUTHD_BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31), global = true)]
+    pub bcrypt_cost: u32,
+
+    /// The `iss` claim of access tokens.
+    #[arg(long, env = "AUTHD_ISSUER", default_value = "authd", global = true)]
+    pub issuer: String,
+
+    /// The `aud` claim of access tokens.
+    #[arg(long, env = "AUTHD_AUDIENCE", default_value = "authd", global = true)]
+    pub audience: String,
+
+    /// E-mail of an admin to create at start-up if absent.
+    #[arg(long, env = "AUTHD_BOOTSTRAP_ADMIN_EMAIL", global = true)]
+    pub bootstrap_admin_email: Option<String>,
+
+    /// Password of the bootstrap admin.
+    #[arg(
+        long,
+        env = "AUTHD_BOOTSTRAP_ADMIN_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    pub bootstrap_admin_password: Option<String>,
+
+    /// Whether ValidateToken requires an `x-api-key` service key.
+    #[arg(long, env = "AUTHD_VALIDATE_REQUIRE_KEY", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub validate_require_key: bool,
+
+    /// Maximum number of database connections.
+    #[arg(long, env = "AUTHD_DB_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub db_pool_size: u32,
+
+    /// How long to wait for a pooled connection, a new connection, or one statement.
+    #[arg(long, env = "AUTHD_DB_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub db_timeout: Duration,
+
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "AUTHD_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+impl Config {
+    /// The bootstrap admin's credentials, when both are set.
+    pub fn bootstrap_admin(&self) -> Option<(&str, &str)> {
+        match (&self.bootstrap_admin_email, &self.bootstrap_admin_password) {
+            (Some(e), Some(p)) if !e.is_empty() && !p.is_empty() => Some((e, p)),
+            _ => None,
+        }
+    }
+
+    /// The settings with their defaults, as if no flag or variable were given.
+    pub fn defaults() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        // Parsing no arguments cannot fail: every field has a default or is optional. Fall back to the
+        // same values written out should clap ever disagree.
+        Wrapper::try_parse_from(["authd"])
+            .map(|w| w.config)
+            .unwrap_or_else(|_| Self::fallback())
+    }
+
+    fn fallback() -> Self {
+        Config {
+            database_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: None,
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(7 * 86400),
+            session_max_lifetime: Duration::from_secs(30 * 86400),
+            refresh_reuse_grace: Duration::from_secs(5),
+            bcrypt_cost: 12,
+            issuer: "authd".into(),
+            audience: "authd".into(),
+            bootstrap_admin_email: None,
+            bootstrap_admin_password: None,
+            validate_require_key: true,
+            db_pool_size: 10,
+            db_timeout: Duration::from_secs(5),
+            log: "info".into(),
+        }
+    }
+}
+
+/// Parses `500ms`, `90s`, `15m`, `12h`, `7d`, or a bare `0`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("missing unit in duration {s:?} (use ms, s, m, h or d)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid number in duration {s:?}"))?;
+    let secs = |mult: u64| {
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {s:?} is too large"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        _ => Err(format!(
+            "unknown unit {unit:?} in duration {s:?} (use ms, s, m, h or d)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("15").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("5w").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = Config::defaults();
+        let f = Config::fallback();
+        assert_eq!(c.listen, f.listen);
+        assert_eq!(c.access_token_ttl, f.access_token_ttl);
+        assert_eq!(c.refresh_token_ttl, f.refresh_token_ttl);
+        assert_eq!(c.session_max_lifetime, f.session_max_lifetime);
+        assert_eq!(c.refresh_reuse_grace, f.refresh_reuse_grace);
+        assert_eq!(c.bcrypt_cost, f.bcrypt_cost);
+        assert_eq!(c.issuer, f.issuer);
+        assert_eq!(c.audience, f.audience);
+        assert!(c.validate_require_key);
+        assert_eq!(c.db_pool_size, f.db_pool_size);
+    }
+}

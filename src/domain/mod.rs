@@ -1,0 +1,169 @@
+//! The rules of authd: accounts, passwords, sessions, tokens and who may do what.
+//!
+//! Nothing here knows about tonic or gRPC. Operations take plain inputs plus an authenticated
+//! [`Principal`] where needed, and fail with the one [`Error`] enum that the `grpc` layer maps to
+//! status codes in a single place.
+
+pub mod opaque;
+pub mod password;
+pub mod service;
+pub mod tokens;
+pub mod validate;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::db::DbError;
+
+pub use service::Authd;
+
+/// A user's role, ordered by power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    User,
+    Moderator,
+    Admin,
+}
+
+impl Role {
+    /// The lowercase name used in the database and in the JWT `role` claim.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Moderator => "moderator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "user" => Some(Role::User),
+            "moderator" => Some(Role::Moderator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// Why a request was not authenticated. The grpc layer turns the bearer-token variants into
+/// machine-readable `ErrorInfo` reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `authorization: Bearer` metadata.
+    TokenMissing,
+    /// Malformed, badly signed, wrong type/audience/issuer, or its session was revoked.
+    TokenInvalid,
+    /// Correctly signed but past `exp`: refresh and retry.
+    TokenExpired,
+    /// Login: unknown account, wrong password, or credentials that cannot match.
+    BadCredentials,
+    /// Refresh: unknown, spent, revoked or expired refresh token.
+    BadRefreshToken,
+    /// ValidateToken: no `x-api-key`.
+    ServiceKeyMissing,
+    /// ValidateToken: unknown or revoked service key.
+    ServiceKeyInvalid,
+}
+
+/// Every way a domain operation can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("unauthenticated: {0:?}")]
+    Unauthenticated(AuthFailure),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("request timed out")]
+    DeadlineExceeded,
+    /// The database cannot be reached. The detail is for the log only.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an unexpected state. The detail is for the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+    pub fn internal(msg: impl std::fmt::Display) -> Self {
+        Error::Internal(msg.to_string())
+    }
+}
+
+impl From<DbError> for Error {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(detail) => Error::Unavailable(detail),
+            DbError::Timeout => Error::DeadlineExceeded,
+            // Callers that expect a uniqueness conflict map it themselves; one reaching here is a bug.
+            e @ DbError::UniqueViolation { .. } => Error::Internal(e.to_string()),
+            DbError::Query(e) => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Who is calling, as proven by a verified access token of a live session.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub role: Role,
+    pub email: String,
+}
+
+impl Principal {
+    /// Authorization: the caller's role must be at least `min`.
+    pub fn require(&self, min: Role) -> Result<()> {
+        if self.role >= min {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "this call requires the {} role",
+                min.as_str()
+            )))
+        }
+    }
+}
+
+/// Facts about the client connection that sessions and (later) audit events record.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub ip: Option<IpAddr>,
+    pub user_agent: String,
+}
+
+/// Limits on stored client info.
+pub const MAX_USER_AGENT_CHARS: usize = 256;
+
+impl ClientInfo {
+    pub fn new(ip: Option<IpAddr>, user_agent: &str) -> Self {
+        let user_agent: String = user_agent
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_USER_AGENT_CHARS)
+            .collect();
+        Self { ip, user_agent }
+    }
+
+    pub fn ip_string(&self) -> String {
+        self.ip.map(|ip| ip.to_string()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,665 @@
+//! [`Authd`]: the operations of the service (accounts, sessions, tokens, service keys) over the pool,
+//! the keyring, the password hasher and the injected clock.
+
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection;
+use uuid::Uuid;
+
+use super::opaque::{self, HashedToken, MAX_OPAQUE_BYTES};
+use super::password::{self, PasswordHasher};
+use super::tokens::{self, AccessClaims, Keyring, PublicJwk, TokenError, VerifiedToken};
+use super::{AuthFailure, ClientInfo, Error, Principal, Result, Role, validate};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::db::models::{NewRefreshToken, NewServiceKey, NewSession, NewSigningKey, Session};
+use crate::db::{self, DbError, Pool, keys, service_keys, sessions, users};
+
+/// Name of the server secret that keys refresh-token successors.
+const REFRESH_SECRET: &str = "refresh_token_hmac";
+/// `last_use_time` of a service key is written at most this often.
+const SERVICE_KEY_TOUCH_SECS: i64 = 60;
+
+/// An account as the API shows it (never the password hash).
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: Uuid,
+    pub email: String,
+    pub username: Option<String>,
+    pub first_name: String,
+    pub last_name: String,
+    pub role: Role,
+    pub active: bool,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+    pub last_login_time: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<db::models::User> for Account {
+    type Error = Error;
+    fn try_from(u: db::models::User) -> Result<Self> {
+        let role = Role::parse(&u.role).ok_or_else(|| {
+            Error::internal(format!("user {} has unknown role {:?}", u.id, u.role))
+        })?;
+        Ok(Account {
+            id: u.id,
+            email: u.email,
+            username: u.username,
+            first_name: u.first_name,
+            last_name: u.last_name,
+            role,
+            active: u.active,
+            create_time: u.create_time,
+            update_time: u.update_time,
+            last_login_time: u.last_login_time,
+        })
+    }
+}
+
+/// What Register (and admin creation) takes.
+#[derive(Debug, Clone, Default)]
+pub struct NewAccount {
+    pub email: String,
+    pub password: String,
+    pub username: String,
+    pub first_name: String,
+    pub last_name: String,
+}
+
+/// How Login names the account.
+#[derive(Debug, Clone)]
+pub enum LoginIdentifier {
+    Email(String),
+    Username(String),
+}
+
+/// The credentials Login and Refresh return.
+#[derive(Debug, Clone)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: i64,
+    pub refresh_expires_in: i64,
+    pub session_id: Uuid,
+}
+
+/// The answer of ValidateToken; `None` means "not a live access token".
+pub type Introspection = Option<VerifiedToken>;
+
+/// A service key's metadata.
+#[derive(Debug, Clone)]
+pub struct ServiceKeyInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub creator_id: Option<Uuid>,
+    pub create_time: DateTime<Utc>,
+    pub last_use_time: Option<DateTime<Utc>>,
+}
+
+impl From<db::models::ServiceKey> for ServiceKeyInfo {
+    fn from(k: db::models::ServiceKey) -> Self {
+        ServiceKeyInfo {
+            id: k.id,
+            name: k.name,
+            creator_id: k.creator_id,
+            create_time: k.create_time,
+            last_use_time: k.last_use_time,
+        }
+    }
+}
+
+/// The service. Cheap to share behind an `Arc`.
+pub struct Authd {
+    pool: Pool,
+    config: Arc<Config>,
+    clock: SharedClock,
+    hasher: PasswordHasher,
+    keyring: RwLock<Arc<Keyring>>,
+    refresh_secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Authd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authd").finish_non_exhaustive()
+    }
+}
+
+enum RefreshOutcome {
+    Rotated(Session, String),
+    Replayed(Session, String),
+    Reused(Uuid),
+    Dead,
+}
+
+impl Authd {
+    /// Loads (or on first start creates) the shared signing key and refresh secret, and prepares the
+    /// password hasher. Migrations must have run.
+    pub async fn init(pool: Pool, config: Arc<Config>, clock: SharedClock) -> Result<Arc<Self>> {
+        let now = clock.now();
+        let hasher = PasswordHasher::new(config.bcrypt_cost).await?;
+        let mut conn = db::conn(&pool).await?;
+        let generated = tokens::generate_key()?;
+        let rows = keys::ensure_signing_key(
+            &mut conn,
+            now,
+            &NewSigningKey {
+                kid: &generated.kid,
+                algorithm: "EdDSA",
+                private_key: &generated.private_pkcs8,
+                public_key: &generated.public,
+                create_time: now,
+                activate_time: now,
+            },
+        )
+        .await?;
+        let keyring = Keyring::from_rows(&rows, now)?;
+        let refresh_secret =
+            keys::get_or_create_secret(&mut conn, REFRESH_SECRET, &opaque::new_secret(), now)
+                .await?;
+        drop(conn);
+        tracing::info!(keys = ?keyring, "keyring loaded");
+        Ok(Arc::new(Self {
+            pool,
+            config,
+            clock,
+            hasher,
+            keyring: RwLock::new(Arc::new(keyring)),
+            refresh_secret,
+        }))
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// "Now" at PostgreSQL's precision (microseconds), so that a time written to the database and
+    /// read back compares exactly with the `now` it was computed from (e.g. `refresh_expires_in` is
+    /// a whole 7 days, not 6 days 23:59:59, and the grace window is measured exactly).
+    fn now(&self) -> DateTime<Utc> {
+        chrono::SubsecRound::trunc_subsecs(self.clock.now(), 6)
+    }
+
+    fn keyring(&self) -> Arc<Keyring> {
+        self.keyring
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    async fn conn(&self) -> Result<db::PooledConn> {
+        Ok(db::conn(&self.pool).await?)
+    }
+
+    // ----- accounts -------------------------------------------------------------------------
+
+    /// Validates and stores a new account. Every check runs before bcrypt.
+    pub async fn create_account(&self, input: NewAccount, role: Role) -> Result<Account> {
+        let email = validate::email(&input.email)?;
+        let username = validate::username(&input.username)?;
+        let first_name = validate::person_name("first_name", &input.first_name)?;
+        let last_name = validate::person_name("last_name", &input.last_name)?;
+        let password = password::new_password("password", &input.password)?;
+        let hash = self.hasher.hash(password).await?;
+        let now = self.now();
+        let mut conn = self.conn().await?;
+        let row = users::insert(
+            &mut conn,
+            &db::models::NewUser {
+                id: Uuid::new_v4(),
+                email: &email,
+                username: username.as_deref(),
+                first_name: &first_name,
+                last_name: &last_name,
+                password_hash: &hash,
+                role: role.as_str(),
+                active: true,
+                create_time: now,
+                update_time: now,
+            },
+        )
+        .await
+        .map_err(uniqueness_error)?;
+        Account::try_from(row)
+    }
+
+    /// Register: always an active ROLE_USER.
+    pub async fn register(&self, input: NewAccount) -> Result<Account> {
+        self.create_account(input, Role::User).await
+    }
+
+    /// Creates the bootstrap admin unless an account with that e-mail exists. Idempotent, and safe
+    /// when several replicas start together.
+    pub async fn ensure_bootstrap_admin(&self, email: &str, password: &str) -> Result<()> {
+        let normalized = validate::email(email)?;
+        let existing = users::find_by_email(&mut *self.conn().await?, &normalized).await?;
+        if let Some(u) = existing {
+            if u.role != Role::Admin.as_str() {
+                tracing::warn!(user_id = %u.id, "bootstrap admin e-mail belongs to a non-admin account; left unchanged");
+            }
+            return Ok(());
+        }
+        let input = NewAccount {
+            email: normalized,
+            password: password.to_owned(),
+            ..Default::default()
+        };
+        match self.create_account(input, Role::Admin).await {
+            Ok(a) => {
+                tracing::info!(user_id = %a.id, "bootstrap admin created");
+                Ok(())
+            }
+            Err(Error::AlreadyExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn get_me(&self, p: &Principal) -> Result<Account> {
+        let row = users::find_by_id(&mut *self.conn().await?, p.user_id)
+            .await?
+            .ok_or_else(|| Error::NotFound("user not found".into()))?;
+        Account::try_from(row)
+    }
+
+    // ----- login, refresh, logout ----------------------------------------------------------------
+
+    /// Password login. Unknown accounts, wrong passwords and credentials that cannot match all answer
+    /// the same UNAUTHENTICATED, after the same bcrypt work.
+    pub async fn login(
+        &self,
+        identifier: Option<LoginIdentifier>,
+        password: &str,
+        client: &ClientInfo,
+    ) -> Result<TokenPair> {
+        let identifier =
+            identifier.ok_or_else(|| Error::invalid("an email or username is required"))?;
+        let raw_id = match &identifier {
+            LoginIdentifier::Email(s) | LoginIdentifier::Username(s) => s,
+        };
+        if raw_id.trim().is_empty() {
+            return Err(Error::invalid("an email or username is required"));
+        }
+        if raw_id.len() > validate::MAX_IDENTIFIER_BYTES {
+            return Err(Error::invalid(format!(
+                "the identifier must be at most {} bytes",
+                validate::MAX_IDENTIFIER_BYTES
+            )));
+        }
+        let password = password::presented_password("password", password)?;
+
+        let user = {
+            let mut conn = self.conn().await?;
+            match &identifier {
+                LoginIdentifier::Email(e) => {
+                    let e = validate::normalize_email(e);
+                    if validate::is_valid_email(&e) {
+                        users::find_by_email(&mut conn, &e).await?
+                    } else {
+                        None
+                    }
+                }
+                LoginIdentifier::Username(u) => {
+                    if validate::is_valid_username(u.trim()) {
+                        users::find_by_username(&mut conn, u.trim()).await?
+                    } else {
+                        None
+                    }
+                }
+            }
+        };
+        let ok = self
+            .hasher
+            .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
+            .await?;
+        let user = match user {
+            Some(u) if ok => u,
+            _ => return Err(Error::Unauthenticated(AuthFailure::BadCredentials)),
+        };
+        if !user.active {
+            return Err(Error::PermissionDenied("account disabled".into()));
+        }
+
+        let now = self.now();
+        let refresh_token = opaque::new_refresh_token();
+        let token_hash = HashedToken::of(&refresh_token);
+        let session_id = Uuid::new_v4();
+        let expire_time = now + chrono_duration(self.config.session_max_lifetime);
+        let idle_expire_time =
+            (now + chrono_duration(self.config.refresh_token_ttl)).min(expire_time);
+        let ip = client.ip_string();
+        let new_session = NewSession {
+            id: session_id,
+            user_id: user.id,
+            generation: 0,
+            create_time: now,
+            last_use_time: now,
+            idle_expire_time,
+            expire_time,
+            user_agent: &client.user_agent,
+            ip_address: &ip,
+        };
+        let new_token = NewRefreshToken {
+            token_hash: token_hash.as_bytes(),
+            session_id,
+            generation: 0,
+            create_time: now,
+        };
+        let mut conn = self.conn().await?;
+        let session = conn
+            .transaction::<_, DbError, _>(async |conn| {
+                let s = sessions::insert(conn, &new_session, &new_token).await?;
+                users::set_last_login(conn, user.id, now).await?;
+                Ok(s)
+            })
+            .await?;
+        drop(conn);
+        self.token_pair(&user, &session, refresh_token, now)
+    }
+
+    /// Rotates a refresh token (see the module docs of `opaque` for the successor rule).
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair> {
+        let refresh_token = refresh_token.trim();
+        if refresh_token.is_empty() {
+            return Err(Error::invalid("refresh_token is required"));
+        }
+        if refresh_token.len() > MAX_OPAQUE_BYTES {
+            return Err(Error::invalid(format!(
+                "refresh_token must be at most {MAX_OPAQUE_BYTES} bytes"
+            )));
+        }
+        let presented = HashedToken::of(refresh_token);
+        let successor = opaque::successor(&self.refresh_secret, refresh_token);
+        let successor_hash = HashedToken::of(&successor);
+        let now = self.now();
+        let idle = chrono_duration(self.config.refresh_token_ttl);
+        let grace = chrono_duration(self.config.refresh_reuse_grace);
+
+        let mut conn = self.conn().await?;
+        let outcome = conn
+            .transaction::<_, DbError, _>(async |conn| {
+                let Some((token, session)) =
+                    sessions::lock_by_refresh_hash(conn, presented.as_bytes()).await?
+                else {
+                    return Ok(RefreshOutcome::Dead);
+                };
+                if session.revoke_time.is_some()
+                    || now >= session.expire_time
+                    || now >= session.idle_expire_time
+                {
+                    return Ok(RefreshOutcome::Dead);
+                }
+                match token.spend_time {
+                    None => {
+                        let idle_expire = (now + idle).min(session.expire_time);
+                        let s = sessions::rotate(
+                            conn,
+                            &session,
+                            presented.as_bytes(),
+                            successor_hash.as_bytes(),
+                            now,
+                            idle_expire,
+                        )
+                        .await?;
+                        Ok(RefreshOutcome::Rotated(s, successor))
+                    }
+                    Some(spent)
+                        if grace > chrono::Duration::zero()
+                            && token.generation + 1 == session.generation
+                            && now - spent <= grace =>
+                    {
+                        Ok(RefreshOutcome::Replayed(session, successor))
+                    }
+                    Some(_) => {
+                        sessions::revoke(conn, session.id, now, "refresh_token_reuse").await?;
+                        Ok(RefreshOutcome::Reused(session.id))
+                    }
+                }
+            })
+            .await?;
+
+        let (session, token) = match outcome {
+            RefreshOutcome::Rotated(s, t) | RefreshOutcome::Replayed(s, t) => (s, t),
+            RefreshOutcome::Reused(session_id) => {
+                tracing::warn!(%session_id, "refresh token reuse detected; session revoked");
+                return Err(Error::Unauthenticated(AuthFailure::BadRefreshToken));
+            }
+            RefreshOutcome::Dead => {
+                return Err(Error::Unauthenticated(AuthFailure::BadRefreshToken));
+            }
+        };
+        let user = users::find_by_id(&mut conn, session.user_id)
+            .await?
+            .filter(|u| u.active)
+            .ok_or(Error::Unauthenticated(AuthFailure::BadRefreshToken))?;
+        drop(conn);
+        self.token_pair(&user, &session, token, now)
+    }
+
+    fn token_pair(
+        &self,
+        user: &db::models::User,
+        session: &Session,
+        refresh_token: String,
+        now: DateTime<Utc>,
+    ) -> Result<TokenPair> {
+        let exp = (now + chrono_duration(self.config.access_token_ttl)).min(session.expire_time);
+        let claims = AccessClaims {
+            iss: self.config.issuer.clone(),
+            aud: self.config.audience.clone(),
+            sub: user.id.to_string(),
+            exp: exp.timestamp(),
+            iat: now.timestamp(),
+            nbf: now.timestamp(),
+            jti: Uuid::new_v4().to_string(),
+            client_id: self.config.issuer.clone(),
+            sid: session.id.to_string(),
+            role: user.role.clone(),
+            email: user.email.clone(),
+            preferred_username: user.username.clone(),
+        };
+        let access_token = self.keyring().sign(&claims)?;
+        let refresh_end = session.idle_expire_time.min(session.expire_time);
+        Ok(TokenPair {
+            access_token,
+            refresh_token,
+            expires_in: (exp - now).num_seconds().max(0),
+            refresh_expires_in: (refresh_end - now).num_seconds().max(0),
+            session_id: session.id,
+        })
+    }
+
+    /// Logout by refresh token (RFC 7009): revokes its session; unknown tokens are fine.
+    pub async fn logout_by_refresh_token(&self, refresh_token: &str) -> Result<()> {
+        let refresh_token = refresh_token.trim();
+        if refresh_token.len() > MAX_OPAQUE_BYTES {
+            return Err(Error::invalid(format!(
+                "refresh_token must be at most {MAX_OPAQUE_BYTES} bytes"
+            )));
+        }
+        let hash = HashedToken::of(refresh_token);
+        let mut conn = self.conn().await?;
+        if let Some(s) = sessions::find_by_refresh_hash(&mut conn, hash.as_bytes()).await? {
+            sessions::revoke(&mut conn, s.id, self.now(), "logout").await?;
+        }
+        Ok(())
+    }
+
+    /// Logout of the bearer's own session.
+    pub async fn logout_session(&self, p: &Principal) -> Result<()> {
+        sessions::revoke(&mut *self.conn().await?, p.session_id, self.now(), "logout").await?;
+        Ok(())
+    }
+
+    /// Revokes every live session of the caller. Returns how many.
+    pub async fn logout_all(&self, p: &Principal) -> Result<i64> {
+        Ok(sessions::revoke_all_for_user(
+            &mut *self.conn().await?,
+            p.user_id,
+            None,
+            self.now(),
+            "logout_all",
+        )
+        .await?)
+    }
+
+    // ----- token checks ---------------------------------------------------------------------------
+
+    fn verify_access_token(&self, token: &str) -> std::result::Result<VerifiedToken, TokenError> {
+        self.keyring().verify(
+            token,
+            &self.config.issuer,
+            &self.config.audience,
+            self.now(),
+        )
+    }
+
+    /// Authenticates an `authorization` metadata value: a valid access token of a live session.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
+        let value = authorization
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .ok_or(Error::Unauthenticated(AuthFailure::TokenMissing))?;
+        let token = match value.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            _ => return Err(Error::Unauthenticated(AuthFailure::TokenInvalid)),
+        };
+        let v = self.verify_access_token(token).map_err(|e| {
+            Error::Unauthenticated(match e {
+                TokenError::Expired => AuthFailure::TokenExpired,
+                TokenError::Invalid => AuthFailure::TokenInvalid,
+            })
+        })?;
+        if !sessions::is_active(&mut *self.conn().await?, v.session_id).await? {
+            return Err(Error::Unauthenticated(AuthFailure::TokenInvalid));
+        }
+        Ok(Principal {
+            user_id: v.user_id,
+            session_id: v.session_id,
+            role: v.role,
+            email: v.email,
+        })
+    }
+
+    /// Authenticates a service key (`x-api-key`).
+    pub async fn authenticate_service_key(&self, key: Option<&str>) -> Result<Uuid> {
+        let key = key
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(Error::Unauthenticated(AuthFailure::ServiceKeyMissing))?;
+        if key.len() > MAX_OPAQUE_BYTES {
+            return Err(Error::Unauthenticated(AuthFailure::ServiceKeyInvalid));
+        }
+        let hash = HashedToken::of(key);
+        let mut conn = self.conn().await?;
+        let row = service_keys::find_active_by_hash(&mut conn, hash.as_bytes())
+            .await?
+            .filter(|k| hash.matches(&k.key_hash))
+            .ok_or(Error::Unauthenticated(AuthFailure::ServiceKeyInvalid))?;
+        let now = self.now();
+        let debounce = chrono::Duration::seconds(SERVICE_KEY_TOUCH_SECS);
+        if row.last_use_time.is_none_or(|t| now - t >= debounce) {
+            service_keys::touch(&mut conn, row.id, now, debounce).await?;
+        }
+        Ok(row.id)
+    }
+
+    /// ValidateToken: the caller's service key first (unless turned off), then the token.
+    pub async fn validate_token(
+        &self,
+        api_key: Option<&str>,
+        token: &str,
+    ) -> Result<Introspection> {
+        if self.config.validate_require_key {
+            self.authenticate_service_key(api_key).await?;
+        }
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(Error::invalid("access_token is required"));
+        }
+        if token.len() > tokens::MAX_TOKEN_BYTES {
+            return Err(Error::invalid(format!(
+                "access_token must be at most {} bytes",
+                tokens::MAX_TOKEN_BYTES
+            )));
+        }
+        let Ok(v) = self.verify_access_token(token) else {
+            return Ok(None);
+        };
+        if !sessions::is_active(&mut *self.conn().await?, v.session_id).await? {
+            return Ok(None);
+        }
+        Ok(Some(v))
+    }
+
+    /// The public keys for JWKS.
+    pub fn jwks(&self) -> Vec<PublicJwk> {
+        self.keyring().jwks().to_vec()
+    }
+
+    // ----- service keys ----------------------------------------------------------------------------
+
+    /// ADMIN (or the CLI, with no principal): creates a service key. Returns its metadata and the key.
+    pub async fn create_service_key(
+        &self,
+        actor: Option<&Principal>,
+        name: &str,
+    ) -> Result<(ServiceKeyInfo, String)> {
+        if let Some(p) = actor {
+            p.require(Role::Admin)?;
+        }
+        let name = validate::label("name", name)?;
+        let key = opaque::new_service_key();
+        let hash = HashedToken::of(&key);
+        let row = service_keys::insert(
+            &mut *self.conn().await?,
+            &NewServiceKey {
+                id: Uuid::new_v4(),
+                name: &name,
+                key_hash: hash.as_bytes(),
+                creator_id: actor.map(|p| p.user_id),
+                create_time: self.now(),
+            },
+        )
+        .await?;
+        Ok((row.into(), key))
+    }
+
+    pub async fn list_service_keys(&self, actor: &Principal) -> Result<Vec<ServiceKeyInfo>> {
+        actor.require(Role::Admin)?;
+        let rows = service_keys::list_active(&mut *self.conn().await?).await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn revoke_service_key(&self, actor: &Principal, id: &str) -> Result<()> {
+        actor.require(Role::Admin)?;
+        let id = validate::uuid("id", id)?;
+        if service_keys::revoke(&mut *self.conn().await?, id, self.now()).await? {
+            Ok(())
+        } else {
+            Err(Error::NotFound("service key not found".into()))
+        }
+    }
+}
+
+/// Maps a uniqueness conflict on users to ALREADY_EXISTS.
+fn uniqueness_error(e: DbError) -> Error {
+    match &e {
+        DbError::UniqueViolation { constraint } if constraint == users::EMAIL_UNIQUE => {
+            Error::AlreadyExists("email is already registered".into())
+        }
+        DbError::UniqueViolation { constraint } if constraint == users::USERNAME_UNIQUE => {
+            Error::AlreadyExists("username is already taken".into())
+        }
+        _ => e.into(),
+    }
+}
+
+/// Converts a configured duration, capped at 100 years so that `now + d` can never overflow.
+fn chrono_duration(d: std::time::Duration) -> chrono::Duration {
+    let cap = chrono::Duration::days(36_500);
+    chrono::Duration::from_std(d).map_or(cap, |d| d.min(cap))
+}
