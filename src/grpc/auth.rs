@@ -1,0 +1,196 @@
+//! `auth.v1.AuthService` handlers.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{api_key, authorization, client_info, role_to_proto, timestamp};
+use crate::domain::Authd;
+use crate::domain::service::{LoginIdentifier, NewAccount, TokenPair};
+use crate::proto;
+use crate::proto::auth_service_server::AuthService;
+use crate::proto::login_request::Identifier;
+
+/// The AuthService implementation.
+#[derive(Debug, Clone)]
+pub struct AuthApi {
+    svc: Arc<Authd>,
+}
+
+impl AuthApi {
+    pub fn new(svc: Arc<Authd>) -> Self {
+        Self { svc }
+    }
+}
+
+impl From<TokenPair> for proto::TokenPair {
+    fn from(t: TokenPair) -> Self {
+        proto::TokenPair {
+            access_token: t.access_token,
+            refresh_token: t.refresh_token,
+            token_type: "Bearer".into(),
+            expires_in: t.expires_in,
+            refresh_expires_in: t.refresh_expires_in,
+            session_id: t.session_id.to_string(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    async fn register(
+        &self,
+        req: Request<proto::RegisterRequest>,
+    ) -> Result<Response<proto::RegisterResponse>, Status> {
+        let r = req.into_inner();
+        let account = self
+            .svc
+            .register(NewAccount {
+                email: r.email,
+                password: r.password,
+                username: r.username,
+                first_name: r.first_name,
+                last_name: r.last_name,
+            })
+            .await?;
+        Ok(Response::new(proto::RegisterResponse {
+            user: Some(account.into()),
+        }))
+    }
+
+    async fn login(
+        &self,
+        req: Request<proto::LoginRequest>,
+    ) -> Result<Response<proto::TokenPair>, Status> {
+        let client = client_info(&req);
+        let r = req.into_inner();
+        let identifier = r.identifier.map(|i| match i {
+            Identifier::Email(e) => LoginIdentifier::Email(e),
+            Identifier::Username(u) => LoginIdentifier::Username(u),
+        });
+        let pair = self.svc.login(identifier, &r.password, &client).await?;
+        Ok(Response::new(pair.into()))
+    }
+
+    async fn refresh(
+        &self,
+        req: Request<proto::RefreshRequest>,
+    ) -> Result<Response<proto::TokenPair>, Status> {
+        let pair = self.svc.refresh(&req.into_inner().refresh_token).await?;
+        Ok(Response::new(pair.into()))
+    }
+
+    async fn logout(
+        &self,
+        req: Request<proto::LogoutRequest>,
+    ) -> Result<Response<proto::LogoutResponse>, Status> {
+        if req.get_ref().refresh_token.is_empty() {
+            let p = self.svc.authenticate(authorization(req.metadata())).await?;
+            self.svc.logout_session(&p).await?;
+        } else {
+            self.svc
+                .logout_by_refresh_token(&req.get_ref().refresh_token)
+                .await?;
+        }
+        Ok(Response::new(proto::LogoutResponse {}))
+    }
+
+    async fn logout_all(
+        &self,
+        req: Request<proto::LogoutAllRequest>,
+    ) -> Result<Response<proto::LogoutAllResponse>, Status> {
+        let p = self.svc.authenticate(authorization(req.metadata())).await?;
+        let revoked_sessions = self.svc.logout_all(&p).await?;
+        Ok(Response::new(proto::LogoutAllResponse { revoked_sessions }))
+    }
+
+    async fn validate_token(
+        &self,
+        req: Request<proto::ValidateTokenRequest>,
+    ) -> Result<Response<proto::ValidateTokenResponse>, Status> {
+        let answer = self
+            .svc
+            .validate_token(api_key(req.metadata()), &req.get_ref().access_token)
+            .await?;
+        let resp = match answer {
+            None => proto::ValidateTokenResponse::default(),
+            Some(v) => proto::ValidateTokenResponse {
+                valid: true,
+                user_id: v.user_id.to_string(),
+                email: v.email,
+                username: v.username.unwrap_or_default(),
+                role: role_to_proto(v.role) as i32,
+                session_id: v.session_id.to_string(),
+                expire_time: Some(timestamp(v.expire_time)),
+                issue_time: Some(timestamp(v.issue_time)),
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn get_jwks(
+        &self,
+        _req: Request<proto::GetJwksRequest>,
+    ) -> Result<Response<proto::GetJwksResponse>, Status> {
+        let keys = self
+            .svc
+            .jwks()
+            .into_iter()
+            .map(|k| proto::Jwk {
+                kty: "OKP".into(),
+                crv: "Ed25519".into(),
+                x: k.x,
+                kid: k.kid,
+                alg: "EdDSA".into(),
+                r#use: "sig".into(),
+            })
+            .collect();
+        Ok(Response::new(proto::GetJwksResponse { keys }))
+    }
+
+    async fn create_service_key(
+        &self,
+        req: Request<proto::CreateServiceKeyRequest>,
+    ) -> Result<Response<proto::CreateServiceKeyResponse>, Status> {
+        let p = self.svc.authenticate(authorization(req.metadata())).await?;
+        let (info, key) = self
+            .svc
+            .create_service_key(Some(&p), &req.get_ref().name)
+            .await?;
+        Ok(Response::new(proto::CreateServiceKeyResponse {
+            id: info.id.to_string(),
+            name: info.name,
+            key,
+        }))
+    }
+
+    async fn list_service_keys(
+        &self,
+        req: Request<proto::ListServiceKeysRequest>,
+    ) -> Result<Response<proto::ListServiceKeysResponse>, Status> {
+        let p = self.svc.authenticate(authorization(req.metadata())).await?;
+        let keys = self
+            .svc
+            .list_service_keys(&p)
+            .await?
+            .into_iter()
+            .map(|k| proto::ServiceKey {
+                id: k.id.to_string(),
+                name: k.name,
+                create_time: Some(timestamp(k.create_time)),
+                last_use_time: k.last_use_time.map(timestamp),
+                creator_id: k.creator_id.map(|c| c.to_string()).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(proto::ListServiceKeysResponse { keys }))
+    }
+
+    async fn revoke_service_key(
+        &self,
+        req: Request<proto::RevokeServiceKeyRequest>,
+    ) -> Result<Response<proto::RevokeServiceKeyResponse>, Status> {
+        let p = self.svc.authenticate(authorization(req.metadata())).await?;
+        self.svc.revoke_service_key(&p, &req.get_ref().id).await?;
+        Ok(Response::new(proto::RevokeServiceKeyResponse {}))
+    }
+}

@@ -1,0 +1,141 @@
+//! The gRPC surface: thin tonic handlers that read metadata, call the domain, and map its errors.
+//!
+//! [`From<Error> for Status`](#impl-From<Error>-for-Status) is the one place where domain errors
+//! become status codes. Messages are human-readable and leak no internals: the detail of
+//! UNAVAILABLE and INTERNAL goes to the log only.
+
+pub mod auth;
+pub mod user;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::service::Account;
+use crate::domain::{AuthFailure, ClientInfo, Error, Role};
+use crate::proto;
+
+/// The `ErrorInfo.domain` of authd's errors.
+pub const ERROR_DOMAIN: &str = "authd";
+
+/// ErrorInfo reasons on UNAUTHENTICATED replies.
+pub mod reason {
+    pub const TOKEN_MISSING: &str = "TOKEN_MISSING";
+    pub const TOKEN_INVALID: &str = "TOKEN_INVALID";
+    pub const TOKEN_EXPIRED: &str = "TOKEN_EXPIRED";
+    pub const INVALID_CREDENTIALS: &str = "INVALID_CREDENTIALS";
+    pub const REFRESH_TOKEN_INVALID: &str = "REFRESH_TOKEN_INVALID";
+    pub const SERVICE_KEY_MISSING: &str = "SERVICE_KEY_MISSING";
+    pub const SERVICE_KEY_INVALID: &str = "SERVICE_KEY_INVALID";
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
+            Error::Unauthenticated(f) => unauthenticated(f),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::ResourceExhausted {
+                message,
+                retry_after,
+            } => {
+                let mut status = Status::resource_exhausted(message);
+                if let Some(after) = retry_after {
+                    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+                    if let Ok(v) = secs.max(1).to_string().parse() {
+                        status.metadata_mut().insert("retry-after", v);
+                    }
+                }
+                status
+            }
+            Error::DeadlineExceeded => Status::deadline_exceeded("request timed out"),
+            Error::Unavailable(detail) => {
+                tracing::warn!(%detail, "database unavailable");
+                Status::unavailable("service temporarily unavailable, retry later")
+            }
+            Error::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+fn unauthenticated(f: AuthFailure) -> Status {
+    let (message, reason) = match f {
+        AuthFailure::TokenMissing => ("missing bearer token", reason::TOKEN_MISSING),
+        AuthFailure::TokenInvalid => ("invalid or revoked access token", reason::TOKEN_INVALID),
+        AuthFailure::TokenExpired => ("access token expired", reason::TOKEN_EXPIRED),
+        AuthFailure::BadCredentials => ("invalid credentials", reason::INVALID_CREDENTIALS),
+        AuthFailure::BadRefreshToken => (
+            "invalid, expired or revoked refresh token",
+            reason::REFRESH_TOKEN_INVALID,
+        ),
+        AuthFailure::ServiceKeyMissing => ("missing x-api-key", reason::SERVICE_KEY_MISSING),
+        AuthFailure::ServiceKeyInvalid => ("invalid service key", reason::SERVICE_KEY_INVALID),
+    };
+    Status::with_error_details(
+        Code::Unauthenticated,
+        message,
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::<String, String>::new()),
+    )
+}
+
+/// The `authorization` metadata value, if it is readable.
+pub fn authorization(md: &MetadataMap) -> Option<&str> {
+    md.get("authorization").and_then(|v| v.to_str().ok())
+}
+
+/// The `x-api-key` metadata value, if it is readable.
+pub fn api_key(md: &MetadataMap) -> Option<&str> {
+    md.get("x-api-key").and_then(|v| v.to_str().ok())
+}
+
+/// The client's address (the TCP peer) and user agent.
+pub fn client_info<T>(req: &Request<T>) -> ClientInfo {
+    let ip = req.remote_addr().map(|a| a.ip());
+    let ua = req
+        .metadata()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    ClientInfo::new(ip, ua)
+}
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub fn role_to_proto(r: Role) -> proto::Role {
+    match r {
+        Role::User => proto::Role::User,
+        Role::Moderator => proto::Role::Moderator,
+        Role::Admin => proto::Role::Admin,
+    }
+}
+
+impl From<Account> for proto::User {
+    fn from(a: Account) -> Self {
+        proto::User {
+            id: a.id.to_string(),
+            email: a.email,
+            username: a.username.unwrap_or_default(),
+            first_name: a.first_name,
+            last_name: a.last_name,
+            role: role_to_proto(a.role) as i32,
+            active: a.active,
+            create_time: Some(timestamp(a.create_time)),
+            update_time: Some(timestamp(a.update_time)),
+            last_login_time: a.last_login_time.map(timestamp),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! authd: a gRPC authentication service. Accounts, password login, rotating refresh tokens,
+//! EdDSA-signed JWT access tokens, token validation for other services, and user administration.
+//!
+//! Layers: [`grpc`] (tonic handlers) calls [`domain`] (the rules), which calls [`db`] (diesel over
+//! PostgreSQL). [`server`] wires them up; [`embedded_pg`] runs a private PostgreSQL when no
+//! `DATABASE_URL` is given.
+
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod embedded_pg;
+pub mod grpc;
+pub mod server;
+
+/// Code generated from `proto/auth/v1/*.proto`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("auth.v1");
+
+    /// The encoded descriptor set of the API, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/authd_descriptor.bin"));
+}

@@ -1,0 +1,83 @@
+//! The `authd` command: `serve` (the default), `migrate`, and administrative subcommands.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use authd::config::Config;
+use authd::server;
+
+#[derive(Debug, Parser)]
+#[command(name = "authd", version, about = "gRPC authentication service")]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage service keys (credentials for ValidateToken).
+    #[command(subcommand)]
+    ServiceKeys(ServiceKeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceKeysCommand {
+    /// Create a service key directly in the database and print it once.
+    Create {
+        /// A label for the calling service.
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_new(&cli.config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("authd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = cli.config;
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => server::run(config).await,
+            Command::Migrate => {
+                let n = server::migrate(config).await?;
+                println!("{n} migration(s) applied");
+                Ok(())
+            }
+            Command::ServiceKeys(ServiceKeysCommand::Create { name }) => {
+                let (id, key) = server::create_service_key(config, &name).await?;
+                eprintln!("service key {id} created; this is the only time the key is shown:");
+                println!("{key}");
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "authd failed");
+            eprintln!("authd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

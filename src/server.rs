@@ -1,0 +1,287 @@
+//! Process wiring: which database to use (DATABASE_URL or the embedded PostgreSQL), start-up
+//! (migrations, pool, keys, bootstrap admin), the tonic server with health and reflection, the
+//! database health monitor, and graceful shutdown on SIGTERM/SIGINT.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Config;
+use crate::db::{self, DbError, Pool};
+use crate::domain::{self, Authd};
+use crate::embedded_pg::{self, EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
+use crate::grpc::auth::AuthApi;
+use crate::grpc::user::UserApi;
+use crate::proto;
+use crate::proto::auth_service_server::AuthServiceServer;
+use crate::proto::user_service_server::UserServiceServer;
+
+/// Largest request message the server decodes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Health service for Kubernetes liveness probes: SERVING while the process is up.
+pub const LIVENESS_SERVICE: &str = "liveness";
+/// How often the database is probed for readiness.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one readiness probe may take before the database counts as lost.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the process could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    #[error("database: {0}")]
+    Db(#[from] DbError),
+    #[error("start-up: {0}")]
+    Domain(#[from] domain::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot install signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// The database in use: an external one, or the embedded PostgreSQL that this process owns.
+pub struct Database {
+    url: String,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// `DATABASE_URL` when set; otherwise starts (or attaches to) the embedded PostgreSQL.
+    pub async fn open(config: &Config) -> Result<Self, StartError> {
+        if let Some(url) = config.database_url.as_deref().filter(|u| !u.is_empty()) {
+            return Ok(Self {
+                url: url.to_owned(),
+                embedded: None,
+            });
+        }
+        let data_dir = config
+            .data_dir
+            .clone()
+            .unwrap_or_else(embedded_pg::default_data_dir);
+        tracing::info!(data_dir = %data_dir.display(), "DATABASE_URL not set; using the embedded PostgreSQL");
+        let pg = EmbeddedPostgres::start(EmbeddedOptions {
+            data_dir,
+            ephemeral: false,
+            max_connections: (config.db_pool_size * 2 + 20).max(50),
+        })
+        .await?;
+        Ok(Self {
+            url: pg.database_url("authd"),
+            embedded: Some(pg),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops the embedded PostgreSQL, if this process started it.
+    pub async fn close(self) {
+        if let Some(pg) = self.embedded
+            && let Err(e) = pg.stop().await
+        {
+            tracing::warn!(error = %e, "embedded PostgreSQL did not stop cleanly");
+        }
+    }
+}
+
+/// Migrations, the pool, the keyring and the bootstrap admin: everything before serving.
+pub async fn start_service(
+    config: Arc<Config>,
+    url: &str,
+    clock: SharedClock,
+) -> Result<Arc<Authd>, StartError> {
+    let applied = db::run_migrations(url).await?;
+    if applied > 0 {
+        tracing::info!(applied, "migrations applied");
+    }
+    let pool = db::build_pool(url, config.db_pool_size, config.db_timeout)?;
+    let svc = Authd::init(pool, config.clone(), clock).await?;
+    if let Some((email, password)) = config.bootstrap_admin() {
+        svc.ensure_bootstrap_admin(email, password).await?;
+    }
+    Ok(svc)
+}
+
+/// Serves the API, health and reflection on `listener` until `shutdown` resolves, then lets
+/// in-flight calls finish.
+pub async fn serve(
+    svc: Arc<Authd>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
+    // Readiness starts from a real probe, not tonic-health's default SERVING for "".
+    let ready = probe(svc.pool()).await;
+    set_readiness(&reporter, ready).await;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let monitor = tokio::spawn(health_monitor(
+        svc.pool().clone(),
+        reporter.clone(),
+        ready,
+        stop_rx,
+    ));
+
+    let auth = AuthServiceServer::new(AuthApi::new(svc.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let users = UserServiceServer::new(UserApi::new(svc.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    let result = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(auth)
+        .add_service(users)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = monitor.await;
+    result.map_err(StartError::from)
+}
+
+async fn probe(pool: &Pool) -> bool {
+    matches!(
+        tokio::time::timeout(HEALTH_PROBE_TIMEOUT, db::ping(pool)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn set_readiness(reporter: &HealthReporter, ready: bool) {
+    let status = if ready {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(
+            <AuthServiceServer<AuthApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    reporter
+        .set_service_status(
+            <UserServiceServer<UserApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+/// Probes the database every second and flips readiness when the answer changes.
+async fn health_monitor(
+    pool: Pool,
+    reporter: HealthReporter,
+    mut ready: bool,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        let now_ready = probe(&pool).await;
+        if now_ready != ready {
+            if now_ready {
+                tracing::info!("database reachable again; readiness SERVING");
+            } else {
+                tracing::warn!("database unreachable; readiness NOT_SERVING");
+            }
+            set_readiness(&reporter, now_ready).await;
+            ready = now_ready;
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(StartError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signal)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+        }
+    })
+}
+
+/// `authd serve`: the whole life of the server process.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let config = Arc::new(config);
+    let shutdown = shutdown_signal().await?;
+    let database = Database::open(&config).await?;
+    let result = async {
+        let svc = start_service(config.clone(), database.url(), Arc::new(SystemClock)).await?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        tracing::info!(addr = %config.listen, "authd listening");
+        serve(svc.clone(), listener, shutdown).await?;
+        svc.pool().close();
+        Ok(())
+    }
+    .await;
+    database.close().await;
+    tracing::info!("authd stopped");
+    result
+}
+
+/// `authd migrate`.
+pub async fn migrate(config: Config) -> Result<usize, StartError> {
+    let database = Database::open(&config).await?;
+    let result = db::run_migrations(database.url()).await;
+    database.close().await;
+    Ok(result?)
+}
+
+/// `authd service-keys create NAME`: creates a key directly in the database; returns the key.
+pub async fn create_service_key(
+    config: Config,
+    name: &str,
+) -> Result<(String, String), StartError> {
+    let config = Arc::new(config);
+    let database = Database::open(&config).await?;
+    let result = async {
+        let svc = start_service(config.clone(), database.url(), Arc::new(SystemClock)).await?;
+        let (info, key) = svc.create_service_key(None, name).await?;
+        svc.pool().close();
+        Ok((info.id.to_string(), key))
+    }
+    .await;
+    database.close().await;
+    result
+}
