@@ -1,0 +1,10 @@
+//! Integration tests: the real server in-process on 127.0.0.1:0, real tonic clients, and a real
+//! PostgreSQL (one private cluster per test process, a fresh database per test).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+mod auth_flows;
+mod smoke;
+mod tokens;
