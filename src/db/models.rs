@@ -150,3 +150,43 @@ pub struct NewServiceKey<'a> {
     pub creator_id: Option<Uuid>,
     pub create_time: DateTime<Utc>,
 }
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = super::schema::audit_events, check_for_backend(diesel::pg::Pg))]
+pub struct AuditEvent {
+    pub id: Uuid,
+    pub user_id: Option<Uuid>,
+    pub actor_id: Option<Uuid>,
+    pub kind: String,
+    pub ip_address: String,
+    pub user_agent: String,
+    pub detail: String,
+    pub create_time: DateTime<Utc>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = super::schema::audit_events)]
+pub struct NewAuditEvent<'a> {
+    pub id: Uuid,
+    pub user_id: Option<Uuid>,
+    pub actor_id: Option<Uuid>,
+    pub kind: &'a str,
+    pub ip_address: &'a str,
+    pub user_agent: &'a str,
+    pub detail: &'a str,
+    pub create_time: DateTime<Utc>,
+}
+
+/// A partial update of a user; `None` leaves a column alone.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = users)]
+pub struct UserChanges<'a> {
+    pub email: Option<&'a str>,
+    pub username: Option<Option<&'a str>>,
+    pub first_name: Option<&'a str>,
+    pub last_name: Option<&'a str>,
+    pub password_hash: Option<&'a str>,
+    pub role: Option<&'a str>,
+    pub active: Option<bool>,
+    pub update_time: Option<DateTime<Utc>>,
+}

@@ -86,3 +86,18 @@ diesel::allow_tables_to_appear_in_same_query!(
     server_secrets,
     service_keys,
 );
+
+diesel::table! {
+    audit_events (id) {
+        id -> Uuid,
+        user_id -> Nullable<Uuid>,
+        actor_id -> Nullable<Uuid>,
+        kind -> Text,
+        ip_address -> Text,
+        user_agent -> Text,
+        detail -> Text,
+        create_time -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(audit_events, users);

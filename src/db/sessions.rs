@@ -159,3 +159,63 @@ pub async fn is_active(conn: &mut AsyncPgConnection, id: Uuid) -> Result<bool, D
     .get_result(conn)
     .await?)
 }
+
+/// A user's live sessions (not revoked, not expired), newest first.
+pub async fn list_live(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Vec<Session>, DbError> {
+    Ok(sessions::table
+        .filter(sessions::user_id.eq(user_id))
+        .filter(sessions::revoke_time.is_null())
+        .filter(sessions::expire_time.gt(now))
+        .filter(sessions::idle_expire_time.gt(now))
+        .order((sessions::create_time.desc(), sessions::id.desc()))
+        .select(Session::as_select())
+        .load(conn)
+        .await?)
+}
+
+/// Revokes one live session of `user_id`. Returns false when there is none with that id.
+pub async fn revoke_own(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    id: Uuid,
+    now: DateTime<Utc>,
+    reason: &str,
+) -> Result<bool, DbError> {
+    let n = diesel::update(
+        sessions::table
+            .find(id)
+            .filter(sessions::user_id.eq(user_id))
+            .filter(sessions::revoke_time.is_null())
+            .filter(sessions::expire_time.gt(now))
+            .filter(sessions::idle_expire_time.gt(now)),
+    )
+    .set((
+        sessions::revoke_time.eq(now),
+        sessions::revoke_reason.eq(reason),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(n > 0)
+}
+
+/// Deletes sessions that ended (expired, or revoked) before `before`. Deleted sessions count as
+/// revoked wherever revocation is checked. Returns how many went.
+pub async fn prune(
+    conn: &mut AsyncPgConnection,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> Result<usize, DbError> {
+    use diesel::sql_types::{BigInt, Timestamptz};
+    Ok(diesel::sql_query(
+        "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
+         WHERE expire_time < $1 OR idle_expire_time < $1 OR revoke_time < $1 LIMIT $2)",
+    )
+    .bind::<Timestamptz, _>(before)
+    .bind::<BigInt, _>(batch)
+    .execute(conn)
+    .await?)
+}

@@ -6,7 +6,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::DbError;
-use super::models::{NewUser, User};
+use super::models::{NewUser, User, UserChanges};
 use super::schema::users;
 
 diesel::define_sql_function!(fn lower(x: diesel::sql_types::Nullable<diesel::sql_types::Text>) -> diesel::sql_types::Nullable<diesel::sql_types::Text>);
@@ -69,4 +69,98 @@ pub async fn set_last_login(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Filters of the admin listing.
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    /// A LIKE pattern (already escaped and wrapped in `%`), matched case-insensitively on e-mail or username.
+    pub pattern: Option<String>,
+    pub role: Option<&'static str>,
+    pub active: Option<bool>,
+}
+
+fn filtered(f: &UserFilter) -> users::BoxedQuery<'static, diesel::pg::Pg> {
+    let mut q = users::table.into_boxed();
+    if let Some(p) = &f.pattern {
+        q = q.filter(
+            users::email
+                .ilike(p.clone())
+                .or(users::username.assume_not_null().ilike(p.clone())),
+        );
+    }
+    if let Some(r) = f.role {
+        q = q.filter(users::role.eq(r));
+    }
+    if let Some(a) = f.active {
+        q = q.filter(users::active.eq(a));
+    }
+    q
+}
+
+/// Oldest first by (create_time, id), strictly after the keyset `cursor`.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    f: &UserFilter,
+    cursor: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<User>, DbError> {
+    let mut q = filtered(f)
+        .select(User::as_select())
+        .order((users::create_time.asc(), users::id.asc()))
+        .limit(limit);
+    if let Some((t, id)) = cursor {
+        q = q.filter(
+            users::create_time
+                .gt(t)
+                .or(users::create_time.eq(t).and(users::id.gt(id))),
+        );
+    }
+    Ok(q.load(conn).await?)
+}
+
+/// How many users match `f`, over all pages.
+pub async fn count(conn: &mut AsyncPgConnection, f: &UserFilter) -> Result<i64, DbError> {
+    Ok(filtered(f).count().get_result(conn).await?)
+}
+
+/// Reads a user and locks the row until the transaction ends.
+pub async fn lock(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Option<User>, DbError> {
+    Ok(users::table
+        .find(id)
+        .select(User::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Locks every active admin row and returns their ids. Changes that could remove the last active
+/// admin take this lock first, so concurrent demotions are serialized.
+pub async fn lock_active_admins(conn: &mut AsyncPgConnection) -> Result<Vec<Uuid>, DbError> {
+    Ok(users::table
+        .filter(users::role.eq("admin"))
+        .filter(users::active.eq(true))
+        .select(users::id)
+        .order(users::id.asc())
+        .for_update()
+        .load(conn)
+        .await?)
+}
+
+pub async fn update(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    changes: &UserChanges<'_>,
+) -> Result<User, DbError> {
+    Ok(diesel::update(users::table.find(id))
+        .set(changes)
+        .returning(User::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+/// Deletes a user; sessions and refresh tokens go with it (ON DELETE CASCADE).
+pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> Result<bool, DbError> {
+    Ok(diesel::delete(users::table.find(id)).execute(conn).await? > 0)
 }

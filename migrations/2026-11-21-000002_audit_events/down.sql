@@ -1,0 +1,2 @@
+DROP INDEX users_role_active_idx;
+DROP TABLE audit_events;
