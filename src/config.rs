@@ -15,6 +15,8 @@
 //! | `AUTHD_BOOTSTRAP_ADMIN_EMAIL` | `--bootstrap-admin-email` | unset |
 //! | `AUTHD_BOOTSTRAP_ADMIN_PASSWORD` | `--bootstrap-admin-password` | unset |
 //! | `AUTHD_VALIDATE_REQUIRE_KEY` | `--validate-require-key` | `true` |
+//! | `AUTHD_ALLOW_REGISTRATION` | `--allow-registration` | `true` |
+//! | `AUTHD_AUDIT_RETENTION` | `--audit-retention` | `90d` |
 //! | `AUTHD_DB_POOL_SIZE` | `--db-pool-size` | `10` |
 //! | `AUTHD_DB_TIMEOUT` | `--db-timeout` | `5s` (pool wait, connect and statement timeout) |
 //! | `AUTHD_LOG` | `--log` | `info` (a `tracing` filter such as `authd=debug,info`) |
@@ -93,6 +95,14 @@ pub struct Config {
     #[arg(long, env = "AUTHD_VALIDATE_REQUIRE_KEY", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub validate_require_key: bool,
 
+    /// Whether anyone may Register. When false, only admins create accounts.
+    #[arg(long, env = "AUTHD_ALLOW_REGISTRATION", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub allow_registration: bool,
+
+    /// How long audit events are kept; older ones are pruned in the background.
+    #[arg(long, env = "AUTHD_AUDIT_RETENTION", default_value = "90d", value_parser = parse_duration, global = true)]
+    pub audit_retention: Duration,
+
     /// Maximum number of database connections.
     #[arg(long, env = "AUTHD_DB_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub db_pool_size: u32,
@@ -145,6 +155,8 @@ impl Config {
             bootstrap_admin_email: None,
             bootstrap_admin_password: None,
             validate_require_key: true,
+            allow_registration: true,
+            audit_retention: Duration::from_secs(90 * 86400),
             db_pool_size: 10,
             db_timeout: Duration::from_secs(5),
             log: "info".into(),
@@ -215,6 +227,8 @@ mod tests {
         assert_eq!(c.issuer, f.issuer);
         assert_eq!(c.audience, f.audience);
         assert!(c.validate_require_key);
+        assert!(c.allow_registration);
+        assert_eq!(c.audit_retention, f.audit_retention);
         assert_eq!(c.db_pool_size, f.db_pool_size);
     }
 }

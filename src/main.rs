@@ -26,6 +26,22 @@ enum Command {
     /// Manage service keys (credentials for ValidateToken).
     #[command(subcommand)]
     ServiceKeys(ServiceKeysCommand),
+    /// Manage users directly in the database.
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Create an admin account. The password is read from standard input, never from the command line.
+    CreateAdmin {
+        /// The admin's e-mail address.
+        #[arg(long)]
+        email: String,
+        /// Read the password from standard input (one line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,6 +51,14 @@ enum ServiceKeysCommand {
         /// A label for the calling service.
         name: String,
     },
+}
+
+/// One line from standard input, without its line ending.
+fn read_password_line() -> std::io::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+    Ok(trimmed.strip_suffix('\r').unwrap_or(trimmed).to_owned())
 }
 
 fn main() -> ExitCode {
@@ -62,6 +86,15 @@ fn main() -> ExitCode {
             Command::Migrate => {
                 let n = server::migrate(config).await?;
                 println!("{n} migration(s) applied");
+                Ok(())
+            }
+            Command::Users(UsersCommand::CreateAdmin {
+                email,
+                password_stdin: _,
+            }) => {
+                let password = read_password_line().map_err(server::StartError::Stdin)?;
+                let id = server::create_admin(config, &email, &password).await?;
+                println!("{id}");
                 Ok(())
             }
             Command::ServiceKeys(ServiceKeysCommand::Create { name }) => {

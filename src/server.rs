@@ -32,6 +32,8 @@ pub const LIVENESS_SERVICE: &str = "liveness";
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one readiness probe may take before the database counts as lost.
 const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often expired audit events and long-ended sessions are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Why the process could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,8 @@ pub enum StartError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("cannot read the password from standard input: {0}")]
+    Stdin(std::io::Error),
 }
 
 /// The database in use: an external one, or the embedded PostgreSQL that this process owns.
@@ -148,8 +152,9 @@ pub async fn serve(
         svc.pool().clone(),
         reporter.clone(),
         ready,
-        stop_rx,
+        stop_rx.clone(),
     ));
+    let pruner = tokio::spawn(prune_loop(svc.clone(), stop_rx));
 
     let auth = AuthServiceServer::new(AuthApi::new(svc.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -166,6 +171,7 @@ pub async fn serve(
         .await;
     let _ = stop_tx.send(true);
     let _ = monitor.await;
+    let _ = pruner.await;
     result.map_err(StartError::from)
 }
 
@@ -222,6 +228,26 @@ async fn health_monitor(
     }
 }
 
+/// Prunes audit events past `AUTHD_AUDIT_RETENTION` and sessions that ended over a day ago, shortly
+/// after start and then hourly. Every replica does it; the deletes are idempotent.
+async fn prune_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
+    let mut wait = Duration::from_secs(30);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        wait = PRUNE_INTERVAL;
+        match svc.prune().await {
+            Ok((events, sessions)) if events + sessions > 0 => {
+                tracing::info!(events, sessions, "pruned old audit events and sessions");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning failed; will retry"),
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, StartError> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -268,6 +294,39 @@ pub async fn migrate(config: Config) -> Result<usize, StartError> {
     Ok(result?)
 }
 
+/// `authd users create-admin`: creates an admin directly in the database; returns its id.
+pub async fn create_admin(
+    config: Config,
+    email: &str,
+    password: &str,
+) -> Result<String, StartError> {
+    let config = Arc::new(config);
+    let database = Database::open(&config).await?;
+    let result = async {
+        let svc = start_service(config.clone(), database.url(), Arc::new(SystemClock)).await?;
+        let client = domain::ClientInfo::new(None, "authd-cli");
+        let input = domain::service::NewAccount {
+            email: email.to_owned(),
+            password: password.to_owned(),
+            ..Default::default()
+        };
+        let account = svc
+            .create_account(
+                input,
+                domain::Role::Admin,
+                None,
+                &client,
+                "created with the CLI",
+            )
+            .await?;
+        svc.pool().close();
+        Ok(account.id.to_string())
+    }
+    .await;
+    database.close().await;
+    result
+}
+
 /// `authd service-keys create NAME`: creates a key directly in the database; returns the key.
 pub async fn create_service_key(
     config: Config,
@@ -277,7 +336,8 @@ pub async fn create_service_key(
     let database = Database::open(&config).await?;
     let result = async {
         let svc = start_service(config.clone(), database.url(), Arc::new(SystemClock)).await?;
-        let (info, key) = svc.create_service_key(None, name).await?;
+        let client = domain::ClientInfo::new(None, "authd-cli");
+        let (info, key) = svc.create_service_key(None, name, &client).await?;
         svc.pool().close();
         Ok((info.id.to_string(), key))
     }

@@ -4,6 +4,8 @@
 //! [`Principal`] where needed, and fail with the one [`Error`] enum that the `grpc` layer maps to
 //! status codes in a single place.
 
+pub mod accounts;
+pub mod audit;
 pub mod opaque;
 pub mod password;
 pub mod service;
@@ -115,6 +117,12 @@ impl From<DbError> for Error {
             e @ DbError::UniqueViolation { .. } => Error::Internal(e.to_string()),
             DbError::Query(e) => Error::Internal(e.to_string()),
         }
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(e: diesel::result::Error) -> Self {
+        DbError::from(e).into()
     }
 }
 

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
+use super::audit::{self, AuditEntry, AuditKind};
 use super::opaque::{self, HashedToken, MAX_OPAQUE_BYTES};
 use super::password::{self, PasswordHasher};
 use super::tokens::{self, AccessClaims, Keyring, PublicJwk, TokenError, VerifiedToken};
@@ -180,7 +181,7 @@ impl Authd {
     /// "Now" at PostgreSQL's precision (microseconds), so that a time written to the database and
     /// read back compares exactly with the `now` it was computed from (e.g. `refresh_expires_in` is
     /// a whole 7 days, not 6 days 23:59:59, and the grace window is measured exactly).
-    fn now(&self) -> DateTime<Utc> {
+    pub(super) fn now(&self) -> DateTime<Utc> {
         chrono::SubsecRound::trunc_subsecs(self.clock.now(), 6)
     }
 
@@ -191,14 +192,25 @@ impl Authd {
             .clone()
     }
 
-    async fn conn(&self) -> Result<db::PooledConn> {
+    pub(super) fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
+    }
+
+    pub(super) async fn conn(&self) -> Result<db::PooledConn> {
         Ok(db::conn(&self.pool).await?)
     }
 
     // ----- accounts -------------------------------------------------------------------------
 
-    /// Validates and stores a new account. Every check runs before bcrypt.
-    pub async fn create_account(&self, input: NewAccount, role: Role) -> Result<Account> {
+    /// Validates and stores a new account, with its USER_CREATED event. Every check runs before bcrypt.
+    pub async fn create_account(
+        &self,
+        input: NewAccount,
+        role: Role,
+        actor: Option<Uuid>,
+        client: &ClientInfo,
+        how: &str,
+    ) -> Result<Account> {
         let email = validate::email(&input.email)?;
         let username = validate::username(&input.username)?;
         let first_name = validate::person_name("first_name", &input.first_name)?;
@@ -206,30 +218,43 @@ impl Authd {
         let password = password::new_password("password", &input.password)?;
         let hash = self.hasher.hash(password).await?;
         let now = self.now();
-        let mut conn = self.conn().await?;
-        let row = users::insert(
-            &mut conn,
-            &db::models::NewUser {
-                id: Uuid::new_v4(),
-                email: &email,
-                username: username.as_deref(),
-                first_name: &first_name,
-                last_name: &last_name,
-                password_hash: &hash,
-                role: role.as_str(),
-                active: true,
-                create_time: now,
-                update_time: now,
-            },
-        )
-        .await
-        .map_err(uniqueness_error)?;
+        let new_user = db::models::NewUser {
+            id: Uuid::new_v4(),
+            email: &email,
+            username: username.as_deref(),
+            first_name: &first_name,
+            last_name: &last_name,
+            password_hash: &hash,
+            role: role.as_str(),
+            active: true,
+            create_time: now,
+            update_time: now,
+        };
+        let detail = format!("{how}; role {}", role.as_str());
+        let row = self
+            .conn()
+            .await?
+            .transaction::<_, DbError, _>(async |conn| {
+                let row = users::insert(conn, &new_user).await?;
+                let entry = AuditEntry::new(AuditKind::UserCreated, client)
+                    .user(row.id)
+                    .actor(actor)
+                    .detail(detail);
+                audit::record(conn, now, entry).await?;
+                Ok(row)
+            })
+            .await
+            .map_err(uniqueness_error)?;
         Account::try_from(row)
     }
 
-    /// Register: always an active ROLE_USER.
-    pub async fn register(&self, input: NewAccount) -> Result<Account> {
-        self.create_account(input, Role::User).await
+    /// Register: always an active ROLE_USER; refused when registration is closed.
+    pub async fn register(&self, input: NewAccount, client: &ClientInfo) -> Result<Account> {
+        if !self.config.allow_registration {
+            return Err(Error::PermissionDenied("registration is closed".into()));
+        }
+        self.create_account(input, Role::User, None, client, "registration")
+            .await
     }
 
     /// Creates the bootstrap admin unless an account with that e-mail exists. Idempotent, and safe
@@ -248,7 +273,11 @@ impl Authd {
             password: password.to_owned(),
             ..Default::default()
         };
-        match self.create_account(input, Role::Admin).await {
+        let client = ClientInfo::default();
+        match self
+            .create_account(input, Role::Admin, None, &client, "bootstrap admin")
+            .await
+        {
             Ok(a) => {
                 tracing::info!(user_id = %a.id, "bootstrap admin created");
                 Ok(())
@@ -316,12 +345,32 @@ impl Authd {
             .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
             .await?;
         let user = match user {
-            Some(u) if ok => u,
-            _ => return Err(Error::Unauthenticated(AuthFailure::BadCredentials)),
+            Some(u) if ok && u.active => u,
+            user => {
+                let (reason, denial) = match &user {
+                    Some(u) if ok && !u.active => (
+                        "account disabled",
+                        Error::PermissionDenied("account disabled".into()),
+                    ),
+                    Some(_) => (
+                        "wrong password",
+                        Error::Unauthenticated(AuthFailure::BadCredentials),
+                    ),
+                    None => (
+                        "unknown account",
+                        Error::Unauthenticated(AuthFailure::BadCredentials),
+                    ),
+                };
+                let id = audit::sanitize(raw_id.trim(), audit::MAX_IDENTIFIER_CHARS);
+                let mut entry = AuditEntry::new(AuditKind::LoginFailed, client)
+                    .detail(format!("{reason}; identifier {id:?}"));
+                if let Some(u) = &user {
+                    entry = entry.user(u.id);
+                }
+                audit::record(&mut *self.conn().await?, self.now(), entry).await?;
+                return Err(denial);
+            }
         };
-        if !user.active {
-            return Err(Error::PermissionDenied("account disabled".into()));
-        }
 
         let now = self.now();
         let refresh_token = opaque::new_refresh_token();
@@ -353,6 +402,11 @@ impl Authd {
             .transaction::<_, DbError, _>(async |conn| {
                 let s = sessions::insert(conn, &new_session, &new_token).await?;
                 users::set_last_login(conn, user.id, now).await?;
+                let entry = AuditEntry::new(AuditKind::LoginSucceeded, client)
+                    .user(user.id)
+                    .actor(Some(user.id))
+                    .detail(format!("session {session_id}"));
+                audit::record(conn, now, entry).await?;
                 Ok(s)
             })
             .await?;
@@ -361,7 +415,7 @@ impl Authd {
     }
 
     /// Rotates a refresh token (see the module docs of `opaque` for the successor rule).
-    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair> {
+    pub async fn refresh(&self, refresh_token: &str, client: &ClientInfo) -> Result<TokenPair> {
         let refresh_token = refresh_token.trim();
         if refresh_token.is_empty() {
             return Err(Error::invalid("refresh_token is required"));
@@ -415,6 +469,13 @@ impl Authd {
                     }
                     Some(_) => {
                         sessions::revoke(conn, session.id, now, "refresh_token_reuse").await?;
+                        let entry = AuditEntry::new(AuditKind::RefreshReuseDetected, client)
+                            .user(session.user_id)
+                            .detail(format!(
+                                "session {} revoked; generation {} presented, current {}",
+                                session.id, token.generation, session.generation
+                            ));
+                        audit::record(conn, now, entry).await?;
                         Ok(RefreshOutcome::Reused(session.id))
                     }
                 }
@@ -473,7 +534,11 @@ impl Authd {
     }
 
     /// Logout by refresh token (RFC 7009): revokes its session; unknown tokens are fine.
-    pub async fn logout_by_refresh_token(&self, refresh_token: &str) -> Result<()> {
+    pub async fn logout_by_refresh_token(
+        &self,
+        refresh_token: &str,
+        client: &ClientInfo,
+    ) -> Result<()> {
         let refresh_token = refresh_token.trim();
         if refresh_token.len() > MAX_OPAQUE_BYTES {
             return Err(Error::invalid(format!(
@@ -483,27 +548,57 @@ impl Authd {
         let hash = HashedToken::of(refresh_token);
         let mut conn = self.conn().await?;
         if let Some(s) = sessions::find_by_refresh_hash(&mut conn, hash.as_bytes()).await? {
-            sessions::revoke(&mut conn, s.id, self.now(), "logout").await?;
+            self.end_session(&mut conn, s.user_id, s.id, client).await?;
         }
         Ok(())
     }
 
-    /// Logout of the bearer's own session.
-    pub async fn logout_session(&self, p: &Principal) -> Result<()> {
-        sessions::revoke(&mut *self.conn().await?, p.session_id, self.now(), "logout").await?;
+    async fn end_session(
+        &self,
+        conn: &mut db::PgConn,
+        user_id: Uuid,
+        session_id: Uuid,
+        client: &ClientInfo,
+    ) -> Result<()> {
+        let now = self.now();
+        conn.transaction::<_, DbError, _>(async |conn| {
+            if sessions::revoke(conn, session_id, now, "logout").await? {
+                let entry = AuditEntry::new(AuditKind::Logout, client)
+                    .user(user_id)
+                    .actor(Some(user_id))
+                    .detail(format!("session {session_id}"));
+                audit::record(conn, now, entry).await?;
+            }
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 
+    /// Logout of the bearer's own session.
+    pub async fn logout_session(&self, p: &Principal, client: &ClientInfo) -> Result<()> {
+        self.end_session(&mut *self.conn().await?, p.user_id, p.session_id, client)
+            .await
+    }
+
     /// Revokes every live session of the caller. Returns how many.
-    pub async fn logout_all(&self, p: &Principal) -> Result<i64> {
-        Ok(sessions::revoke_all_for_user(
-            &mut *self.conn().await?,
-            p.user_id,
-            None,
-            self.now(),
-            "logout_all",
-        )
-        .await?)
+    pub async fn logout_all(&self, p: &Principal, client: &ClientInfo) -> Result<i64> {
+        let now = self.now();
+        let n = self
+            .conn()
+            .await?
+            .transaction::<_, DbError, _>(async |conn| {
+                let n =
+                    sessions::revoke_all_for_user(conn, p.user_id, None, now, "logout_all").await?;
+                let entry = AuditEntry::new(AuditKind::LogoutAll, client)
+                    .user(p.user_id)
+                    .actor(Some(p.user_id))
+                    .detail(format!("{n} session(s) revoked"));
+                audit::record(conn, now, entry).await?;
+                Ok(n)
+            })
+            .await?;
+        Ok(n)
     }
 
     // ----- token checks ---------------------------------------------------------------------------
@@ -607,6 +702,7 @@ impl Authd {
         &self,
         actor: Option<&Principal>,
         name: &str,
+        client: &ClientInfo,
     ) -> Result<(ServiceKeyInfo, String)> {
         if let Some(p) = actor {
             p.require(Role::Admin)?;
@@ -614,17 +710,26 @@ impl Authd {
         let name = validate::label("name", name)?;
         let key = opaque::new_service_key();
         let hash = HashedToken::of(&key);
-        let row = service_keys::insert(
-            &mut *self.conn().await?,
-            &NewServiceKey {
-                id: Uuid::new_v4(),
-                name: &name,
-                key_hash: hash.as_bytes(),
-                creator_id: actor.map(|p| p.user_id),
-                create_time: self.now(),
-            },
-        )
-        .await?;
+        let now = self.now();
+        let new_key = NewServiceKey {
+            id: Uuid::new_v4(),
+            name: &name,
+            key_hash: hash.as_bytes(),
+            creator_id: actor.map(|p| p.user_id),
+            create_time: now,
+        };
+        let row = self
+            .conn()
+            .await?
+            .transaction::<_, DbError, _>(async |conn| {
+                let row = service_keys::insert(conn, &new_key).await?;
+                let entry = AuditEntry::new(AuditKind::ServiceKeyCreated, client)
+                    .actor(row.creator_id)
+                    .detail(format!("service key {} ({})", row.id, row.name));
+                audit::record(conn, now, entry).await?;
+                Ok(row)
+            })
+            .await?;
         Ok((row.into(), key))
     }
 
@@ -634,10 +739,30 @@ impl Authd {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    pub async fn revoke_service_key(&self, actor: &Principal, id: &str) -> Result<()> {
+    pub async fn revoke_service_key(
+        &self,
+        actor: &Principal,
+        id: &str,
+        client: &ClientInfo,
+    ) -> Result<()> {
         actor.require(Role::Admin)?;
         let id = validate::uuid("id", id)?;
-        if service_keys::revoke(&mut *self.conn().await?, id, self.now()).await? {
+        let now = self.now();
+        let revoked = self
+            .conn()
+            .await?
+            .transaction::<_, DbError, _>(async |conn| {
+                let revoked = service_keys::revoke(conn, id, now).await?;
+                if revoked {
+                    let entry = AuditEntry::new(AuditKind::ServiceKeyRevoked, client)
+                        .actor(Some(actor.user_id))
+                        .detail(format!("service key {id}"));
+                    audit::record(conn, now, entry).await?;
+                }
+                Ok(revoked)
+            })
+            .await?;
+        if revoked {
             Ok(())
         } else {
             Err(Error::NotFound("service key not found".into()))
@@ -646,7 +771,7 @@ impl Authd {
 }
 
 /// Maps a uniqueness conflict on users to ALREADY_EXISTS.
-fn uniqueness_error(e: DbError) -> Error {
+pub(super) fn uniqueness_error(e: DbError) -> Error {
     match &e {
         DbError::UniqueViolation { constraint } if constraint == users::EMAIL_UNIQUE => {
             Error::AlreadyExists("email is already registered".into())
@@ -659,7 +784,7 @@ fn uniqueness_error(e: DbError) -> Error {
 }
 
 /// Converts a configured duration, capped at 100 years so that `now + d` can never overflow.
-fn chrono_duration(d: std::time::Duration) -> chrono::Duration {
+pub(super) fn chrono_duration(d: std::time::Duration) -> chrono::Duration {
     let cap = chrono::Duration::days(36_500);
     chrono::Duration::from_std(d).map_or(cap, |d| d.min(cap))
 }

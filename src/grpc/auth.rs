@@ -42,16 +42,20 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
+        let client = client_info(&req);
         let r = req.into_inner();
         let account = self
             .svc
-            .register(NewAccount {
-                email: r.email,
-                password: r.password,
-                username: r.username,
-                first_name: r.first_name,
-                last_name: r.last_name,
-            })
+            .register(
+                NewAccount {
+                    email: r.email,
+                    password: r.password,
+                    username: r.username,
+                    first_name: r.first_name,
+                    last_name: r.last_name,
+                },
+                &client,
+            )
             .await?;
         Ok(Response::new(proto::RegisterResponse {
             user: Some(account.into()),
@@ -76,7 +80,11 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::RefreshRequest>,
     ) -> Result<Response<proto::TokenPair>, Status> {
-        let pair = self.svc.refresh(&req.into_inner().refresh_token).await?;
+        let client = client_info(&req);
+        let pair = self
+            .svc
+            .refresh(&req.into_inner().refresh_token, &client)
+            .await?;
         Ok(Response::new(pair.into()))
     }
 
@@ -84,12 +92,13 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::LogoutRequest>,
     ) -> Result<Response<proto::LogoutResponse>, Status> {
+        let client = client_info(&req);
         if req.get_ref().refresh_token.is_empty() {
             let p = self.svc.authenticate(authorization(req.metadata())).await?;
-            self.svc.logout_session(&p).await?;
+            self.svc.logout_session(&p, &client).await?;
         } else {
             self.svc
-                .logout_by_refresh_token(&req.get_ref().refresh_token)
+                .logout_by_refresh_token(&req.get_ref().refresh_token, &client)
                 .await?;
         }
         Ok(Response::new(proto::LogoutResponse {}))
@@ -100,7 +109,7 @@ impl AuthService for AuthApi {
         req: Request<proto::LogoutAllRequest>,
     ) -> Result<Response<proto::LogoutAllResponse>, Status> {
         let p = self.svc.authenticate(authorization(req.metadata())).await?;
-        let revoked_sessions = self.svc.logout_all(&p).await?;
+        let revoked_sessions = self.svc.logout_all(&p, &client_info(&req)).await?;
         Ok(Response::new(proto::LogoutAllResponse { revoked_sessions }))
     }
 
@@ -155,7 +164,7 @@ impl AuthService for AuthApi {
         let p = self.svc.authenticate(authorization(req.metadata())).await?;
         let (info, key) = self
             .svc
-            .create_service_key(Some(&p), &req.get_ref().name)
+            .create_service_key(Some(&p), &req.get_ref().name, &client_info(&req))
             .await?;
         Ok(Response::new(proto::CreateServiceKeyResponse {
             id: info.id.to_string(),
@@ -190,7 +199,9 @@ impl AuthService for AuthApi {
         req: Request<proto::RevokeServiceKeyRequest>,
     ) -> Result<Response<proto::RevokeServiceKeyResponse>, Status> {
         let p = self.svc.authenticate(authorization(req.metadata())).await?;
-        self.svc.revoke_service_key(&p, &req.get_ref().id).await?;
+        self.svc
+            .revoke_service_key(&p, &req.get_ref().id, &client_info(&req))
+            .await?;
         Ok(Response::new(proto::RevokeServiceKeyResponse {}))
     }
 }

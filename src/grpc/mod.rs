@@ -14,6 +14,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::domain::accounts::RoleArg;
 use crate::domain::service::Account;
 use crate::domain::{AuthFailure, ClientInfo, Error, Role};
 use crate::proto;
@@ -112,6 +113,17 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A role number from a request, checked later by the domain (after authorization).
+pub fn role_arg(n: i32) -> RoleArg {
+    match proto::Role::try_from(n) {
+        Ok(proto::Role::Unspecified) => RoleArg::Unspecified,
+        Ok(proto::Role::User) => RoleArg::Role(Role::User),
+        Ok(proto::Role::Moderator) => RoleArg::Role(Role::Moderator),
+        Ok(proto::Role::Admin) => RoleArg::Role(Role::Admin),
+        Err(_) => RoleArg::Unknown(n),
     }
 }
 

@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::authorization;
-use crate::domain::Authd;
+use super::{authorization, client_info, role_arg, timestamp};
+use crate::domain::accounts::{AdminUpdate, ProfileUpdate, UserQuery};
+use crate::domain::service::NewAccount;
+use crate::domain::{Authd, Principal};
 use crate::proto;
 use crate::proto::user_service_server::UserService;
 
@@ -19,10 +21,10 @@ impl UserApi {
     pub fn new(svc: Arc<Authd>) -> Self {
         Self { svc }
     }
-}
 
-fn not_yet(method: &str) -> Status {
-    Status::unimplemented(format!("{method} is not implemented yet"))
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        Ok(self.svc.authenticate(authorization(req.metadata())).await?)
+    }
 }
 
 #[tonic::async_trait]
@@ -31,91 +33,223 @@ impl UserService for UserApi {
         &self,
         req: Request<proto::GetMeRequest>,
     ) -> Result<Response<proto::User>, Status> {
-        let p = self.svc.authenticate(authorization(req.metadata())).await?;
+        let p = self.caller(&req).await?;
         Ok(Response::new(self.svc.get_me(&p).await?.into()))
     }
 
     async fn update_me(
         &self,
-        _req: Request<proto::UpdateMeRequest>,
+        req: Request<proto::UpdateMeRequest>,
     ) -> Result<Response<proto::User>, Status> {
-        Err(not_yet("UpdateMe"))
+        let p = self.caller(&req).await?;
+        let client = client_info(&req);
+        let r = req.into_inner();
+        let upd = ProfileUpdate {
+            username: r.username,
+            first_name: r.first_name,
+            last_name: r.last_name,
+            email: r.email,
+            current_password: r.current_password,
+        };
+        Ok(Response::new(
+            self.svc.update_me(&p, upd, &client).await?.into(),
+        ))
     }
 
     async fn change_password(
         &self,
-        _req: Request<proto::ChangePasswordRequest>,
+        req: Request<proto::ChangePasswordRequest>,
     ) -> Result<Response<proto::ChangePasswordResponse>, Status> {
-        Err(not_yet("ChangePassword"))
+        let p = self.caller(&req).await?;
+        let client = client_info(&req);
+        let r = req.into_inner();
+        let revoked_sessions = self
+            .svc
+            .change_password(&p, &r.current_password, &r.new_password, &client)
+            .await?;
+        Ok(Response::new(proto::ChangePasswordResponse {
+            revoked_sessions,
+        }))
     }
 
     async fn delete_me(
         &self,
-        _req: Request<proto::DeleteMeRequest>,
+        req: Request<proto::DeleteMeRequest>,
     ) -> Result<Response<proto::DeleteMeResponse>, Status> {
-        Err(not_yet("DeleteMe"))
+        let p = self.caller(&req).await?;
+        let client = client_info(&req);
+        self.svc
+            .delete_me(&p, &req.get_ref().password, &client)
+            .await?;
+        Ok(Response::new(proto::DeleteMeResponse {}))
     }
 
     async fn list_my_sessions(
         &self,
-        _req: Request<proto::ListMySessionsRequest>,
+        req: Request<proto::ListMySessionsRequest>,
     ) -> Result<Response<proto::ListMySessionsResponse>, Status> {
-        Err(not_yet("ListMySessions"))
+        let p = self.caller(&req).await?;
+        let sessions = self
+            .svc
+            .list_my_sessions(&p)
+            .await?
+            .into_iter()
+            .map(|s| proto::Session {
+                id: s.id.to_string(),
+                create_time: Some(timestamp(s.create_time)),
+                last_use_time: Some(timestamp(s.last_use_time)),
+                expire_time: Some(timestamp(s.expire_time)),
+                user_agent: s.user_agent,
+                ip_address: s.ip_address,
+                current: s.current,
+            })
+            .collect();
+        Ok(Response::new(proto::ListMySessionsResponse { sessions }))
     }
 
     async fn revoke_my_session(
         &self,
-        _req: Request<proto::RevokeMySessionRequest>,
+        req: Request<proto::RevokeMySessionRequest>,
     ) -> Result<Response<proto::RevokeMySessionResponse>, Status> {
-        Err(not_yet("RevokeMySession"))
+        let p = self.caller(&req).await?;
+        let client = client_info(&req);
+        self.svc
+            .revoke_my_session(&p, &req.get_ref().session_id, &client)
+            .await?;
+        Ok(Response::new(proto::RevokeMySessionResponse {}))
     }
 
     async fn list_users(
         &self,
-        _req: Request<proto::ListUsersRequest>,
+        req: Request<proto::ListUsersRequest>,
     ) -> Result<Response<proto::ListUsersResponse>, Status> {
-        Err(not_yet("ListUsers"))
+        let p = self.caller(&req).await?;
+        let r = req.into_inner();
+        let page = self
+            .svc
+            .list_users(
+                &p,
+                UserQuery {
+                    page_size: r.page_size,
+                    page_token: r.page_token,
+                    query: r.query,
+                    role: Some(role_arg(r.role)),
+                    active: r.active,
+                },
+            )
+            .await?;
+        Ok(Response::new(proto::ListUsersResponse {
+            users: page.users.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+            total_size: page.total_size,
+        }))
     }
 
     async fn get_user(
         &self,
-        _req: Request<proto::GetUserRequest>,
+        req: Request<proto::GetUserRequest>,
     ) -> Result<Response<proto::User>, Status> {
-        Err(not_yet("GetUser"))
+        let p = self.caller(&req).await?;
+        Ok(Response::new(
+            self.svc.get_user(&p, &req.get_ref().user_id).await?.into(),
+        ))
     }
 
     async fn revoke_user_sessions(
         &self,
-        _req: Request<proto::RevokeUserSessionsRequest>,
+        req: Request<proto::RevokeUserSessionsRequest>,
     ) -> Result<Response<proto::RevokeUserSessionsResponse>, Status> {
-        Err(not_yet("RevokeUserSessions"))
+        let p = self.caller(&req).await?;
+        let client = client_info(&req);
+        let revoked_sessions = self
+            .svc
+            .revoke_user_sessions(&p, &req.get_ref().user_id, &client)
+            .await?;
+        Ok(Response::new(proto::RevokeUserSessionsResponse {
+            revoked_sessions,
+        }))
     }
 
     async fn create_user(
         &self,
-        _req: Request<proto::CreateUserRequest>,
+        req: Request<proto::CreateUserRequest>,
     ) -> Result<Response<proto::User>, Status> {
-        Err(not_yet("CreateUser"))
+        let p = self.caller(&req).await?;
+        let client = client_info(&req);
+        let r = req.into_inner();
+        let input = NewAccount {
+            email: r.email,
+            password: r.password,
+            username: r.username,
+            first_name: r.first_name,
+            last_name: r.last_name,
+        };
+        let account = self
+            .svc
+            .create_user(&p, input, role_arg(r.role), &client)
+            .await?;
+        Ok(Response::new(account.into()))
     }
 
     async fn update_user(
         &self,
-        _req: Request<proto::UpdateUserRequest>,
+        req: Request<proto::UpdateUserRequest>,
     ) -> Result<Response<proto::User>, Status> {
-        Err(not_yet("UpdateUser"))
+        let p = self.caller(&req).await?;
+        let client = client_info(&req);
+        let r = req.into_inner();
+        let upd = AdminUpdate {
+            email: r.email,
+            username: r.username,
+            first_name: r.first_name,
+            last_name: r.last_name,
+            role: r.role.map(role_arg),
+            active: r.active,
+            password: r.password,
+        };
+        let account = self.svc.update_user(&p, &r.user_id, upd, &client).await?;
+        Ok(Response::new(account.into()))
     }
 
     async fn delete_user(
         &self,
-        _req: Request<proto::DeleteUserRequest>,
+        req: Request<proto::DeleteUserRequest>,
     ) -> Result<Response<proto::DeleteUserResponse>, Status> {
-        Err(not_yet("DeleteUser"))
+        let p = self.caller(&req).await?;
+        let client = client_info(&req);
+        self.svc
+            .delete_user(&p, &req.get_ref().user_id, &client)
+            .await?;
+        Ok(Response::new(proto::DeleteUserResponse {}))
     }
 
     async fn list_audit_events(
         &self,
-        _req: Request<proto::ListAuditEventsRequest>,
+        req: Request<proto::ListAuditEventsRequest>,
     ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
-        Err(not_yet("ListAuditEvents"))
+        let p = self.caller(&req).await?;
+        let r = req.into_inner();
+        let page = self
+            .svc
+            .list_audit_events(&p, &r.user_id, r.page_size, &r.page_token)
+            .await?;
+        let events = page
+            .events
+            .into_iter()
+            .map(|e| proto::AuditEvent {
+                id: e.id.to_string(),
+                user_id: e.user_id.map(|u| u.to_string()).unwrap_or_default(),
+                actor_id: e.actor_id.map(|u| u.to_string()).unwrap_or_default(),
+                kind: e.kind,
+                ip_address: e.ip_address,
+                user_agent: e.user_agent,
+                detail: e.detail,
+                create_time: Some(timestamp(e.create_time)),
+            })
+            .collect();
+        Ok(Response::new(proto::ListAuditEventsResponse {
+            events,
+            next_page_token: page.next_page_token,
+        }))
     }
 }

@@ -264,7 +264,7 @@ impl TestServer {
     /// A service key created through the domain (as the CLI does).
     pub async fn service_key(&self) -> String {
         self.svc
-            .create_service_key(None, "tests")
+            .create_service_key(None, "tests", &authd::domain::ClientInfo::default())
             .await
             .expect("create service key")
             .1
