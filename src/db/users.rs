@@ -135,9 +135,20 @@ pub async fn lock(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Option<User>
         .optional()?)
 }
 
+/// Serializes the transactions that call [`lock_active_admins`].
+const ADMIN_LOCK_KEY: i64 = 0x6175_7468_6403;
+
 /// Locks every active admin row and returns their ids. Changes that could remove the last active
 /// admin take this lock first, so concurrent demotions are serialized.
+///
+/// A transaction-level advisory lock comes first: the row locks alone can deadlock, because a
+/// transaction whose snapshot predates a demotion locks (and skips) the demoted row before the
+/// others, while one that sees the demotion locks the others first and that row later, as its
+/// target.
 pub async fn lock_active_admins(conn: &mut AsyncPgConnection) -> Result<Vec<Uuid>, DbError> {
+    diesel::sql_query(format!("SELECT pg_advisory_xact_lock({ADMIN_LOCK_KEY})"))
+        .execute(conn)
+        .await?;
     Ok(users::table
         .filter(users::role.eq("admin"))
         .filter(users::active.eq(true))
