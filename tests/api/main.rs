@@ -5,6 +5,8 @@
 
 mod common;
 
+mod admin;
 mod auth_flows;
+mod self_service;
 mod smoke;
 mod tokens;
