@@ -17,6 +17,14 @@
 //! | `AUTHD_VALIDATE_REQUIRE_KEY` | `--validate-require-key` | `true` |
 //! | `AUTHD_ALLOW_REGISTRATION` | `--allow-registration` | `true` |
 //! | `AUTHD_AUDIT_RETENTION` | `--audit-retention` | `90d` |
+//! | `AUTHD_LOGIN_MAX_FAILURES` | `--login-max-failures` | `5` |
+//! | `AUTHD_LOGIN_MAX_FAILURES_PER_HOUR` | `--login-max-failures-per-hour` | `100` |
+//! | `AUTHD_RATE_LIMIT_PER_IP` | `--rate-limit-per-ip` | `60` (requests per minute; `0` = off) |
+//! | `AUTHD_TRUSTED_PROXIES` | `--trusted-proxies` | empty (comma-separated IPs or CIDRs) |
+//! | `AUTHD_MIN_PASSWORD_SCORE` | `--min-password-score` | `3` (zxcvbn score, 0-4) |
+//! | `AUTHD_REQUEST_TIMEOUT` | `--request-timeout` | `10s` |
+//! | `AUTHD_KEY_PUBLISH_DELAY` | `--key-publish-delay` | `10m` |
+//! | `AUTHD_MASTER_KEY` | `--master-key` | unset (32 bytes, base64 or hex) |
 //! | `AUTHD_DB_POOL_SIZE` | `--db-pool-size` | `10` |
 //! | `AUTHD_DB_TIMEOUT` | `--db-timeout` | `5s` (pool wait, connect and statement timeout) |
 //! | `AUTHD_LOG` | `--log` | `info` (a `tracing` filter such as `authd=debug,info`) |
@@ -103,6 +111,44 @@ pub struct Config {
     #[arg(long, env = "AUTHD_AUDIT_RETENTION", default_value = "90d", value_parser = parse_duration, global = true)]
     pub audit_retention: Duration,
 
+    /// Consecutive failed logins for one identifier from one client IP before that IP must wait.
+    #[arg(long, env = "AUTHD_LOGIN_MAX_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub login_max_failures: u32,
+
+    /// Failed password verifications per identifier per hour, across all IPs, before IPs that have
+    /// failed for it are refused.
+    #[arg(long, env = "AUTHD_LOGIN_MAX_FAILURES_PER_HOUR", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub login_max_failures_per_hour: u32,
+
+    /// Register, Login and Refresh requests per minute per client IP (token bucket); 0 turns it off.
+    #[arg(
+        long,
+        env = "AUTHD_RATE_LIMIT_PER_IP",
+        default_value_t = 60,
+        global = true
+    )]
+    pub rate_limit_per_ip: u32,
+
+    /// Peers whose `x-forwarded-for` is believed: comma-separated IPs or CIDRs.
+    #[arg(long, env = "AUTHD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net, global = true)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Minimum zxcvbn strength score (0-4) of a new password.
+    #[arg(long, env = "AUTHD_MIN_PASSWORD_SCORE", default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=4), global = true)]
+    pub min_password_score: u8,
+
+    /// Server-side limit on one request; past it the call gets DEADLINE_EXCEEDED.
+    #[arg(long, env = "AUTHD_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub request_timeout: Duration,
+
+    /// How long a new signing key is published in JWKS before it starts signing.
+    #[arg(long, env = "AUTHD_KEY_PUBLISH_DELAY", default_value = "10m", value_parser = parse_duration, global = true)]
+    pub key_publish_delay: Duration,
+
+    /// 32-byte key (base64 or hex) that encrypts signing keys and server secrets in the database.
+    #[arg(long, env = "AUTHD_MASTER_KEY", hide_env_values = true, global = true)]
+    pub master_key: Option<String>,
+
     /// Maximum number of database connections.
     #[arg(long, env = "AUTHD_DB_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub db_pool_size: u32,
@@ -156,12 +202,28 @@ impl Config {
             bootstrap_admin_password: None,
             validate_require_key: true,
             allow_registration: true,
+            login_max_failures: 5,
+            login_max_failures_per_hour: 100,
+            rate_limit_per_ip: 60,
+            trusted_proxies: Vec::new(),
+            min_password_score: 3,
+            request_timeout: Duration::from_secs(10),
+            key_publish_delay: Duration::from_secs(600),
+            master_key: None,
             audit_retention: Duration::from_secs(90 * 86400),
             db_pool_size: 10,
             db_timeout: Duration::from_secs(5),
             log: "info".into(),
         }
     }
+}
+
+/// Parses an IP address or a CIDR network.
+pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR network"))
 }
 
 /// Parses `500ms`, `90s`, `15m`, `12h`, `7d`, or a bare `0`.
@@ -199,6 +261,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn nets() {
+        assert!(parse_net("10.0.0.0/8").is_ok());
+        assert!(parse_net(" 127.0.0.1 ").is_ok());
+        assert!(parse_net("::1").is_ok());
+        assert!(parse_net("nope").is_err());
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
@@ -228,6 +298,13 @@ mod tests {
         assert_eq!(c.audience, f.audience);
         assert!(c.validate_require_key);
         assert!(c.allow_registration);
+        assert_eq!(c.login_max_failures, f.login_max_failures);
+        assert_eq!(c.login_max_failures_per_hour, f.login_max_failures_per_hour);
+        assert_eq!(c.rate_limit_per_ip, f.rate_limit_per_ip);
+        assert_eq!(c.min_password_score, f.min_password_score);
+        assert_eq!(c.request_timeout, f.request_timeout);
+        assert_eq!(c.key_publish_delay, f.key_publish_delay);
+        assert!(c.trusted_proxies.is_empty() && c.master_key.is_none());
         assert_eq!(c.audit_retention, f.audit_retention);
         assert_eq!(c.db_pool_size, f.db_pool_size);
     }

@@ -11,6 +11,7 @@ pub mod db;
 pub mod domain;
 pub mod embedded_pg;
 pub mod grpc;
+pub mod middleware;
 pub mod server;
 
 /// Code generated from `proto/auth/v1/*.proto`.

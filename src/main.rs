@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 use authd::config::Config;
 use authd::server;
@@ -29,6 +28,15 @@ enum Command {
     /// Manage users directly in the database.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Manage the keys that sign access tokens.
+    #[command(subcommand)]
+    SigningKeys(SigningKeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SigningKeysCommand {
+    /// Create a new signing key: published at once, signing after AUTHD_KEY_PUBLISH_DELAY.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,7 +71,7 @@ fn read_password_line() -> std::io::Result<String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = server::log_filter(&cli.config.log);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -95,6 +103,12 @@ fn main() -> ExitCode {
                 let password = read_password_line().map_err(server::StartError::Stdin)?;
                 let id = server::create_admin(config, &email, &password).await?;
                 println!("{id}");
+                Ok(())
+            }
+            Command::SigningKeys(SigningKeysCommand::Rotate) => {
+                let (kid, activate_time) = server::rotate_signing_key(config).await?;
+                println!("{kid}");
+                eprintln!("new signing key {kid} signs from {activate_time}");
                 Ok(())
             }
             Command::ServiceKeys(ServiceKeysCommand::Create { name }) => {

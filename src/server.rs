@@ -20,6 +20,7 @@ use crate::domain::{self, Authd};
 use crate::embedded_pg::{self, EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
 use crate::grpc::auth::AuthApi;
 use crate::grpc::user::UserApi;
+use crate::middleware::{ClientErrorLayer, DeadlineLayer};
 use crate::proto;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
@@ -34,6 +35,20 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often expired audit events and long-ended sessions are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often the signing keys are re-read, so a rotation on any replica is picked up.
+pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+/// Header blocks larger than this are refused by HTTP/2 itself; the gRPC limit on metadata
+/// (`middleware::MAX_METADATA_BYTES`) is lower, so clients get a proper gRPC status first.
+pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+/// Concurrent streams (calls) per HTTP/2 connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// HTTP/2 keepalive: ping idle connections, drop them if the ping is not answered.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rapid-reset protection (CVE-2023-44487): streams reset by the client before they were
+/// accepted, and streams the server had to reset for protocol errors, per connection.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 50;
+pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 
 /// Why the process could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +169,8 @@ pub async fn serve(
         ready,
         stop_rx.clone(),
     ));
-    let pruner = tokio::spawn(prune_loop(svc.clone(), stop_rx));
+    let pruner = tokio::spawn(prune_loop(svc.clone(), stop_rx.clone()));
+    let reloader = tokio::spawn(key_reload_loop(svc.clone(), stop_rx));
 
     let auth = AuthServiceServer::new(AuthApi::new(svc.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -162,6 +178,15 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     let result = Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .tcp_nodelay(true)
+        .layer(ClientErrorLayer)
+        .layer(DeadlineLayer(svc.config().request_timeout))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -172,6 +197,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = monitor.await;
     let _ = pruner.await;
+    let _ = reloader.await;
     result.map_err(StartError::from)
 }
 
@@ -248,6 +274,25 @@ async fn prune_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Re-reads the signing keys every [`KEY_RELOAD_INTERVAL`]: a rotation by any replica, or a new key
+/// reaching its activation time, takes effect within seconds. Also trims the rate limiter's memory.
+async fn key_reload_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
+    let mut ticks: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(KEY_RELOAD_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = svc.reload_keys().await {
+            tracing::warn!(error = %e, "reloading signing keys failed; keeping the current ones");
+        }
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(30) {
+            svc.rate_limit_housekeeping();
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, StartError> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -259,6 +304,24 @@ pub async fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'stat
             _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
         }
     })
+}
+
+/// Log targets held at INFO whatever `AUTHD_LOG` asks for: at DEBUG `tokio_postgres` logs every
+/// query's parameters, which include password hashes and, without a master key, the signing keys
+/// and the refresh-token secret.
+pub const SECRET_LEAKING_LOG_TARGETS: [&str; 1] = ["tokio_postgres::query"];
+
+/// The log filter for `directives` (`AUTHD_LOG`, `EnvFilter` syntax; `info` if it does not
+/// parse), with [`SECRET_LEAKING_LOG_TARGETS`] held at INFO.
+pub fn log_filter(directives: &str) -> tracing_subscriber::EnvFilter {
+    let mut filter = tracing_subscriber::EnvFilter::try_new(directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for target in SECRET_LEAKING_LOG_TARGETS {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
 }
 
 /// `authd serve`: the whole life of the server process.
@@ -321,6 +384,23 @@ pub async fn create_admin(
             .await?;
         svc.pool().close();
         Ok(account.id.to_string())
+    }
+    .await;
+    database.close().await;
+    result
+}
+
+/// `authd signing-keys rotate`: adds a signing key; returns its kid and activation time.
+pub async fn rotate_signing_key(
+    config: Config,
+) -> Result<(String, chrono::DateTime<chrono::Utc>), StartError> {
+    let config = Arc::new(config);
+    let database = Database::open(&config).await?;
+    let result = async {
+        let svc = start_service(config.clone(), database.url(), Arc::new(SystemClock)).await?;
+        let rotated = svc.rotate_signing_key(None).await?;
+        svc.pool().close();
+        Ok(rotated)
     }
     .await;
     database.close().await;

@@ -10,6 +10,7 @@ pub mod models;
 pub mod schema;
 pub mod service_keys;
 pub mod sessions;
+pub mod throttle;
 pub mod users;
 
 use std::time::Duration;
@@ -121,6 +122,11 @@ pub fn build_pool(url: &str, max_size: u32, timeout: Duration) -> Result<Pool, D
             ))
             .await
             .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            // PostgreSQL 14+: notice a vanished client even while waiting on a lock. Older servers
+            // lack the setting; statement_timeout still bounds the wait there.
+            let _ = conn
+                .batch_execute("SET client_connection_check_interval = 1000")
+                .await;
             Ok(conn)
         })
     });
@@ -135,9 +141,43 @@ pub fn build_pool(url: &str, max_size: u32, timeout: Duration) -> Result<Pool, D
         .map_err(|e| DbError::Unavailable(format!("cannot build pool: {e}")))
 }
 
+/// A pooled connection that is safe to abandon mid-transaction.
+///
+/// diesel-async transactions are not cancel-safe: when a request future is dropped (client
+/// cancellation, server timeout) inside a transaction, the connection would go back to the pool
+/// with the transaction open and its locks held until the next checkout noticed. On drop, this
+/// guard detaches such a connection from the pool and closes it, so PostgreSQL rolls the
+/// transaction back at once.
+pub struct Conn(std::mem::ManuallyDrop<PooledConn>);
+
+impl std::ops::Deref for Conn {
+    type Target = AsyncPgConnection;
+    fn deref(&self) -> &AsyncPgConnection {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        &mut self.0
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        use diesel_async::pooled_connection::PoolableConnection;
+        // SAFETY: `self.0` is never touched again after this line; we are in `drop`.
+        let mut c = unsafe { std::mem::ManuallyDrop::take(&mut self.0) };
+        if c.is_broken() {
+            tracing::debug!("closing a connection abandoned inside a transaction");
+            drop(deadpool::managed::Object::take(c));
+        }
+    }
+}
+
 /// Checks a connection out of the pool.
-pub async fn conn(pool: &Pool) -> Result<PooledConn, DbError> {
-    Ok(pool.get().await?)
+pub async fn conn(pool: &Pool) -> Result<Conn, DbError> {
+    Ok(Conn(std::mem::ManuallyDrop::new(pool.get().await?)))
 }
 
 /// Runs pending migrations under a session-level advisory lock, so that replicas starting together

@@ -96,6 +96,8 @@ pub struct SigningKey {
     pub create_time: DateTime<Utc>,
     pub activate_time: DateTime<Utc>,
     pub retire_time: Option<DateTime<Utc>>,
+    /// `private_key` is sealed under the master key.
+    pub encrypted: bool,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -119,6 +121,7 @@ pub struct NewSigningKey<'a> {
     pub public_key: &'a [u8],
     pub create_time: DateTime<Utc>,
     pub activate_time: DateTime<Utc>,
+    pub encrypted: bool,
 }
 
 #[derive(Insertable)]
@@ -127,6 +130,26 @@ pub struct NewServerSecret<'a> {
     pub name: &'a str,
     pub value: &'a [u8],
     pub create_time: DateTime<Utc>,
+    pub encrypted: bool,
+}
+
+#[derive(Clone, Queryable, Selectable)]
+#[diesel(table_name = server_secrets, check_for_backend(diesel::pg::Pg))]
+pub struct ServerSecret {
+    pub name: String,
+    pub value: Vec<u8>,
+    pub create_time: DateTime<Utc>,
+    pub encrypted: bool,
+}
+
+impl std::fmt::Debug for ServerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSecret")
+            .field("name", &self.name)
+            .field("value", &"[redacted]")
+            .field("encrypted", &self.encrypted)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

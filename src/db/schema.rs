@@ -51,6 +51,7 @@ diesel::table! {
         create_time -> Timestamptz,
         activate_time -> Timestamptz,
         retire_time -> Nullable<Timestamptz>,
+        encrypted -> Bool,
     }
 }
 
@@ -59,6 +60,7 @@ diesel::table! {
         name -> Text,
         value -> Bytea,
         create_time -> Timestamptz,
+        encrypted -> Bool,
     }
 }
 
@@ -101,3 +103,19 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(audit_events, users);
+
+diesel::table! {
+    login_throttle (key, ip) {
+        key -> Text,
+        ip -> Text,
+        consecutive_failures -> Int4,
+        last_failure_time -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    login_failures (key, create_time) {
+        key -> Text,
+        create_time -> Timestamptz,
+    }
+}

@@ -171,6 +171,22 @@ pub async fn update(
         .await?)
 }
 
+/// Replaces the password hash, only if it is still `old` (a concurrent change wins).
+pub async fn replace_password_hash(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    old: &str,
+    new: &str,
+) -> Result<bool, DbError> {
+    Ok(
+        diesel::update(users::table.find(id).filter(users::password_hash.eq(old)))
+            .set(users::password_hash.eq(new))
+            .execute(conn)
+            .await?
+            > 0,
+    )
+}
+
 /// Deletes a user; sessions and refresh tokens go with it (ON DELETE CASCADE).
 pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> Result<bool, DbError> {
     Ok(diesel::delete(users::table.find(id)).execute(conn).await? > 0)

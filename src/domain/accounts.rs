@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::audit::{self, AuditEntry, AuditKind};
 use super::password;
 use super::service::{Account, NewAccount, chrono_duration, uniqueness_error};
+use super::throttle;
 use super::{AuthFailure, ClientInfo, Error, Principal, Result, Role, validate};
 use crate::db::models::{Session, UserChanges};
 use crate::db::users::UserFilter;
@@ -187,26 +188,37 @@ impl Authd {
 
     /// Checks the caller's password for a sensitive change. A missing or wrong password is
     /// UNAUTHENTICATED.
+    /// These checks are throttled per user and client IP like logins (see `throttle`), so a stolen
+    /// access token gives neither unlimited guessing nor a bcrypt denial of service.
     async fn reauthenticate(
         &self,
         user_id: Uuid,
         password_input: &str,
-        _client: &ClientInfo,
+        client: &ClientInfo,
     ) -> Result<db::models::User> {
         if password_input.is_empty() {
             return Err(Error::Unauthenticated(AuthFailure::BadCredentials));
         }
         let presented = password::presented_password("current_password", password_input)?;
-        let user = users::find_by_id(&mut *self.conn().await?, user_id)
-            .await?
-            .ok_or(Error::Unauthenticated(AuthFailure::TokenInvalid))?;
-        if self
+        let key = throttle::reauth_key(user_id);
+        let ip = client.ip_string();
+        let user = {
+            let mut conn = self.conn().await?;
+            throttle::check(&mut conn, self.throttle_policy(), &key, &ip, self.now()).await?;
+            users::find_by_id(&mut conn, user_id)
+                .await?
+                .ok_or(Error::Unauthenticated(AuthFailure::TokenInvalid))?
+        };
+        let ok = self
             .hasher()
             .verify(presented, Some(&user.password_hash))
-            .await?
-        {
+            .await?;
+        let mut conn = self.conn().await?;
+        if ok {
+            throttle::succeeded(&mut conn, &key, &ip).await?;
             Ok(user)
         } else {
+            throttle::failed(&mut conn, &key, &ip, self.now()).await?;
             Err(Error::Unauthenticated(AuthFailure::BadCredentials))
         }
     }
@@ -223,6 +235,13 @@ impl Authd {
             return Err(Error::invalid("current_password is required"));
         }
         let new_password = password::new_password("new_password", new_password)?;
+        let me = self.get_me(p).await?;
+        password::check_strength(
+            "new_password",
+            &new_password,
+            self.config().min_password_score,
+            &[&me.email, me.username.as_deref().unwrap_or_default()],
+        )?;
         self.reauthenticate(p.user_id, current_password, client)
             .await?;
         let hash = self.hasher().hash(new_password).await?;
@@ -497,7 +516,21 @@ impl Authd {
             .map(|pw| password::new_password("password", pw))
             .transpose()?;
         let hash = match password {
-            Some(pw) => Some(self.hasher().hash(pw).await?),
+            Some(pw) => {
+                let target = self.get_user(p, user_id).await?;
+                let email_ctx = email.as_deref().unwrap_or(&target.email);
+                let username_ctx = match &username {
+                    Some(u) => u.as_deref(),
+                    None => target.username.as_deref(),
+                };
+                password::check_strength(
+                    "password",
+                    &pw,
+                    self.config().min_password_score,
+                    &[email_ctx, username_ctx.unwrap_or_default()],
+                )?;
+                Some(self.hasher().hash(pw).await?)
+            }
             None => None,
         };
         let now = self.now();
@@ -644,7 +677,8 @@ impl Authd {
         })
     }
 
-    /// Deletes audit events past the retention and sessions that ended over a day ago.
+    /// Deletes audit events past the retention, sessions that ended over a day ago, stale throttle
+    /// state, and signing keys retired over a day ago.
     /// Returns (events, sessions) pruned.
     pub async fn prune(&self) -> Result<(usize, usize)> {
         const BATCH: i64 = 5000;
@@ -668,6 +702,10 @@ impl Authd {
                 break;
             }
         }
+        // Throttle state: failures older than the hourly window, counts idle for a day.
+        crate::db::throttle::prune(&mut conn, now - chrono::Duration::hours(1), sessions_before)
+            .await?;
+        crate::db::keys::delete_retired(&mut conn, sessions_before).await?;
         Ok((events, ended))
     }
 }

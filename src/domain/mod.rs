@@ -6,9 +6,11 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod keystore;
 pub mod opaque;
 pub mod password;
 pub mod service;
+pub mod throttle;
 pub mod tokens;
 pub mod validate;
 

@@ -4,6 +4,9 @@
 //! scalar values and at most 72 bytes of UTF-8 (bcrypt's limit; longer input is rejected, never
 //! truncated). Raw input over [`MAX_PASSWORD_INPUT_BYTES`] is refused before normalizing.
 //!
+//! New passwords must also reach a minimum zxcvbn strength score (`AUTHD_MIN_PASSWORD_SCORE`, default
+//! 3 of 4), estimated with the account's e-mail and username as context. There are no composition rules.
+//!
 //! bcrypt runs on tokio's blocking pool, never on a runtime worker. Unknown accounts are verified
 //! against a dummy hash of the same cost so that they take as long as a wrong password.
 
@@ -43,6 +46,56 @@ pub fn new_password(field: &str, raw: &str) -> Result<String> {
         )));
     }
     Ok(p)
+}
+
+/// Refuses a normalized password whose zxcvbn score is below `min_score`, with the estimator's hint.
+/// `user_inputs` (e-mail, username) count as known words.
+pub fn check_strength(
+    field: &str,
+    password: &str,
+    min_score: u8,
+    user_inputs: &[&str],
+) -> Result<()> {
+    if min_score == 0 {
+        return Ok(());
+    }
+    // zxcvbn matches user inputs as whole tokens: give it each input and its words, so that the
+    // local part of an e-mail address, or a part of it, counts as known.
+    let mut inputs: Vec<&str> = Vec::new();
+    for s in user_inputs.iter().filter(|s| !s.is_empty()) {
+        inputs.push(s);
+        if let Some((local, _)) = s.split_once('@') {
+            inputs.push(local);
+        }
+        inputs.extend(
+            s.split(|c: char| !c.is_alphanumeric())
+                .filter(|w| w.len() >= 3),
+        );
+    }
+    let estimate = zxcvbn::zxcvbn(password, &inputs);
+    let score = u8::from(estimate.score());
+    if score >= min_score {
+        return Ok(());
+    }
+    let mut hint =
+        format!("{field} is too weak (strength {score} of 4, at least {min_score} needed).");
+    if let Some(feedback) = estimate.feedback() {
+        if let Some(w) = feedback.warning() {
+            hint.push_str(&format!(" {w}."));
+        }
+        for s in feedback.suggestions() {
+            hint.push_str(&format!(" {s}"));
+        }
+    }
+    if !hint.contains("Add another word") {
+        hint.push_str(" Longer passphrases of unrelated words are strong and easy to remember.");
+    }
+    Err(Error::InvalidArgument(hint.replace("..", ".")))
+}
+
+/// The cost of a bcrypt hash (`$2b$12$...`), if it parses.
+pub fn hash_cost(hash: &str) -> Option<u32> {
+    hash.split('$').nth(2)?.parse().ok()
 }
 
 /// A password offered to prove identity (Login and re-authentication). `Ok(None)` means it cannot
@@ -153,6 +206,27 @@ mod tests {
             presented_password("password", "correct horse"),
             Ok(Some(_))
         ));
+    }
+
+    #[test]
+    fn strength() {
+        assert!(check_strength("password", "password1", 3, &[]).is_err());
+        assert!(check_strength("password", "Correct-Horse-Battery-Staple-42", 3, &[]).is_ok());
+        // The account's own e-mail is a known word.
+        let email = "margaret.hamilton.apollo@example.com";
+        assert!(check_strength("password", "margaret.hamilton.apollo", 3, &[email]).is_err());
+        assert!(check_strength("password", "password1", 0, &[]).is_ok());
+        let err = check_strength("password", "qwertyuiop", 3, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("too weak"), "{err}");
+    }
+
+    #[test]
+    fn costs() {
+        assert_eq!(hash_cost("$2b$04$abcdefghijklmnopqrstuv"), Some(4));
+        assert_eq!(hash_cost("$2y$12$x"), Some(12));
+        assert_eq!(hash_cost("garbage"), None);
     }
 
     #[tokio::test]

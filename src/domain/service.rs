@@ -8,14 +8,16 @@ use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
 use super::audit::{self, AuditEntry, AuditKind};
+use super::keystore::{KeyStore, MasterKey};
 use super::opaque::{self, HashedToken, MAX_OPAQUE_BYTES};
 use super::password::{self, PasswordHasher};
+use super::throttle::{self, IpRateLimiter};
 use super::tokens::{self, AccessClaims, Keyring, PublicJwk, TokenError, VerifiedToken};
 use super::{AuthFailure, ClientInfo, Error, Principal, Result, Role, validate};
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::db::models::{NewRefreshToken, NewServiceKey, NewSession, NewSigningKey, Session};
-use crate::db::{self, DbError, Pool, keys, service_keys, sessions, users};
+use crate::db::models::{NewRefreshToken, NewServiceKey, NewSession, Session};
+use crate::db::{self, DbError, Pool, service_keys, sessions, users};
 
 /// Name of the server secret that keys refresh-token successors.
 const REFRESH_SECRET: &str = "refresh_token_hmac";
@@ -116,8 +118,10 @@ pub struct Authd {
     config: Arc<Config>,
     clock: SharedClock,
     hasher: PasswordHasher,
+    keystore: KeyStore,
     keyring: RwLock<Arc<Keyring>>,
     refresh_secret: Vec<u8>,
+    rate_limiter: IpRateLimiter,
 }
 
 impl std::fmt::Debug for Authd {
@@ -138,26 +142,25 @@ impl Authd {
     /// password hasher. Migrations must have run.
     pub async fn init(pool: Pool, config: Arc<Config>, clock: SharedClock) -> Result<Arc<Self>> {
         let now = clock.now();
+        let master = config
+            .master_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .map(MasterKey::parse)
+            .transpose()?;
+        if master.is_none() {
+            tracing::warn!(
+                "AUTHD_MASTER_KEY is not set: signing keys and the refresh-token secret are stored \
+                 unencrypted in the database"
+            );
+        }
+        let keystore = KeyStore::new(master);
+        let rate_limiter = IpRateLimiter::new(config.rate_limit_per_ip);
         let hasher = PasswordHasher::new(config.bcrypt_cost).await?;
         let mut conn = db::conn(&pool).await?;
-        let generated = tokens::generate_key()?;
-        let rows = keys::ensure_signing_key(
-            &mut conn,
-            now,
-            &NewSigningKey {
-                kid: &generated.kid,
-                algorithm: "EdDSA",
-                private_key: &generated.private_pkcs8,
-                public_key: &generated.public,
-                create_time: now,
-                activate_time: now,
-            },
-        )
-        .await?;
-        let keyring = Keyring::from_rows(&rows, now)?;
-        let refresh_secret =
-            keys::get_or_create_secret(&mut conn, REFRESH_SECRET, &opaque::new_secret(), now)
-                .await?;
+        keystore.ensure_signing_key(&mut conn, now).await?;
+        let keyring = keystore.load_keyring(&mut conn, now).await?;
+        let refresh_secret = keystore.secret(&mut conn, REFRESH_SECRET, now).await?;
         drop(conn);
         tracing::info!(keys = ?keyring, "keyring loaded");
         Ok(Arc::new(Self {
@@ -165,8 +168,10 @@ impl Authd {
             config,
             clock,
             hasher,
+            keystore,
             keyring: RwLock::new(Arc::new(keyring)),
             refresh_secret,
+            rate_limiter,
         }))
     }
 
@@ -196,7 +201,19 @@ impl Authd {
         &self.hasher
     }
 
-    pub(super) async fn conn(&self) -> Result<db::PooledConn> {
+    pub(super) fn throttle_policy(&self) -> throttle::Policy {
+        throttle::Policy {
+            max_failures: self.config.login_max_failures,
+            max_failures_per_hour: self.config.login_max_failures_per_hour,
+        }
+    }
+
+    /// Forgets idle per-IP rate-limit buckets (call periodically).
+    pub fn rate_limit_housekeeping(&self) {
+        self.rate_limiter.housekeeping();
+    }
+
+    pub(super) async fn conn(&self) -> Result<db::Conn> {
         Ok(db::conn(&self.pool).await?)
     }
 
@@ -216,6 +233,12 @@ impl Authd {
         let first_name = validate::person_name("first_name", &input.first_name)?;
         let last_name = validate::person_name("last_name", &input.last_name)?;
         let password = password::new_password("password", &input.password)?;
+        password::check_strength(
+            "password",
+            &password,
+            self.config.min_password_score,
+            &[&email, username.as_deref().unwrap_or_default()],
+        )?;
         let hash = self.hasher.hash(password).await?;
         let now = self.now();
         let new_user = db::models::NewUser {
@@ -250,6 +273,7 @@ impl Authd {
 
     /// Register: always an active ROLE_USER; refused when registration is closed.
     pub async fn register(&self, input: NewAccount, client: &ClientInfo) -> Result<Account> {
+        self.rate_limiter.check(client.ip)?;
         if !self.config.allow_registration {
             return Err(Error::PermissionDenied("registration is closed".into()));
         }
@@ -304,6 +328,7 @@ impl Authd {
         password: &str,
         client: &ClientInfo,
     ) -> Result<TokenPair> {
+        self.rate_limiter.check(client.ip)?;
         let identifier =
             identifier.ok_or_else(|| Error::invalid("an email or username is required"))?;
         let raw_id = match &identifier {
@@ -320,8 +345,26 @@ impl Authd {
         }
         let password = password::presented_password("password", password)?;
 
+        // Throttling is keyed by the normalized identifier whether or not an account has it.
+        let throttle_key = match &identifier {
+            LoginIdentifier::Email(e) => {
+                throttle::login_key("email", &validate::normalize_email(e))
+            }
+            LoginIdentifier::Username(u) => {
+                throttle::login_key("username", &u.trim().to_lowercase())
+            }
+        };
+        let ip = client.ip_string();
         let user = {
             let mut conn = self.conn().await?;
+            throttle::check(
+                &mut conn,
+                self.throttle_policy(),
+                &throttle_key,
+                &ip,
+                self.now(),
+            )
+            .await?;
             match &identifier {
                 LoginIdentifier::Email(e) => {
                     let e = validate::normalize_email(e);
@@ -342,8 +385,19 @@ impl Authd {
         };
         let ok = self
             .hasher
-            .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
+            .verify(
+                password.clone(),
+                user.as_ref().map(|u| u.password_hash.as_str()),
+            )
             .await?;
+        {
+            let mut conn = self.conn().await?;
+            if ok {
+                throttle::succeeded(&mut conn, &throttle_key, &ip).await?;
+            } else {
+                throttle::failed(&mut conn, &throttle_key, &ip, self.now()).await?;
+            }
+        }
         let user = match user {
             Some(u) if ok && u.active => u,
             user => {
@@ -371,6 +425,8 @@ impl Authd {
                 return Err(denial);
             }
         };
+
+        self.upgrade_hash_cost(&user, password).await?;
 
         let now = self.now();
         let refresh_token = opaque::new_refresh_token();
@@ -414,8 +470,35 @@ impl Authd {
         self.token_pair(&user, &session, refresh_token, now)
     }
 
+    /// After a successful login: re-hashes a password whose stored hash is cheaper than the configured
+    /// cost. The update only applies if the hash did not change meanwhile.
+    async fn upgrade_hash_cost(
+        &self,
+        user: &db::models::User,
+        password: Option<String>,
+    ) -> Result<()> {
+        let Some(password) = password else {
+            return Ok(());
+        };
+        match password::hash_cost(&user.password_hash) {
+            Some(cost) if cost < self.hasher.cost() => {}
+            _ => return Ok(()),
+        }
+        let hash = self.hasher.hash(password).await?;
+        users::replace_password_hash(
+            &mut *self.conn().await?,
+            user.id,
+            &user.password_hash,
+            &hash,
+        )
+        .await?;
+        tracing::info!(user_id = %user.id, cost = self.hasher.cost(), "password hash upgraded");
+        Ok(())
+    }
+
     /// Rotates a refresh token (see the module docs of `opaque` for the successor rule).
     pub async fn refresh(&self, refresh_token: &str, client: &ClientInfo) -> Result<TokenPair> {
+        self.rate_limiter.check(client.ip)?;
         let refresh_token = refresh_token.trim();
         if refresh_token.is_empty() {
             return Err(Error::invalid("refresh_token is required"));
@@ -688,6 +771,40 @@ impl Authd {
             return Ok(None);
         }
         Ok(Some(v))
+    }
+
+    /// Re-reads the signing keys, so a rotation made by any replica (or a key whose activation time
+    /// has come) takes effect here.
+    pub async fn reload_keys(&self) -> Result<()> {
+        let keyring = self
+            .keystore
+            .load_keyring(&mut *self.conn().await?, self.now())
+            .await?;
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
+        Ok(())
+    }
+
+    /// ADMIN (or the CLI, with no principal): adds a signing key. It is published at once and signs
+    /// after `AUTHD_KEY_PUBLISH_DELAY`; older keys retire once their tokens have expired.
+    pub async fn rotate_signing_key(
+        &self,
+        actor: Option<&Principal>,
+    ) -> Result<(String, DateTime<Utc>)> {
+        if let Some(p) = actor {
+            p.require(Role::Admin)?;
+        }
+        let (kid, activate_time) = self
+            .keystore
+            .rotate(
+                &mut *self.conn().await?,
+                self.now(),
+                chrono_duration(self.config.key_publish_delay),
+                chrono_duration(self.config.access_token_ttl),
+            )
+            .await?;
+        self.reload_keys().await?;
+        tracing::info!(%kid, %activate_time, actor = ?actor.map(|p| p.user_id), "signing key rotated");
+        Ok((kid, activate_time))
     }
 
     /// The public keys for JWKS.

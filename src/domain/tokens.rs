@@ -252,6 +252,7 @@ mod tests {
             create_time: now,
             activate_time: now,
             retire_time: None,
+            encrypted: false,
         };
         Keyring::from_rows(&[row], now).unwrap()
     }

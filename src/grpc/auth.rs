@@ -42,7 +42,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
-        let client = client_info(&req);
+        let client = client_info(&req, &self.svc.config().trusted_proxies);
         let r = req.into_inner();
         let account = self
             .svc
@@ -66,7 +66,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::LoginRequest>,
     ) -> Result<Response<proto::TokenPair>, Status> {
-        let client = client_info(&req);
+        let client = client_info(&req, &self.svc.config().trusted_proxies);
         let r = req.into_inner();
         let identifier = r.identifier.map(|i| match i {
             Identifier::Email(e) => LoginIdentifier::Email(e),
@@ -80,7 +80,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::RefreshRequest>,
     ) -> Result<Response<proto::TokenPair>, Status> {
-        let client = client_info(&req);
+        let client = client_info(&req, &self.svc.config().trusted_proxies);
         let pair = self
             .svc
             .refresh(&req.into_inner().refresh_token, &client)
@@ -92,7 +92,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::LogoutRequest>,
     ) -> Result<Response<proto::LogoutResponse>, Status> {
-        let client = client_info(&req);
+        let client = client_info(&req, &self.svc.config().trusted_proxies);
         if req.get_ref().refresh_token.is_empty() {
             let p = self.svc.authenticate(authorization(req.metadata())).await?;
             self.svc.logout_session(&p, &client).await?;
@@ -109,7 +109,10 @@ impl AuthService for AuthApi {
         req: Request<proto::LogoutAllRequest>,
     ) -> Result<Response<proto::LogoutAllResponse>, Status> {
         let p = self.svc.authenticate(authorization(req.metadata())).await?;
-        let revoked_sessions = self.svc.logout_all(&p, &client_info(&req)).await?;
+        let revoked_sessions = self
+            .svc
+            .logout_all(&p, &client_info(&req, &self.svc.config().trusted_proxies))
+            .await?;
         Ok(Response::new(proto::LogoutAllResponse { revoked_sessions }))
     }
 
@@ -164,7 +167,11 @@ impl AuthService for AuthApi {
         let p = self.svc.authenticate(authorization(req.metadata())).await?;
         let (info, key) = self
             .svc
-            .create_service_key(Some(&p), &req.get_ref().name, &client_info(&req))
+            .create_service_key(
+                Some(&p),
+                &req.get_ref().name,
+                &client_info(&req, &self.svc.config().trusted_proxies),
+            )
             .await?;
         Ok(Response::new(proto::CreateServiceKeyResponse {
             id: info.id.to_string(),
@@ -194,13 +201,29 @@ impl AuthService for AuthApi {
         Ok(Response::new(proto::ListServiceKeysResponse { keys }))
     }
 
+    async fn rotate_signing_key(
+        &self,
+        req: Request<proto::RotateSigningKeyRequest>,
+    ) -> Result<Response<proto::RotateSigningKeyResponse>, Status> {
+        let p = self.svc.authenticate(authorization(req.metadata())).await?;
+        let (kid, activate_time) = self.svc.rotate_signing_key(Some(&p)).await?;
+        Ok(Response::new(proto::RotateSigningKeyResponse {
+            kid,
+            activate_time: Some(timestamp(activate_time)),
+        }))
+    }
+
     async fn revoke_service_key(
         &self,
         req: Request<proto::RevokeServiceKeyRequest>,
     ) -> Result<Response<proto::RevokeServiceKeyResponse>, Status> {
         let p = self.svc.authenticate(authorization(req.metadata())).await?;
         self.svc
-            .revoke_service_key(&p, &req.get_ref().id, &client_info(&req))
+            .revoke_service_key(
+                &p,
+                &req.get_ref().id,
+                &client_info(&req, &self.svc.config().trusted_proxies),
+            )
             .await?;
         Ok(Response::new(proto::RevokeServiceKeyResponse {}))
     }

@@ -8,6 +8,9 @@ pub mod auth;
 pub mod user;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use chrono::{DateTime, Utc};
 use tonic::metadata::MetadataMap;
@@ -98,15 +101,47 @@ pub fn api_key(md: &MetadataMap) -> Option<&str> {
     md.get("x-api-key").and_then(|v| v.to_str().ok())
 }
 
-/// The client's address (the TCP peer) and user agent.
-pub fn client_info<T>(req: &Request<T>) -> ClientInfo {
-    let ip = req.remote_addr().map(|a| a.ip());
+/// The client's address and user agent. The address is the TCP peer, unless the peer is a trusted
+/// proxy (`AUTHD_TRUSTED_PROXIES`): then it is the right-most address of `x-forwarded-for` that is
+/// not itself a trusted proxy.
+pub fn client_info<T>(req: &Request<T>, trusted: &[IpNet]) -> ClientInfo {
+    let peer = req.remote_addr().map(|a| a.ip().to_canonical());
+    let ip = match peer {
+        Some(p) if is_trusted(p, trusted) => forwarded_for(req.metadata(), trusted).or(Some(p)),
+        other => other,
+    };
     let ua = req
         .metadata()
         .get("user-agent")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     ClientInfo::new(ip, ua)
+}
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// The client of a proxied request: walk `x-forwarded-for` from the right, skipping trusted proxies.
+fn forwarded_for(md: &MetadataMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let hops: Vec<IpAddr> = md
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| {
+            let s = s.trim();
+            s.parse::<IpAddr>()
+                .or_else(|_| s.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+                .map(|ip| ip.to_canonical())
+        })
+        .collect::<Result<_, _>>()
+        .ok()?;
+    hops.iter()
+        .rev()
+        .find(|ip| !is_trusted(**ip, trusted))
+        .or(hops.first())
+        .copied()
 }
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -149,5 +184,49 @@ impl From<Account> for proto::User {
             update_time: Some(timestamp(a.update_time)),
             last_login_time: a.last_login_time.map(timestamp),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_net;
+
+    fn req(peer: &str, xff: &[&str]) -> Request<()> {
+        let mut r = Request::new(());
+        for v in xff {
+            r.metadata_mut()
+                .append("x-forwarded-for", v.parse().unwrap());
+        }
+        r.extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(peer.parse().unwrap()),
+            });
+        r
+    }
+
+    #[test]
+    fn forwarded_for_is_honoured_only_from_trusted_proxies() {
+        let trusted = vec![parse_net("10.0.0.0/8").unwrap()];
+        let ip = |r: &Request<()>, t: &[IpNet]| client_info(r, t).ip.map(|i| i.to_string());
+        // Untrusted peer: the header is ignored.
+        let r = req("203.0.113.9:5000", &["198.51.100.1"]);
+        assert_eq!(ip(&r, &trusted).as_deref(), Some("203.0.113.9"));
+        // Trusted peer: right-most untrusted hop.
+        let r = req("10.1.2.3:5000", &["198.51.100.1, 192.0.2.7, 10.9.9.9"]);
+        assert_eq!(ip(&r, &trusted).as_deref(), Some("192.0.2.7"));
+        // Several header lines are one list.
+        let r = req("10.1.2.3:5000", &["198.51.100.1", "192.0.2.8"]);
+        assert_eq!(ip(&r, &trusted).as_deref(), Some("192.0.2.8"));
+        // Garbage falls back to the peer.
+        let r = req("10.1.2.3:5000", &["not-an-ip"]);
+        assert_eq!(ip(&r, &trusted).as_deref(), Some("10.1.2.3"));
+        // No header: the peer.
+        let r = req("10.1.2.3:5000", &[]);
+        assert_eq!(ip(&r, &trusted).as_deref(), Some("10.1.2.3"));
+        // Nothing trusted: the peer.
+        let r = req("10.1.2.3:5000", &["198.51.100.1"]);
+        assert_eq!(ip(&r, &[]).as_deref(), Some("10.1.2.3"));
     }
 }

@@ -1,0 +1,199 @@
+//! Brute-force defence for password checks, and the per-IP request rate limit.
+//!
+//! **Password guessing** (Login, and the `current_password` checks of UpdateMe, ChangePassword and
+//! DeleteMe) is throttled per *key* (the normalized identifier string, or the user for re-checks),
+//! whether or not an account exists, so throttling reveals nothing about accounts. State lives in
+//! the database, so every replica agrees.
+//! - *One client:* after `AUTHD_LOGIN_MAX_FAILURES` consecutive failures for a key, that client IP
+//!   waits 1 s, doubling with each further failure, capped at 15 min. A success resets its count.
+//! - *Many clients:* once a key has `AUTHD_LOGIN_MAX_FAILURES_PER_HOUR` failed verifications in the
+//!   last hour, IPs that have failed for it within the last 15 min are refused; an IP with no
+//!   failures for it still gets through, so a distributed attacker cannot lock the owner out.
+//! - Every lock ends by itself at most 15 min after that IP's last failure. While refused, no
+//!   password is checked (no bcrypt work) and the reply is RESOURCE_EXHAUSTED with `retry-after`.
+//!
+//! **Request rate:** Register, Login and Refresh share a token bucket per client IP of
+//! `AUTHD_RATE_LIMIT_PER_IP` requests per minute (burst of the same size), kept in memory per replica.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use diesel_async::AsyncPgConnection;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use uuid::Uuid;
+
+use super::{Error, Result};
+use crate::db::throttle as db;
+
+/// The first delay after the failure limit; it doubles with every further failure.
+pub const BASE_DELAY_SECS: i64 = 1;
+/// No lock outlasts this, counted from the last failure.
+pub const MAX_LOCK_SECS: i64 = 15 * 60;
+
+/// Thresholds of the password-guessing throttle.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub max_failures: u32,
+    pub max_failures_per_hour: u32,
+}
+
+/// The throttle key of a login identifier (already normalized by the caller). The identifier is
+/// hashed: any string a client sends (even one with NUL bytes) makes a valid, bounded key, and the
+/// throttle table holds no identifiers.
+pub fn login_key(kind: &str, normalized: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(normalized.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("login:{kind}:{hex}")
+}
+
+/// The throttle key of a signed-in user's password re-checks.
+pub fn reauth_key(user_id: Uuid) -> String {
+    format!("reauth:{user_id}")
+}
+
+fn exhausted(wait: Duration) -> Error {
+    Error::ResourceExhausted {
+        message: "too many failed attempts; retry later".into(),
+        // Exact; the reply rounds it up to whole seconds, so a client that obeys it is let in.
+        retry_after: Some(wait.to_std().unwrap_or(StdDuration::from_secs(1))),
+    }
+}
+
+/// The escalating delay owed after `failures` consecutive failures.
+pub fn delay_after(policy: Policy, failures: i32) -> Option<Duration> {
+    let over = i64::from(failures) - i64::from(policy.max_failures);
+    if over < 0 {
+        return None;
+    }
+    let secs = BASE_DELAY_SECS.saturating_mul(1i64 << over.min(30));
+    Some(Duration::seconds(secs.min(MAX_LOCK_SECS)))
+}
+
+/// Refuses (RESOURCE_EXHAUSTED) when `ip` must wait before trying `key` again.
+pub async fn check(
+    conn: &mut AsyncPgConnection,
+    policy: Policy,
+    key: &str,
+    ip: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let Some((failures, last)) = db::get(conn, key, ip).await? else {
+        return Ok(());
+    };
+    if let Some(delay) = delay_after(policy, failures)
+        && now < last + delay
+    {
+        return Err(exhausted(last + delay - now));
+    }
+    let lock_end = last + Duration::seconds(MAX_LOCK_SECS);
+    if failures > 0 && now < lock_end {
+        let recent = db::failures_since(conn, key, now - Duration::hours(1)).await?;
+        if recent >= i64::from(policy.max_failures_per_hour) {
+            return Err(exhausted(lock_end - now));
+        }
+    }
+    Ok(())
+}
+
+/// Records a failed verification.
+pub async fn failed(
+    conn: &mut AsyncPgConnection,
+    key: &str,
+    ip: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    Ok(db::record_failure(conn, key, ip, now).await?)
+}
+
+/// Records a successful verification: the count of that IP for that key starts again.
+pub async fn succeeded(conn: &mut AsyncPgConnection, key: &str, ip: &str) -> Result<()> {
+    Ok(db::reset(conn, key, ip).await?)
+}
+
+/// The per-IP token bucket of Register, Login and Refresh.
+pub struct IpRateLimiter {
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+impl std::fmt::Debug for IpRateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpRateLimiter")
+            .field("enabled", &self.limiter.is_some())
+            .finish()
+    }
+}
+
+impl IpRateLimiter {
+    /// `per_minute == 0` turns the limit off.
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            limiter: NonZeroU32::new(per_minute)
+                .map(|n| DefaultKeyedRateLimiter::dashmap(Quota::per_minute(n))),
+        }
+    }
+
+    /// Takes one token for `ip`, or refuses with the time until the next one.
+    pub fn check(&self, ip: Option<IpAddr>) -> Result<()> {
+        let (Some(limiter), Some(ip)) = (&self.limiter, ip) else {
+            return Ok(());
+        };
+        limiter
+            .check_key(&ip)
+            .map_err(|not_until| Error::ResourceExhausted {
+                message: "too many requests from this address; retry later".into(),
+                retry_after: Some(not_until.wait_time_from(DefaultClock::default().now())),
+            })
+    }
+
+    /// Forgets addresses whose buckets are full again, so memory stays bounded.
+    pub fn housekeeping(&self) {
+        if let Some(l) = &self.limiter {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_escalate_and_cap() {
+        let p = Policy {
+            max_failures: 5,
+            max_failures_per_hour: 100,
+        };
+        assert_eq!(delay_after(p, 4), None);
+        assert_eq!(delay_after(p, 5), Some(Duration::seconds(1)));
+        assert_eq!(delay_after(p, 6), Some(Duration::seconds(2)));
+        assert_eq!(delay_after(p, 9), Some(Duration::seconds(16)));
+        assert_eq!(delay_after(p, 15), Some(Duration::seconds(900)));
+        assert_eq!(delay_after(p, 500), Some(Duration::seconds(900)));
+    }
+
+    #[test]
+    fn rate_limiter_refuses_past_the_bucket() {
+        let l = IpRateLimiter::new(3);
+        let ip = Some(IpAddr::from([127, 0, 0, 1]));
+        for _ in 0..3 {
+            assert!(l.check(ip).is_ok());
+        }
+        match l.check(ip) {
+            Err(Error::ResourceExhausted {
+                retry_after: Some(d),
+                ..
+            }) => {
+                assert!(d <= StdDuration::from_secs(20));
+            }
+            other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+        }
+        // Another address has its own bucket; 0 turns the limit off.
+        assert!(l.check(Some(IpAddr::from([127, 0, 0, 2]))).is_ok());
+        assert!(IpRateLimiter::new(0).check(ip).is_ok());
+    }
+}
