@@ -7,6 +7,8 @@ mod common;
 
 mod admin;
 mod auth_flows;
+mod keys;
+mod security;
 mod self_service;
 mod smoke;
 mod tokens;

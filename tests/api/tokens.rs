@@ -285,6 +285,7 @@ impl Forge {
                 public_key: &public,
                 create_time: when,
                 activate_time: when,
+                encrypted: false,
             })
             .execute(&mut db(&url).await)
             .await

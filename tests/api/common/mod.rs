@@ -123,6 +123,11 @@ pub fn test_config(url: &str) -> Config {
     c.bootstrap_admin_email = None;
     c.bootstrap_admin_password = None;
     c.validate_require_key = true;
+    // Brute-force defences are on by default; tests that are not about them must not trip them.
+    // The throttle tests set their own limits.
+    c.rate_limit_per_ip = 0;
+    c.login_max_failures = 1_000_000;
+    c.login_max_failures_per_hour = 1_000_000;
     c
 }
 
