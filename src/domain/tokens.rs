@@ -219,7 +219,8 @@ impl Keyring {
         if c.nbf > now_s + LEEWAY_SECS || c.iat > now_s + LEEWAY_SECS {
             return Err(TokenError::Invalid);
         }
-        if now_s >= c.exp + LEEWAY_SECS {
+        // Saturating: a signed `exp` near i64::MAX must not overflow (found by fuzzing).
+        if now_s >= c.exp.saturating_add(LEEWAY_SECS) {
             return Err(TokenError::Expired);
         }
         let user_id = Uuid::parse_str(&c.sub).map_err(|_| TokenError::Invalid)?;
