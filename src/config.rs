@@ -25,6 +25,17 @@
 //! | `AUTHD_REQUEST_TIMEOUT` | `--request-timeout` | `10s` |
 //! | `AUTHD_KEY_PUBLISH_DELAY` | `--key-publish-delay` | `10m` |
 //! | `AUTHD_MASTER_KEY` | `--master-key` | unset (32 bytes, base64 or hex) |
+//! | `AUTHD_HTTP_LISTEN` | `--http-listen` | unset (off): `/metrics`, `/.well-known/jwks.json`, `/livez`, `/readyz` |
+//! | `AUTHD_HEALTH_LISTEN` | `--health-listen` | unset (off): plaintext `grpc.health.v1` only, for kubelet probes |
+//! | `AUTHD_LOG_FORMAT` | `--log-format` | `text` (or `json`) |
+//! | `AUTHD_SHUTDOWN_DELAY` | `--shutdown-delay` | `5s` (readiness off, then new connections refused) |
+//! | `AUTHD_SHUTDOWN_GRACE` | `--shutdown-grace` | `30s` (in-flight calls may finish) |
+//! | `AUTHD_TLS_CERT` | `--tls-cert` | unset (PEM certificate chain; with `AUTHD_TLS_KEY` turns on TLS) |
+//! | `AUTHD_TLS_KEY` | `--tls-key` | unset (PEM private key) |
+//! | `AUTHD_TLS_CLIENT_CA` | `--tls-client-ca` | unset (PEM CA that verifies client certificates) |
+//! | `AUTHD_TLS_REQUIRE_CLIENT_CERT` | `--tls-require-client-cert` | `false` |
+//! | `AUTHD_GRPC_WEB` | `--grpc-web` | `false` |
+//! | `AUTHD_CORS_ORIGINS` | `--cors-origins` | empty (comma-separated allowed origins for gRPC-Web) |
 //! | `AUTHD_DB_POOL_SIZE` | `--db-pool-size` | `10` |
 //! | `AUTHD_DB_TIMEOUT` | `--db-timeout` | `5s` (pool wait, connect and statement timeout) |
 //! | `AUTHD_LOG` | `--log` | `info` (a `tracing` filter such as `authd=debug,info`) |
@@ -149,6 +160,51 @@ pub struct Config {
     #[arg(long, env = "AUTHD_MASTER_KEY", hide_env_values = true, global = true)]
     pub master_key: Option<String>,
 
+    /// Address of the optional HTTP listener (metrics, JWKS, liveness and readiness). Off when unset.
+    #[arg(long, env = "AUTHD_HTTP_LISTEN", global = true)]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Address of an optional plaintext listener serving only grpc.health.v1 (for kubelet probes
+    /// when the main listener uses TLS). Off when unset.
+    #[arg(long, env = "AUTHD_HEALTH_LISTEN", global = true)]
+    pub health_listen: Option<SocketAddr>,
+
+    /// Log format: `text` (human-readable) or `json`.
+    #[arg(long, env = "AUTHD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    pub log_format: String,
+
+    /// On SIGTERM/SIGINT: how long readiness reports NOT_SERVING before new connections are refused.
+    #[arg(long, env = "AUTHD_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub shutdown_delay: Duration,
+
+    /// On SIGTERM/SIGINT: how long in-flight calls may take to finish.
+    #[arg(long, env = "AUTHD_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub shutdown_grace: Duration,
+
+    /// PEM certificate chain of the gRPC listener; with AUTHD_TLS_KEY it turns on TLS.
+    #[arg(long, env = "AUTHD_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of the gRPC listener.
+    #[arg(long, env = "AUTHD_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle that verifies client certificates (mTLS) when they are presented.
+    #[arg(long, env = "AUTHD_TLS_CLIENT_CA", global = true)]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Refuse TLS clients without a certificate signed by AUTHD_TLS_CLIENT_CA.
+    #[arg(long, env = "AUTHD_TLS_REQUIRE_CLIENT_CERT", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub tls_require_client_cert: bool,
+
+    /// Serve gRPC-Web (browser clients) too.
+    #[arg(long, env = "AUTHD_GRPC_WEB", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub grpc_web: bool,
+
+    /// Origins allowed to call gRPC-Web from a browser (CORS), comma-separated.
+    #[arg(long, env = "AUTHD_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    pub cors_origins: Vec<String>,
+
     /// Maximum number of database connections.
     #[arg(long, env = "AUTHD_DB_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub db_pool_size: u32,
@@ -210,6 +266,17 @@ impl Config {
             request_timeout: Duration::from_secs(10),
             key_publish_delay: Duration::from_secs(600),
             master_key: None,
+            http_listen: None,
+            health_listen: None,
+            log_format: "text".into(),
+            shutdown_delay: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(30),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_require_client_cert: false,
+            grpc_web: false,
+            cors_origins: Vec::new(),
             audit_retention: Duration::from_secs(90 * 86400),
             db_pool_size: 10,
             db_timeout: Duration::from_secs(5),
@@ -305,6 +372,11 @@ mod tests {
         assert_eq!(c.request_timeout, f.request_timeout);
         assert_eq!(c.key_publish_delay, f.key_publish_delay);
         assert!(c.trusted_proxies.is_empty() && c.master_key.is_none());
+        assert_eq!(c.shutdown_delay, f.shutdown_delay);
+        assert_eq!(c.shutdown_grace, f.shutdown_grace);
+        assert_eq!(c.log_format, f.log_format);
+        assert!(c.http_listen.is_none() && c.health_listen.is_none() && !c.grpc_web);
+        assert!(c.tls_cert.is_none() && !c.tls_require_client_cert && c.cors_origins.is_empty());
         assert_eq!(c.audit_retention, f.audit_retention);
         assert_eq!(c.db_pool_size, f.db_pool_size);
     }
