@@ -141,8 +141,8 @@ pub struct Config {
     pub rate_limit_per_ip: u32,
 
     /// Peers whose `x-forwarded-for` is believed: comma-separated IPs or CIDRs.
-    #[arg(long, env = "AUTHD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net, global = true)]
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    #[arg(long, env = "AUTHD_TRUSTED_PROXIES", default_value = "", hide_default_value = true, value_parser = parse_trusted_proxies, global = true)]
+    pub trusted_proxies: TrustedProxies,
 
     /// Minimum zxcvbn strength score (0-4) of a new password.
     #[arg(long, env = "AUTHD_MIN_PASSWORD_SCORE", default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=4), global = true)]
@@ -261,7 +261,7 @@ impl Config {
             login_max_failures: 5,
             login_max_failures_per_hour: 100,
             rate_limit_per_ip: 60,
-            trusted_proxies: Vec::new(),
+            trusted_proxies: TrustedProxies::default(),
             min_password_score: 3,
             request_timeout: Duration::from_secs(10),
             key_publish_delay: Duration::from_secs(600),
@@ -283,6 +283,33 @@ impl Config {
             log: "info".into(),
         }
     }
+}
+
+/// `AUTHD_TRUSTED_PROXIES`: IPs and CIDR networks. Empty items, and an empty value, mean none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+impl std::ops::Deref for TrustedProxies {
+    type Target = [ipnet::IpNet];
+    fn deref(&self) -> &[ipnet::IpNet] {
+        &self.0
+    }
+}
+
+impl From<Vec<ipnet::IpNet>> for TrustedProxies {
+    fn from(v: Vec<ipnet::IpNet>) -> Self {
+        Self(v)
+    }
+}
+
+/// Parses a comma-separated list of IPs and CIDR networks, ignoring empty items.
+pub fn parse_trusted_proxies(s: &str) -> Result<TrustedProxies, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(parse_net)
+        .collect::<Result<Vec<_>, _>>()
+        .map(TrustedProxies)
 }
 
 /// Parses an IP address or a CIDR network.
@@ -326,6 +353,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trusted_proxy_lists() {
+        assert!(parse_trusted_proxies("").unwrap().is_empty());
+        assert!(parse_trusted_proxies(" , ").unwrap().is_empty());
+        assert_eq!(
+            parse_trusted_proxies("10.0.0.0/8, 127.0.0.1,")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(parse_trusted_proxies("10.0.0.0/8,nope").is_err());
+    }
 
     #[test]
     fn nets() {

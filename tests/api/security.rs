@@ -35,7 +35,7 @@ fn throttle_on(c: &mut Config) {
 
 /// 127.0.0.1 (the test client) is a trusted proxy, so `x-forwarded-for` names the client.
 fn behind_proxy(c: &mut Config) {
-    c.trusted_proxies = vec![parse_net("127.0.0.1").unwrap()];
+    c.trusted_proxies = vec![parse_net("127.0.0.1").unwrap()].into();
 }
 
 /// A request from client `ip`, through the (trusted or not) proxy at 127.0.0.1.
