@@ -11,8 +11,11 @@ pub mod db;
 pub mod domain;
 pub mod embedded_pg;
 pub mod grpc;
+pub mod http;
+pub mod metrics;
 pub mod middleware;
 pub mod server;
+pub mod transport;
 
 /// Code generated from `proto/auth/v1/*.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

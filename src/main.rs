@@ -31,6 +31,18 @@ enum Command {
     /// Manage the keys that sign access tokens.
     #[command(subcommand)]
     SigningKeys(SigningKeysCommand),
+    /// Ask the health service (grpc.health.v1, plaintext) and exit 0 only when it answers
+    /// SERVING; otherwise print the reason on stderr and exit 1. Never touches the database.
+    Healthcheck {
+        /// The health service: "" (readiness, the default), auth.v1.AuthService,
+        /// auth.v1.UserService, or liveness.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// HOST:PORT to ask. Default: AUTHD_HEALTH_LISTEN if set, else AUTHD_LISTEN, with 0.0.0.0
+        /// and [::] replaced by loopback.
+        #[arg(long)]
+        addr: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,11 +83,10 @@ fn read_password_line() -> std::io::Result<String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = server::log_filter(&cli.config.log);
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // AUTHD_LOG_FORMAT=json: one JSON object per line.
+    if let Err(e) = server::init_logging(&cli.config.log, &cli.config.log_format, std::io::stderr) {
+        eprintln!("authd: cannot install the log subscriber: {e}");
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -87,10 +98,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Healthcheck { service, addr }) = &cli.command {
+        let answer = runtime.block_on(server::healthcheck_command(
+            &cli.config,
+            addr.as_deref(),
+            service,
+        ));
+        return match answer {
+            Ok(status) => {
+                println!("{status}");
+                ExitCode::SUCCESS
+            }
+            Err(reason) => {
+                eprintln!("authd healthcheck: {reason}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = cli.config;
     let result = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => server::run(config).await,
+            // Answered above, without the database.
+            Command::Healthcheck { .. } => Ok(()),
             Command::Migrate => {
                 let n = server::migrate(config).await?;
                 println!("{n} migration(s) applied");

@@ -1,5 +1,7 @@
-//! Tower layers around every gRPC service: the server-side request deadline, and the mapping of
-//! transport-level client errors to the status codes of the API contract.
+//! Tower layers around every gRPC service: one span and log line per call with its request id
+//! ([`RpcTraceLayer`]), the server-side request deadline, and the mapping of transport-level client
+//! errors to the status codes of the API contract. [`observe_response`] tells layers a call's final
+//! code (the metrics layer in `crate::metrics` uses it too).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -151,6 +153,262 @@ where
     }
 }
 
+// ----- observing a call until its final status is known -----------------------------------------
+
+type Frame = http_body::Frame<bytes::Bytes>;
+
+/// A callback run exactly once with the call's final gRPC code: from the response headers of a
+/// trailers-only response (how errors usually end), from the trailers when the response body
+/// ends (how successful calls and streams end), or `Cancelled` when the call is dropped before
+/// either (the client went away).
+pub struct Completion(Option<Box<dyn FnOnce(Code) + Send + 'static>>);
+
+impl Completion {
+    pub fn new(f: impl FnOnce(Code) + Send + 'static) -> Self {
+        Self(Some(Box::new(f)))
+    }
+
+    /// Runs the callback, unless it already ran.
+    pub fn finish(&mut self, code: Code) {
+        if let Some(f) = self.0.take() {
+            f(code);
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
+}
+
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Completion")
+            .field(&self.0.is_some())
+            .finish()
+    }
+}
+
+/// A response body that runs its [`Completion`] when the trailers (or the end) go by.
+pub struct CompletionBody<B> {
+    inner: Pin<Box<B>>,
+    completion: Completion,
+}
+
+impl<B> std::fmt::Debug for CompletionBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompletionBody")
+            .field("completion", &self.completion)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Default> Default for CompletionBody<B> {
+    fn default() -> Self {
+        Self {
+            inner: Box::pin(B::default()),
+            completion: Completion(None),
+        }
+    }
+}
+
+impl<B> axum::body::HttpBody for CompletionBody<B>
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes>,
+{
+    type Data = axum::body::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = grpc_status_code(trailers).unwrap_or(Code::Unknown);
+                    this.completion.finish(code);
+                }
+            }
+            // The stream broke, or ended without a status.
+            Poll::Ready(Some(Err(_)) | None) => this.completion.finish(Code::Unknown),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+/// Wraps `response` so that `completion` runs with its final code: at once for a trailers-only
+/// response (`grpc-status` in the headers), otherwise when the body's trailers are sent.
+pub fn observe_response<B>(
+    response: http::Response<B>,
+    mut completion: Completion,
+) -> http::Response<CompletionBody<B>> {
+    if let Some(code) = grpc_status_code(response.headers()) {
+        completion.finish(code);
+    }
+    response.map(|inner| CompletionBody {
+        inner: Box::pin(inner),
+        completion,
+    })
+}
+
+/// The `grpc-status` in a header or trailer map.
+pub fn grpc_status_code(headers: &http::HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    value.trim().parse::<i32>().ok().map(Code::from_i32)
+}
+
+/// A code's name as go-grpc-prometheus (Go's `codes.Code.String()`) prints it.
+pub fn grpc_code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+// ----- one span and one log line per call ------------------------------------------------------
+
+/// The request id header, read from the request and set on the response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Longest request id taken from a client; longer (or non-printable) ids are replaced.
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// The client's `x-request-id` if it is 1 to [`MAX_REQUEST_ID_CHARS`] printable ASCII characters,
+/// otherwise a new UUID.
+pub fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= MAX_REQUEST_ID_CHARS
+                && id.bytes().all(|b| (0x20..=0x7e).contains(&b))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// One span per call (`rpc`, with `method`, `request_id`, and once it ends `code` and `latency_ms`)
+/// and one log line when it ends: INFO, DEBUG for `grpc.health.v1`. The request id (the client's
+/// `x-request-id`, or a generated one) is returned in the response's `x-request-id`. No other
+/// metadata is ever logged. Place it outermost, so it sees the code the client receives.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RpcTraceLayer;
+
+impl<S> tower::Layer<S> for RpcTraceLayer {
+    type Service = RpcTrace<S>;
+    fn layer(&self, inner: S) -> RpcTrace<S> {
+        RpcTrace { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RpcTrace<S> {
+    inner: S,
+}
+
+/// Longest method path put into a log line.
+const MAX_LOGGED_PATH_CHARS: usize = 256;
+
+impl<S, Req, B> tower::Service<http::Request<Req>> for RpcTrace<S>
+where
+    S: tower::Service<http::Request<Req>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<CompletionBody<B>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Req>) -> Self::Future {
+        use tracing::Instrument;
+
+        let id = request_id(req.headers());
+        let header = http::HeaderValue::from_str(&id).ok();
+        if let Some(h) = &header {
+            req.headers_mut().insert(REQUEST_ID_HEADER, h.clone());
+        }
+        let path = req.uri().path();
+        let method = path.get(..MAX_LOGGED_PATH_CHARS).unwrap_or(path).to_owned();
+        let health = method.starts_with("/grpc.health.v1.");
+        let span = if health {
+            tracing::debug_span!(
+                "rpc",
+                method = %method,
+                request_id = %id,
+                code = tracing::field::Empty,
+                latency_ms = tracing::field::Empty,
+            )
+        } else {
+            tracing::info_span!(
+                "rpc",
+                method = %method,
+                request_id = %id,
+                code = tracing::field::Empty,
+                latency_ms = tracing::field::Empty,
+            )
+        };
+        let start = std::time::Instant::now();
+        let log_span = span.clone();
+        let mut completion = Completion::new(move |code: Code| {
+            let latency_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+            log_span.record("code", tracing::field::display(grpc_code_name(code)));
+            log_span.record("latency_ms", latency_ms);
+            if health {
+                tracing::debug!(parent: &log_span, "rpc finished");
+            } else {
+                tracing::info!(parent: &log_span, "rpc finished");
+            }
+        });
+        let fut = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        let fut = fut.instrument(span);
+        Box::pin(async move {
+            match fut.await {
+                Ok(mut response) => {
+                    if let Some(h) = header {
+                        response.headers_mut().insert(REQUEST_ID_HEADER, h);
+                    }
+                    Ok(observe_response(response, completion))
+                }
+                Err(e) => {
+                    completion.finish(Code::Unknown);
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +426,72 @@ mod tests {
         assert_eq!(remap(&big).map(|s| s.code()), Some(Code::ResourceExhausted));
         assert!(remap(&Status::internal("internal error")).is_none());
         assert!(remap(&Status::unauthenticated("x")).is_none());
+    }
+
+    #[test]
+    fn request_ids_are_printable_ascii_and_bounded() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            REQUEST_ID_HEADER,
+            http::HeaderValue::from_static("abc-123 x"),
+        );
+        assert_eq!(request_id(&headers), "abc-123 x");
+        for bad in [
+            "x".repeat(MAX_REQUEST_ID_CHARS + 1),
+            "tab\there".into(),
+            String::new(),
+        ] {
+            let mut headers = http::HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_str(&bad) {
+                headers.insert(REQUEST_ID_HEADER, v);
+            }
+            let id = request_id(&headers);
+            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{bad:?} -> {id}");
+        }
+        // Not ASCII (obs-text is a valid header value).
+        let mut headers = http::HeaderMap::new();
+        if let Ok(v) = http::HeaderValue::from_bytes(b"caf\xc3\xa9") {
+            headers.insert(REQUEST_ID_HEADER, v);
+        }
+        assert!(headers.contains_key(REQUEST_ID_HEADER));
+        assert!(uuid::Uuid::parse_str(&request_id(&headers)).is_ok());
+        let max = "y".repeat(MAX_REQUEST_ID_CHARS);
+        let mut headers = http::HeaderMap::new();
+        if let Ok(v) = http::HeaderValue::from_str(&max) {
+            headers.insert(REQUEST_ID_HEADER, v);
+        }
+        assert_eq!(request_id(&headers), max);
+    }
+
+    #[test]
+    fn status_codes_from_headers_and_their_names() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(grpc_status_code(&headers), None);
+        headers.insert("grpc-status", http::HeaderValue::from_static("16"));
+        assert_eq!(grpc_status_code(&headers), Some(Code::Unauthenticated));
+        assert_eq!(grpc_code_name(Code::Ok), "OK");
+        assert_eq!(grpc_code_name(Code::Cancelled), "Canceled");
+        assert_eq!(grpc_code_name(Code::InvalidArgument), "InvalidArgument");
+        assert_eq!(grpc_code_name(Code::Unauthenticated), "Unauthenticated");
+    }
+
+    #[test]
+    fn completion_runs_once_and_reports_drops_as_cancelled() {
+        use std::sync::{Arc, Mutex};
+        let seen: Arc<Mutex<Vec<Code>>> = Arc::default();
+        let s = seen.clone();
+        let mut c =
+            Completion::new(move |code| s.lock().unwrap_or_else(|e| e.into_inner()).push(code));
+        c.finish(Code::Ok);
+        c.finish(Code::Internal);
+        drop(c);
+        let s = seen.clone();
+        drop(Completion::new(move |code| {
+            s.lock().unwrap_or_else(|e| e.into_inner()).push(code)
+        }));
+        assert_eq!(
+            *seen.lock().unwrap_or_else(|e| e.into_inner()),
+            vec![Code::Ok, Code::Cancelled]
+        );
     }
 }

@@ -24,6 +24,7 @@ use crate::middleware::{ClientErrorLayer, DeadlineLayer};
 use crate::proto;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
+use crate::transport::{self, Transport};
 
 /// Largest request message the server decodes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -68,6 +69,8 @@ pub enum StartError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Tls(#[from] transport::ConfigError),
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
     #[error("cannot read the password from standard input: {0}")]
@@ -112,10 +115,11 @@ impl Database {
 
     /// Stops the embedded PostgreSQL, if this process started it.
     pub async fn close(self) {
-        if let Some(pg) = self.embedded
-            && let Err(e) = pg.stop().await
-        {
-            tracing::warn!(error = %e, "embedded PostgreSQL did not stop cleanly");
+        if let Some(pg) = self.embedded {
+            tracing::info!("stopping the embedded PostgreSQL");
+            if let Err(e) = pg.stop().await {
+                tracing::warn!(error = %e, "embedded PostgreSQL did not stop cleanly");
+            }
         }
     }
 }
@@ -145,6 +149,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    // TLS, mTLS and gRPC-Web come from the config; the files are read (and checked) here.
+    let transport = Transport::from_config(svc.config())?;
+    let builder = transport.configure(Server::builder())?;
+    transport.log_settings();
+    let health_listener = match svc.config().health_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -162,22 +178,46 @@ pub async fn serve(
     let ready = probe(svc.pool()).await;
     set_readiness(&reporter, ready).await;
 
+    let readiness = Readiness::new(reporter.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let monitor = tokio::spawn(health_monitor(
         svc.pool().clone(),
-        reporter.clone(),
+        readiness.clone(),
         ready,
         stop_rx.clone(),
     ));
     let pruner = tokio::spawn(prune_loop(svc.clone(), stop_rx.clone()));
     let reloader = tokio::spawn(key_reload_loop(svc.clone(), stop_rx));
+    // AUTHD_HEALTH_LISTEN: the same health service (same statuses), in plaintext, nothing else.
+    let health_only = health_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "plaintext health listener (grpc.health.v1 only)");
+        }
+        let mut stop = stop_tx.subscribe();
+        tokio::spawn(transport::serve_health(
+            listener,
+            tonic::service::Routes::new(health_service.clone()),
+            async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            },
+        ))
+    });
+    // AUTHD_HTTP_LISTEN: metrics, JWKS and probes over HTTP; stops with the gRPC server.
+    let http_side = match svc.config().http_listen {
+        Some(addr) => Some(
+            crate::http::spawn(addr, svc.clone(), reporter.clone(), stop_tx.subscribe()).await?,
+        ),
+        None => None,
+    };
 
     let auth = AuthServiceServer::new(AuthApi::new(svc.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let users = UserServiceServer::new(UserApi::new(svc.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
-    let result = Server::builder()
+    // Drain on `shutdown`: see [`drain`]. The server stops accepting when `stop_accepting` fires.
+    let (stop_accepting, mut accepting) = watch::channel(false);
+    let server = builder
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -185,6 +225,10 @@ pub async fn serve(
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
         .tcp_nodelay(true)
+        .layer(transport.web_layer())
+        // Outside the layers that rewrite statuses, so they see the code the client receives.
+        .layer(crate::middleware::RpcTraceLayer)
+        .layer(crate::metrics::GrpcMetricsLayer)
         .layer(ClientErrorLayer)
         .layer(DeadlineLayer(svc.config().request_timeout))
         .add_service(health_service)
@@ -192,12 +236,23 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(auth)
         .add_service(users)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = accepting.wait_for(|stop| *stop).await;
+        });
+    let timings = DrainTimings::from_config(svc.config());
+    let result = drain(server, shutdown, &readiness, stop_accepting, timings).await;
     let _ = stop_tx.send(true);
     let _ = monitor.await;
     let _ = pruner.await;
     let _ = reloader.await;
+    if let Some(task) = health_only
+        && let Ok(Err(e)) = task.await
+    {
+        tracing::warn!(error = %e, "the plaintext health listener failed");
+    }
+    if let Some(task) = http_side {
+        let _ = task.await;
+    }
     result.map_err(StartError::from)
 }
 
@@ -229,10 +284,45 @@ async fn set_readiness(reporter: &HealthReporter, ready: bool) {
         .await;
 }
 
+/// The readiness services as the database monitor and the drain change them: the monitor follows
+/// the database until a drain begins; from then on they stay NOT_SERVING.
+#[derive(Clone)]
+pub struct Readiness {
+    reporter: HealthReporter,
+    /// Held while statuses are written, so a monitor update cannot land after the drain's.
+    draining: Arc<tokio::sync::Mutex<bool>>,
+}
+
+impl Readiness {
+    pub fn new(reporter: HealthReporter) -> Self {
+        Self {
+            reporter,
+            draining: Arc::new(tokio::sync::Mutex::new(false)),
+        }
+    }
+
+    /// Reports the database's state; ignored (returns false) once draining.
+    pub async fn database(&self, ready: bool) -> bool {
+        let draining = self.draining.lock().await;
+        if *draining {
+            return false;
+        }
+        set_readiness(&self.reporter, ready).await;
+        true
+    }
+
+    /// Readiness NOT_SERVING for good. `liveness` is left alone.
+    pub async fn drain(&self) {
+        let mut draining = self.draining.lock().await;
+        *draining = true;
+        set_readiness(&self.reporter, false).await;
+    }
+}
+
 /// Probes the database every second and flips readiness when the answer changes.
 async fn health_monitor(
     pool: Pool,
-    reporter: HealthReporter,
+    readiness: Readiness,
     mut ready: bool,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -242,14 +332,85 @@ async fn health_monitor(
             _ = stop.changed() => return,
         }
         let now_ready = probe(&pool).await;
-        if now_ready != ready {
+        if now_ready != ready && readiness.database(now_ready).await {
             if now_ready {
                 tracing::info!("database reachable again; readiness SERVING");
             } else {
                 tracing::warn!("database unreachable; readiness NOT_SERVING");
             }
-            set_readiness(&reporter, now_ready).await;
-            ready = now_ready;
+        }
+        ready = now_ready;
+    }
+}
+
+/// How a drain runs: `AUTHD_SHUTDOWN_DELAY` and `AUTHD_SHUTDOWN_GRACE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainTimings {
+    /// From the signal to refusing new connections (readiness is NOT_SERVING meanwhile).
+    pub delay: Duration,
+    /// How long in-flight calls may then take before the server is dropped.
+    pub grace: Duration,
+}
+
+impl DrainTimings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            delay: config.shutdown_delay,
+            grace: config.shutdown_grace,
+        }
+    }
+}
+
+/// Runs `server` until `shutdown` resolves, then drains it:
+///
+/// 1. readiness (`""` and the API services) goes NOT_SERVING at once and stays so; `liveness`
+///    stays SERVING; connections are still accepted, so load balancers see the change;
+/// 2. after `timings.delay`, `stop_accepting` fires: `server` closes its listener (new connections
+///    are refused) and asks every connection to finish (HTTP/2 GOAWAY);
+/// 3. in-flight calls finish, for at most `timings.grace`; then `server` is dropped.
+///
+/// Closing the pool and stopping the embedded PostgreSQL come after, in [`run`]. A server that
+/// ends by itself (an error) ends the drain early with its result.
+pub async fn drain<S, E>(
+    server: S,
+    shutdown: impl Future<Output = ()>,
+    readiness: &Readiness,
+    stop_accepting: watch::Sender<bool>,
+    timings: DrainTimings,
+) -> Result<(), E>
+where
+    S: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result,
+        () = shutdown => {}
+    }
+    readiness.drain().await;
+    tracing::info!(
+        delay = ?timings.delay,
+        "drain 1/5: readiness NOT_SERVING (liveness SERVING); still accepting connections"
+    );
+    tokio::select! {
+        result = &mut server => return result,
+        () = tokio::time::sleep(timings.delay) => {}
+    }
+    let _ = stop_accepting.send(true);
+    tracing::info!(
+        grace = ?timings.grace,
+        "drain 2/5: refusing new connections; waiting for in-flight calls"
+    );
+    match tokio::time::timeout(timings.grace, &mut server).await {
+        Ok(result) => {
+            tracing::info!("drain 3/5: in-flight calls finished");
+            result
+        }
+        Err(_) => {
+            tracing::warn!(
+                grace = ?timings.grace,
+                "drain 3/5: grace period over; abandoning the calls still running"
+            );
+            Ok(())
         }
     }
 }
@@ -324,10 +485,39 @@ pub fn log_filter(directives: &str) -> tracing_subscriber::EnvFilter {
     filter
 }
 
+/// Installs the process-wide log subscriber: [`log_filter`] of `directives`, written to `writer`,
+/// human-readable for `format` "text", one JSON object per line for "json" (event fields at the top
+/// level, the innermost span's fields, e.g. an RPC's `method`, `request_id`, `code` and
+/// `latency_ms`, under `span`).
+pub fn init_logging<W>(
+    directives: &str,
+    format: &str,
+    writer: W,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(log_filter(directives))
+        .with_writer(writer);
+    if format.eq_ignore_ascii_case("json") {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    }
+}
+
 /// `authd serve`: the whole life of the server process.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let config = Arc::new(config);
     let shutdown = shutdown_signal().await?;
+    // Bad TLS or CORS settings stop the start-up before the database is touched.
+    Transport::from_config(&config)?;
     let database = Database::open(&config).await?;
     let result = async {
         let svc = start_service(config.clone(), database.url(), Arc::new(SystemClock)).await?;
@@ -339,13 +529,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                     source,
                 })?;
         tracing::info!(addr = %config.listen, "authd listening");
-        serve(svc.clone(), listener, shutdown).await?;
+        let served = serve(svc.clone(), listener, shutdown).await;
+        tracing::info!("drain 4/5: closing the database pool");
         svc.pool().close();
-        Ok(())
+        served
     }
     .await;
     database.close().await;
-    tracing::info!("authd stopped");
+    tracing::info!(ok = result.is_ok(), "drain 5/5: authd stopped");
     result
 }
 
@@ -424,4 +615,251 @@ pub async fn create_service_key(
     .await;
     database.close().await;
     result
+}
+
+// ----- authd healthcheck ---------------------------------------------------------------------------
+
+/// How long `authd healthcheck` waits for the connection, and then for the answer.
+pub const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The address `authd healthcheck` asks when given no `--addr`: `AUTHD_HEALTH_LISTEN` if set
+/// (plaintext, health only: the one to probe when the gRPC listener has TLS), else `AUTHD_LISTEN`.
+/// A wildcard address (`0.0.0.0`, `[::]`) becomes the loopback address of its family.
+pub fn healthcheck_addr(config: &Config) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut addr = config.health_listen.unwrap_or(config.listen);
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    addr
+}
+
+/// `authd healthcheck [--service NAME] [--addr HOST:PORT]`: asks `grpc.health.v1.Health/Check`
+/// (plaintext) and returns the status name when it is SERVING, else a one-line reason. It reads
+/// only the listen addresses from `config` and never touches the database.
+pub async fn healthcheck_command(
+    config: &Config,
+    addr: Option<&str>,
+    service: &str,
+) -> Result<&'static str, String> {
+    let target = match addr {
+        Some(a) => a.to_owned(),
+        None => healthcheck_addr(config).to_string(),
+    };
+    let result = healthcheck(&target, service, HEALTHCHECK_TIMEOUT).await;
+    let main_listener_has_tls =
+        addr.is_none() && config.health_listen.is_none() && config.tls_cert.is_some();
+    result.map_err(|reason| {
+        if main_listener_has_tls {
+            format!(
+                "{reason} (the gRPC listener uses TLS, which healthcheck does not speak: set \
+                 AUTHD_HEALTH_LISTEN and probe that)"
+            )
+        } else {
+            reason
+        }
+    })
+}
+
+/// Asks the health service at `addr` (`HOST:PORT`, plaintext) about `service`: Ok with the status
+/// name when SERVING, else a one-line reason. Connecting and the call are each bounded by `timeout`.
+pub async fn healthcheck(
+    addr: &str,
+    service: &str,
+    timeout: Duration,
+) -> Result<&'static str, String> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus as Status;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("invalid address {addr:?}: {e}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    let call = async {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {}", error_chain(&e)))?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::NotFound => {
+                    format!("{addr} does not know health service {service:?} (NOT_FOUND)")
+                }
+                code => format!(
+                    "health check of {service:?} at {addr} failed: {code:?}: {}",
+                    s.message()
+                ),
+            })
+    };
+    // Each step is bounded already; this is a backstop.
+    let response = tokio::time::timeout(timeout.saturating_mul(2), call)
+        .await
+        .map_err(|_| format!("no answer from {addr}"))??;
+    match Status::try_from(response.into_inner().status) {
+        Ok(Status::Serving) => Ok(Status::Serving.as_str_name()),
+        Ok(other) => Err(format!(
+            "health service {service:?} at {addr} is {}",
+            other.as_str_name()
+        )),
+        Err(_) => Err(format!(
+            "health service {service:?} at {addr} answered an unknown status"
+        )),
+    }
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = inner.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+    use tokio::time::Instant;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_server::Health;
+    use tonic_health::server::HealthService;
+
+    async fn status(health: &HealthService, service: &str) -> i32 {
+        health
+            .check(tonic::Request::new(HealthCheckRequest {
+                service: service.into(),
+            }))
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(-1)
+    }
+
+    const SERVING: i32 = ServingStatus::Serving as i32;
+    const NOT_SERVING: i32 = ServingStatus::NotServing as i32;
+    const READINESS: [&str; 3] = ["", "auth.v1.AuthService", "auth.v1.UserService"];
+
+    async fn ready_reporter() -> (Readiness, HealthService) {
+        let (reporter, _) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
+        let health = HealthService::from_health_reporter(reporter.clone());
+        let readiness = Readiness::new(reporter);
+        assert!(readiness.database(true).await);
+        (readiness, health)
+    }
+
+    /// A server that, once told to stop accepting, needs `finish` more for its in-flight calls.
+    async fn server(mut stop: watch::Receiver<bool>, finish: Option<Duration>) -> Result<(), ()> {
+        let _ = stop.wait_for(|s| *s).await;
+        match finish {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_off_then_delay_then_in_flight_calls_finish() {
+        let (readiness, health) = ready_reporter().await;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (signal_tx, signal_rx) = tokio::sync::oneshot::channel::<()>();
+        let timings = DrainTimings {
+            delay: Duration::from_secs(5),
+            grace: Duration::from_secs(30),
+        };
+        let drained = {
+            let readiness = readiness.clone();
+            tokio::spawn(async move {
+                drain(
+                    server(stop_rx.clone(), Some(Duration::from_secs(2))),
+                    async {
+                        let _ = signal_rx.await;
+                    },
+                    &readiness,
+                    stop_tx,
+                    timings,
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        for s in READINESS {
+            assert_eq!(status(&health, s).await, SERVING, "{s:?} before the signal");
+        }
+        let start = Instant::now();
+        let _ = signal_tx.send(());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        for s in READINESS {
+            assert_eq!(
+                status(&health, s).await,
+                NOT_SERVING,
+                "{s:?} while draining"
+            );
+        }
+        assert_eq!(status(&health, LIVENESS_SERVICE).await, SERVING);
+        // The database monitor cannot turn readiness back on.
+        assert!(!readiness.database(true).await);
+        assert_eq!(status(&health, "").await, NOT_SERVING);
+
+        assert_eq!(drained.await.ok(), Some(Ok(())));
+        // delay (5 s), then the in-flight call's 2 s; virtual time, so exact.
+        assert_eq!(start.elapsed().as_secs(), 7);
+        assert_eq!(status(&health, LIVENESS_SERVICE).await, SERVING);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grace_bounds_calls_that_do_not_finish() {
+        let (readiness, _health) = ready_reporter().await;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let timings = DrainTimings {
+            delay: Duration::from_secs(1),
+            grace: Duration::from_secs(3),
+        };
+        let start = Instant::now();
+        let result = drain(
+            server(stop_rx, None),
+            std::future::ready(()),
+            &readiness,
+            stop_tx,
+            timings,
+        )
+        .await;
+        assert_eq!(result, Ok(()));
+        assert_eq!(start.elapsed().as_secs(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_error_ends_it_without_a_drain() {
+        let (readiness, health) = ready_reporter().await;
+        let (stop_tx, _stop_rx) = watch::channel(false);
+        let timings = DrainTimings {
+            delay: Duration::from_secs(1),
+            grace: Duration::from_secs(3),
+        };
+        let result = drain(
+            std::future::ready(Err::<(), _>("bind failed")),
+            std::future::pending(),
+            &readiness,
+            stop_tx,
+            timings,
+        )
+        .await;
+        assert_eq!(result, Err("bind failed"));
+        assert_eq!(status(&health, "").await, SERVING);
+    }
 }

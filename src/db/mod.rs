@@ -176,8 +176,21 @@ impl Drop for Conn {
 }
 
 /// Checks a connection out of the pool.
+///
+/// The whole checkout is bounded by the pool's wait timeout (`AUTHD_DB_TIMEOUT`): deadpool bounds
+/// the wait for a free slot, each recycle check and each connect separately, so a checkout that
+/// first finds several dead idle connections (a database that vanished without closing them) could
+/// otherwise take a multiple of it. Past the bound the caller gets [`DbError::Unavailable`].
 pub async fn conn(pool: &Pool) -> Result<Conn, DbError> {
-    Ok(Conn(std::mem::ManuallyDrop::new(pool.get().await?)))
+    let object = match pool.timeouts().wait.filter(|t| !t.is_zero()) {
+        Some(limit) => tokio::time::timeout(limit, pool.get())
+            .await
+            .map_err(|_| {
+                DbError::Unavailable("timed out waiting for a database connection".into())
+            })??,
+        None => pool.get().await?,
+    };
+    Ok(Conn(std::mem::ManuallyDrop::new(object)))
 }
 
 /// Runs pending migrations under a session-level advisory lock, so that replicas starting together

@@ -164,10 +164,32 @@ impl PasswordHasher {
     }
 }
 
+/// Runs bcrypt work on the blocking pool. `authd_bcrypt_queue_depth` counts it from submission until
+/// it finishes (or is dropped unrun), whether or not the caller still waits for it.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal(format!("blocking task failed: {e}")))
+    let queued = QueueDepth::enter();
+    tokio::task::spawn_blocking(move || {
+        let _queued = queued;
+        f()
+    })
+    .await
+    .map_err(|e| Error::internal(format!("blocking task failed: {e}")))
+}
+
+/// One unit of `authd_bcrypt_queue_depth`, released on drop.
+struct QueueDepth;
+
+impl QueueDepth {
+    fn enter() -> Self {
+        metrics::gauge!(crate::metrics::BCRYPT_QUEUE_DEPTH).increment(1.0);
+        QueueDepth
+    }
+}
+
+impl Drop for QueueDepth {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::BCRYPT_QUEUE_DEPTH).decrement(1.0);
+    }
 }
 
 fn hex_encode(bytes: &[u8]) -> String {

@@ -90,6 +90,16 @@ pub struct TokenPair {
 /// The answer of ValidateToken; `None` means "not a live access token".
 pub type Introspection = Option<VerifiedToken>;
 
+/// Who calls ValidateToken, as the transport established it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller<'a> {
+    /// A TLS client whose certificate verified against `AUTHD_TLS_CLIENT_CA`: any certificate that
+    /// CA signed is a trusted service, so no service key is needed.
+    ClientCertificate { subject: String },
+    /// Any other caller, with the `x-api-key` it sent, if any.
+    ServiceKey(Option<&'a str>),
+}
+
 /// A service key's metadata.
 #[derive(Debug, Clone)]
 pub struct ServiceKeyInfo {
@@ -159,7 +169,9 @@ impl Authd {
         let hasher = PasswordHasher::new(config.bcrypt_cost).await?;
         let mut conn = db::conn(&pool).await?;
         keystore.ensure_signing_key(&mut conn, now).await?;
-        let keyring = keystore.load_keyring(&mut conn, now).await?;
+        // A fresh "now": a replica starting at the same moment may have created the first key (active
+        // from its own "now") after ours was taken; with ours the key would not be active yet.
+        let keyring = keystore.load_keyring(&mut conn, clock.now()).await?;
         let refresh_secret = keystore.secret(&mut conn, REFRESH_SECRET, now).await?;
         drop(conn);
         tracing::info!(keys = ?keyring, "keyring loaded");
@@ -328,7 +340,9 @@ impl Authd {
         password: &str,
         client: &ClientInfo,
     ) -> Result<TokenPair> {
-        self.rate_limiter.check(client.ip)?;
+        self.rate_limiter
+            .check(client.ip)
+            .inspect_err(count_throttled)?;
         let identifier =
             identifier.ok_or_else(|| Error::invalid("an email or username is required"))?;
         let raw_id = match &identifier {
@@ -364,7 +378,8 @@ impl Authd {
                 &ip,
                 self.now(),
             )
-            .await?;
+            .await
+            .inspect_err(count_throttled)?;
             match &identifier {
                 LoginIdentifier::Email(e) => {
                     let e = validate::normalize_email(e);
@@ -415,6 +430,7 @@ impl Authd {
                         Error::Unauthenticated(AuthFailure::BadCredentials),
                     ),
                 };
+                count_login(if ok { "disabled" } else { "failure" });
                 let id = audit::sanitize(raw_id.trim(), audit::MAX_IDENTIFIER_CHARS);
                 let mut entry = AuditEntry::new(AuditKind::LoginFailed, client)
                     .detail(format!("{reason}; identifier {id:?}"));
@@ -467,6 +483,7 @@ impl Authd {
             })
             .await?;
         drop(conn);
+        count_login("success");
         self.token_pair(&user, &session, refresh_token, now)
     }
 
@@ -568,6 +585,7 @@ impl Authd {
         let (session, token) = match outcome {
             RefreshOutcome::Rotated(s, t) | RefreshOutcome::Replayed(s, t) => (s, t),
             RefreshOutcome::Reused(session_id) => {
+                metrics::counter!(crate::metrics::REFRESH_REUSE_DETECTED).increment(1);
                 tracing::warn!(%session_id, "refresh token reuse detected; session revoked");
                 return Err(Error::Unauthenticated(AuthFailure::BadRefreshToken));
             }
@@ -745,14 +763,18 @@ impl Authd {
         Ok(row.id)
     }
 
-    /// ValidateToken: the caller's service key first (unless turned off), then the token.
-    pub async fn validate_token(
-        &self,
-        api_key: Option<&str>,
-        token: &str,
-    ) -> Result<Introspection> {
+    /// ValidateToken: the caller first (a verified client certificate, or a service key; unless
+    /// `AUTHD_VALIDATE_REQUIRE_KEY=false`), then the token.
+    pub async fn validate_token(&self, caller: Caller<'_>, token: &str) -> Result<Introspection> {
         if self.config.validate_require_key {
-            self.authenticate_service_key(api_key).await?;
+            match caller {
+                Caller::ClientCertificate { subject } => {
+                    tracing::debug!(%subject, "ValidateToken caller trusted by its client certificate");
+                }
+                Caller::ServiceKey(key) => {
+                    self.authenticate_service_key(key).await?;
+                }
+            }
         }
         let token = token.trim();
         if token.is_empty() {
@@ -884,6 +906,19 @@ impl Authd {
         } else {
             Err(Error::NotFound("service key not found".into()))
         }
+    }
+}
+
+/// Counts a login decision in `authd_logins_total{result}`: success, failure (wrong password or
+/// unknown account), disabled, throttled.
+fn count_login(result: &'static str) {
+    metrics::counter!(crate::metrics::LOGINS, "result" => result).increment(1);
+}
+
+/// Counts a login refused by the rate limit or the password-guessing throttle.
+fn count_throttled(e: &Error) {
+    if matches!(e, Error::ResourceExhausted { .. }) {
+        count_login("throttled");
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{api_key, authorization, client_info, role_to_proto, timestamp};
+use super::{authorization, caller, client_info, role_to_proto, timestamp};
 use crate::domain::Authd;
 use crate::domain::service::{LoginIdentifier, NewAccount, TokenPair};
 use crate::proto;
@@ -122,7 +122,7 @@ impl AuthService for AuthApi {
     ) -> Result<Response<proto::ValidateTokenResponse>, Status> {
         let answer = self
             .svc
-            .validate_token(api_key(req.metadata()), &req.get_ref().access_token)
+            .validate_token(caller(&req, self.svc.config()), &req.get_ref().access_token)
             .await?;
         let resp = match answer {
             None => proto::ValidateTokenResponse::default(),

@@ -17,8 +17,9 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::config::Config;
 use crate::domain::accounts::RoleArg;
-use crate::domain::service::Account;
+use crate::domain::service::{Account, Caller};
 use crate::domain::{AuthFailure, ClientInfo, Error, Role};
 use crate::proto;
 
@@ -99,6 +100,21 @@ pub fn authorization(md: &MetadataMap) -> Option<&str> {
 /// The `x-api-key` metadata value, if it is readable.
 pub fn api_key(md: &MetadataMap) -> Option<&str> {
     md.get("x-api-key").and_then(|v| v.to_str().ok())
+}
+
+/// The caller of a service-authenticated call: a client certificate when the request came over TLS
+/// with one and `AUTHD_TLS_CLIENT_CA` is set (rustls then has verified it against that CA during the
+/// handshake: a certificate that does not verify fails the handshake), else its `x-api-key`.
+pub fn caller<'a, T>(req: &'a Request<T>, config: &Config) -> Caller<'a> {
+    if config.tls_client_ca.is_some()
+        && let Some(certs) = req.peer_certs()
+        && let Some(leaf) = certs.first()
+    {
+        return Caller::ClientCertificate {
+            subject: crate::transport::certificate_subject(leaf),
+        };
+    }
+    Caller::ServiceKey(api_key(req.metadata()))
 }
 
 /// The client's address and user agent. The address is the TCP peer, unless the peer is a trusted

@@ -120,6 +120,8 @@ pub fn test_config(url: &str) -> Config {
     c.listen = "127.0.0.1:0".parse().expect("addr");
     c.bcrypt_cost = 4;
     c.db_pool_size = 5;
+    // `stop` drains: no need to give a load balancer time to notice.
+    c.shutdown_delay = std::time::Duration::ZERO;
     c.bootstrap_admin_email = None;
     c.bootstrap_admin_password = None;
     c.validate_require_key = true;
