@@ -78,6 +78,38 @@ impl AdminUpdate {
     }
 }
 
+/// Optional profile fields after validation: `None` leaves a field alone; for the username,
+/// `Some(None)` clears it.
+struct ProfileFields {
+    email: Option<String>,
+    username: Option<Option<String>>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+}
+
+impl ProfileFields {
+    /// The Register rules, applied to the fields that are present.
+    fn validate(
+        email: &Option<String>,
+        username: &Option<String>,
+        first_name: &Option<String>,
+        last_name: &Option<String>,
+    ) -> Result<Self> {
+        Ok(Self {
+            email: email.as_deref().map(validate::email).transpose()?,
+            username: username.as_deref().map(validate::username).transpose()?,
+            first_name: first_name
+                .as_deref()
+                .map(|n| validate::person_name("first_name", n))
+                .transpose()?,
+            last_name: last_name
+                .as_deref()
+                .map(|n| validate::person_name("last_name", n))
+                .transpose()?,
+        })
+    }
+}
+
 /// ListUsers filters and paging.
 #[derive(Debug, Clone, Default)]
 pub struct UserQuery {
@@ -135,22 +167,12 @@ impl Authd {
         upd: ProfileUpdate,
         client: &ClientInfo,
     ) -> Result<Account> {
-        let email = upd.email.as_deref().map(validate::email).transpose()?;
-        let username = upd
-            .username
-            .as_deref()
-            .map(validate::username)
-            .transpose()?;
-        let first_name = upd
-            .first_name
-            .as_deref()
-            .map(|n| validate::person_name("first_name", n))
-            .transpose()?;
-        let last_name = upd
-            .last_name
-            .as_deref()
-            .map(|n| validate::person_name("last_name", n))
-            .transpose()?;
+        let ProfileFields {
+            email,
+            username,
+            first_name,
+            last_name,
+        } = ProfileFields::validate(&upd.email, &upd.username, &upd.first_name, &upd.last_name)?;
 
         let current = self.get_me(p).await?;
         let email_change = email.filter(|e| *e != current.email);
@@ -488,22 +510,12 @@ impl Authd {
             ));
         }
         let id = validate::uuid("user_id", user_id)?;
-        let email = upd.email.as_deref().map(validate::email).transpose()?;
-        let username = upd
-            .username
-            .as_deref()
-            .map(validate::username)
-            .transpose()?;
-        let first_name = upd
-            .first_name
-            .as_deref()
-            .map(|n| validate::person_name("first_name", n))
-            .transpose()?;
-        let last_name = upd
-            .last_name
-            .as_deref()
-            .map(|n| validate::person_name("last_name", n))
-            .transpose()?;
+        let ProfileFields {
+            email,
+            username,
+            first_name,
+            last_name,
+        } = ProfileFields::validate(&upd.email, &upd.username, &upd.first_name, &upd.last_name)?;
         let role = match upd.role {
             None => None,
             Some(RoleArg::Role(r)) => Some(r),
