@@ -508,7 +508,10 @@ where
             .with_span_list(false)
             .try_init()
     } else {
-        builder.try_init()
+        // Colours only on a terminal: log collectors store escape codes verbatim.
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
     }
 }
 
