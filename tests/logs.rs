@@ -7,9 +7,8 @@
 //! key or server secret may appear in the captured text, in any common encoding, nor in an audit
 //! event. A second start without a master key must log a warning naming AUTHD_MASTER_KEY.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration as StdDuration;
 
 use authd::clock::ManualClock;
@@ -34,22 +33,9 @@ use tonic::{Code, Request, Status};
 
 // ----- log capture -------------------------------------------------------------------------------
 
-type Buffer = Arc<Mutex<Vec<u8>>>;
-
-struct BufferWriter(Buffer);
-
-impl Write for BufferWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+#[path = "support/capture.rs"]
+mod capture;
+use capture::{Buffer, BufferWriter};
 
 /// The captured log, installing the subscriber on first use.
 fn buffer() -> &'static Buffer {

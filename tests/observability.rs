@@ -9,15 +9,13 @@
 //! lower bounds.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use authd::clock::ManualClock;
 use authd::config::Config;
 use authd::domain::Authd;
-use authd::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use authd::proto;
 use authd::proto::auth_service_client::AuthServiceClient;
 use authd::proto::user_service_client::UserServiceClient;
@@ -38,22 +36,9 @@ const DB_POOL_SIZE: u32 = 5;
 
 // ----- JSON log capture --------------------------------------------------------------------------
 
-type Buffer = Arc<Mutex<Vec<u8>>>;
-
-struct BufferWriter(Buffer);
-
-impl Write for BufferWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+#[path = "support/capture.rs"]
+mod capture;
+use capture::{Buffer, BufferWriter};
 
 /// The captured log; installs the subscriber (as `main` does for AUTHD_LOG_FORMAT=json) and the
 /// metrics recorder on first use.
@@ -105,54 +90,14 @@ async fn rpc_line(request_id: &str) -> serde_json::Value {
 
 // ----- the PostgreSQL cluster ----------------------------------------------------------------------
 
-fn cluster_url_template() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        // The cluster lives on a thread of its own with its own runtime, for the whole process.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("cluster runtime");
-            rt.block_on(async move {
-                let pg = EmbeddedPostgres::start(EmbeddedOptions {
-                    data_dir: std::env::temp_dir(),
-                    ephemeral: true,
-                    max_connections: 100,
-                })
-                .await
-                .expect("start the test PostgreSQL cluster");
-                tx.send(pg.database_url("__db__"))
-                    .expect("hand over the url");
-                std::future::pending::<()>().await;
-                drop(pg);
-            });
-        });
-        rx.recv().expect("the test cluster failed to start")
-    })
-}
-
-fn db_url(name: &str) -> String {
-    cluster_url_template().replace("__db__", name)
-}
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::{db_url, fresh_named_database as fresh_database};
 
 async fn admin_connection() -> AsyncPgConnection {
     AsyncPgConnection::establish(&db_url("postgres"))
         .await
         .expect("connect to the test cluster")
-}
-
-/// A new, empty database; the server migrates it.
-async fn fresh_database() -> (String, String) {
-    let name = format!("obs_{}", uuid::Uuid::new_v4().simple());
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut admin_connection().await)
-        .await
-        .expect("create database");
-    let url = db_url(&name);
-    (name, url)
 }
 
 // ----- an in-process server with the HTTP side listener -------------------------------------------

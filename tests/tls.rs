@@ -6,20 +6,17 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use authd::clock::SystemClock;
 use authd::config::Config;
 use authd::domain::Authd;
-use authd::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use authd::proto;
 use authd::proto::auth_service_client::AuthServiceClient;
 use authd::proto::user_service_client::UserServiceClient;
 use authd::server;
 use authd::transport::Transport;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use prost::Message;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -36,80 +33,15 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 const PASSWORD: &str = "Correct-Horse-Battery-Staple-42";
-const TEMPLATE_DB: &str = "authd_template";
-const DB_PLACEHOLDER: &str = "__authd_db__";
 const ALLOWED_ORIGIN: &str = "https://app.example.com";
 /// No test waits longer than this for a connection or a call.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-// ---------------------------------------------------------------------------------------------
-// Database: one private cluster per test process, a migrated template, a fresh copy per test.
-
-fn cluster_url_template() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("cluster runtime");
-            rt.block_on(async move {
-                let pg = EmbeddedPostgres::start(EmbeddedOptions {
-                    data_dir: std::env::temp_dir(),
-                    ephemeral: true,
-                    max_connections: 200,
-                })
-                .await
-                .expect("start the test PostgreSQL cluster");
-                let template = pg.database_url(DB_PLACEHOLDER);
-                let mut admin = AsyncPgConnection::establish(&pg.database_url("postgres"))
-                    .await
-                    .expect("connect to the test cluster");
-                diesel::sql_query(format!("CREATE DATABASE {TEMPLATE_DB}"))
-                    .execute(&mut admin)
-                    .await
-                    .expect("create template database");
-                authd::db::run_migrations(&template.replace(DB_PLACEHOLDER, TEMPLATE_DB))
-                    .await
-                    .expect("migrate template database");
-                tx.send(template).expect("hand over cluster url");
-                std::future::pending::<()>().await;
-                drop(pg);
-            });
-        });
-        rx.recv().expect("test cluster failed to start")
-    })
-}
-
-async fn fresh_database() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let template = cluster_url_template();
-    let name = format!(
-        "tls_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    let mut admin = AsyncPgConnection::establish(&template.replace(DB_PLACEHOLDER, "postgres"))
-        .await
-        .expect("connect to the test cluster");
-    let mut attempt = 0;
-    loop {
-        match diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
-            .execute(&mut admin)
-            .await
-        {
-            Ok(_) => break,
-            Err(e) if attempt < 50 && e.to_string().contains("being accessed by other users") => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("create test database: {e}"),
-        }
-    }
-    template.replace(DB_PLACEHOLDER, &name)
-}
+// Database: the shared private cluster (tests/support/cluster.rs), a fresh copy of the migrated
+// template per test.
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::fresh_database;
 
 // ---------------------------------------------------------------------------------------------
 // Certificates: a CA, a server certificate for localhost/127.0.0.1, a client certificate from the

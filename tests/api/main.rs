@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../support/cluster.rs"]
+mod cluster;
 mod common;
 
 mod admin;
