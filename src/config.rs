@@ -39,6 +39,7 @@
 //! | `AUTHD_DB_POOL_SIZE` | `--db-pool-size` | `10` |
 //! | `AUTHD_DB_TIMEOUT` | `--db-timeout` | `5s` (pool wait, connect and statement timeout) |
 //! | `AUTHD_LOG` | `--log` | `info` (a `tracing` filter such as `authd=debug,info`) |
+//! | `AUTHD_TOKEN_CACHE_SIZE` | `--token-cache-size` | `10000` (verified access tokens kept in memory; `0` = off) |
 //!
 //! Durations are written as a number and a unit: `500ms`, `90s`, `15m`, `12h`, `7d` (a bare `0` is zero).
 
@@ -216,6 +217,16 @@ pub struct Config {
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "AUTHD_LOG", default_value = "info", global = true)]
     pub log: String,
+
+    /// How many verified access tokens to keep in memory, so that a token seen before is not
+    /// verified again until it expires (`0` = no cache).
+    #[arg(
+        long,
+        env = "AUTHD_TOKEN_CACHE_SIZE",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub token_cache_size: u64,
 }
 
 impl Config {
@@ -281,6 +292,7 @@ impl Config {
             db_pool_size: 10,
             db_timeout: Duration::from_secs(5),
             log: "info".into(),
+            token_cache_size: 10_000,
         }
     }
 }
@@ -415,6 +427,7 @@ mod tests {
         assert_eq!(c.shutdown_delay, f.shutdown_delay);
         assert_eq!(c.shutdown_grace, f.shutdown_grace);
         assert_eq!(c.log_format, f.log_format);
+        assert_eq!(c.token_cache_size, f.token_cache_size);
         assert!(c.http_listen.is_none() && c.health_listen.is_none() && !c.grpc_web);
         assert!(c.tls_cert.is_none() && !c.tls_require_client_cert && c.cors_origins.is_empty());
         assert_eq!(c.audit_retention, f.audit_retention);

@@ -16,7 +16,7 @@ use tonic_health::server::HealthReporter;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::db::{self, DbError, Pool};
-use crate::domain::{self, Authd};
+use crate::domain::{self, Authd, views};
 use crate::embedded_pg::{self, EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
 use crate::grpc::auth::AuthApi;
 use crate::grpc::user::UserApi;
@@ -187,6 +187,7 @@ pub async fn serve(
         stop_rx.clone(),
     ));
     let pruner = tokio::spawn(prune_loop(svc.clone(), stop_rx.clone()));
+    let syncer = tokio::spawn(view_sync_loop(svc.clone(), stop_rx.clone()));
     let reloader = tokio::spawn(key_reload_loop(svc.clone(), stop_rx));
     // AUTHD_HEALTH_LISTEN: the same health service (same statuses), in plaintext, nothing else.
     let health_only = health_listener.map(|listener| {
@@ -245,6 +246,7 @@ pub async fn serve(
     let _ = monitor.await;
     let _ = pruner.await;
     let _ = reloader.await;
+    let _ = syncer.await;
     if let Some(task) = health_only
         && let Ok(Err(e)) = task.await
     {
@@ -431,6 +433,31 @@ async fn prune_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning failed; will retry"),
+        }
+    }
+}
+
+/// Polls the revocation and service-key views every [`views::SYNC_INTERVAL`] (see
+/// [`crate::domain::views`]). A failure is logged once per outage; while polls fail the views go
+/// stale and token checks fail closed.
+async fn view_sync_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(views::SYNC_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        match svc.sync_views().await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("revocation view refreshed again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "refreshing the revocation view failed; token checks fail closed once it is stale");
+            }
+            Err(_) => {}
         }
     }
 }

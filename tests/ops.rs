@@ -15,6 +15,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use authd::domain::views;
 use authd::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use authd::proto;
 use authd::proto::auth_service_client::AuthServiceClient;
@@ -505,6 +506,7 @@ async fn database_outage_fails_fast_and_recovers() {
     keyless.register(&last_email).await;
 
     cluster.stop().await;
+    let stopped = Instant::now();
 
     for p in [&keyed, &keyless] {
         let not_ready = vec![Ok(NOT_SERVING); 3];
@@ -528,6 +530,10 @@ async fn database_outage_fails_fast_and_recovers() {
     })
     .await;
     expect_unavailable("GetMe", bound, keyed.get_me(&pair.access_token)).await;
+    // ValidateToken answers from the in-memory revocation view, which stays trusted for
+    // MAX_STALENESS after its last refresh, and fails closed after that.
+    tokio::time::sleep_until((stopped + views::MAX_STALENESS + Duration::from_millis(300)).into())
+        .await;
     expect_unavailable(
         "ValidateToken (service key)",
         bound,

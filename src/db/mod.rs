@@ -13,12 +13,17 @@ pub mod sessions;
 pub mod throttle;
 pub mod users;
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use deadpool::managed::{Hook, HookError};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool::{Object, Pool as DeadPool, PoolError};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
@@ -61,6 +66,7 @@ impl From<DieselError> for DbError {
                 }
             }
             DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                connection_lost();
                 DbError::Unavailable(info.message().to_owned())
             }
             DieselError::DatabaseError(_, ref info)
@@ -69,6 +75,7 @@ impl From<DieselError> for DbError {
                 DbError::Timeout
             }
             DieselError::DatabaseError(_, ref info) if is_connection_message(info.message()) => {
+                connection_lost();
                 DbError::Unavailable(info.message().to_owned())
             }
             DieselError::BrokenTransactionManager => {
@@ -77,6 +84,28 @@ impl From<DieselError> for DbError {
             other => DbError::Query(other),
         }
     }
+}
+
+/// When a query last failed because its connection was lost (nanoseconds since [`epoch`]; 0 = never).
+static CONNECTION_LOST_AT: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Records that a connection was found dead: the server restarted or went away. Every pooled
+/// connection opened before this moment is then discarded at its next checkout (see [`build_pool`]),
+/// so one failed query, not one per pooled connection, reveals a restart.
+fn connection_lost() {
+    let at = u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX);
+    CONNECTION_LOST_AT.fetch_max(at.max(1), Ordering::Relaxed);
+}
+
+/// Whether a connection created at `created` predates the last lost connection.
+fn predates_connection_loss(created: Instant) -> bool {
+    let lost = AtomicU64::load(&CONNECTION_LOST_AT, Ordering::Relaxed);
+    lost != 0 && created <= epoch() + Duration::from_nanos(lost)
 }
 
 fn is_connection_message(msg: &str) -> bool {
@@ -104,6 +133,11 @@ impl From<diesel::ConnectionError> for DbError {
 /// Builds the pool. Each new connection gets `statement_timeout` and
 /// `idle_in_transaction_session_timeout`, so no statement or abandoned transaction holds locks for long.
 /// `timeout` bounds the wait for a pooled connection, the connect, and each statement.
+///
+/// Checkouts do not ping the server (`RecyclingMethod::Fast`: a ping is a round trip on every
+/// request). Instead, once any query finds its connection dead, every connection opened before
+/// that moment is dropped at its next checkout; the revocation-view poll (every 250 ms) and the
+/// readiness probe find a restart long before most requests would.
 pub fn build_pool(url: &str, max_size: u32, timeout: Duration) -> Result<Pool, DbError> {
     let statement_ms = timeout.as_millis().max(1);
     let idle_tx_ms = statement_ms.saturating_mul(2);
@@ -130,8 +164,18 @@ pub fn build_pool(url: &str, max_size: u32, timeout: Duration) -> Result<Pool, D
             Ok(conn)
         })
     });
+    manager_config.recycling_method = RecyclingMethod::Fast;
     let manager = AsyncDieselConnectionManager::new_with_config(url, manager_config);
     DeadPool::builder(manager)
+        .pre_recycle(Hook::sync_fn(|_, metrics| {
+            if predates_connection_loss(metrics.created) {
+                Err(HookError::Message(
+                    "opened before a connection was lost".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        }))
         .max_size(max_size as usize)
         .wait_timeout(Some(timeout))
         .create_timeout(Some(timeout))
@@ -148,28 +192,46 @@ pub fn build_pool(url: &str, max_size: u32, timeout: Duration) -> Result<Pool, D
 /// with the transaction open and its locks held until the next checkout noticed. On drop, this
 /// guard detaches such a connection from the pool and closes it, so PostgreSQL rolls the
 /// transaction back at once.
-pub struct Conn(std::mem::ManuallyDrop<PooledConn>);
+///
+/// The same holds for a statement sent outside a transaction: [`Conn::guarded`] marks the
+/// connection busy while it runs, and a busy connection is closed on drop too, rather than handed
+/// to the next request with the abandoned statement still running (or waiting on a lock) in front
+/// of its own.
+pub struct Conn {
+    object: std::mem::ManuallyDrop<PooledConn>,
+    busy: bool,
+}
+
+impl Conn {
+    /// Runs `f`; if the caller is dropped before it finishes, the connection is closed on drop.
+    pub async fn guarded<T>(&mut self, f: impl AsyncFnOnce(&mut AsyncPgConnection) -> T) -> T {
+        self.busy = true;
+        let out = f(&mut self.object).await;
+        self.busy = false;
+        out
+    }
+}
 
 impl std::ops::Deref for Conn {
     type Target = AsyncPgConnection;
     fn deref(&self) -> &AsyncPgConnection {
-        &self.0
+        &self.object
     }
 }
 
 impl std::ops::DerefMut for Conn {
     fn deref_mut(&mut self) -> &mut AsyncPgConnection {
-        &mut self.0
+        &mut self.object
     }
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         use diesel_async::pooled_connection::PoolableConnection;
-        // SAFETY: `self.0` is never touched again after this line; we are in `drop`.
-        let mut c = unsafe { std::mem::ManuallyDrop::take(&mut self.0) };
-        if c.is_broken() {
-            tracing::debug!("closing a connection abandoned inside a transaction");
+        // SAFETY: `self.object` is never touched again after this line; we are in `drop`.
+        let mut c = unsafe { std::mem::ManuallyDrop::take(&mut self.object) };
+        if self.busy || c.is_broken() {
+            tracing::debug!("closing a connection abandoned inside a transaction or statement");
             drop(deadpool::managed::Object::take(c));
         }
     }
@@ -190,7 +252,10 @@ pub async fn conn(pool: &Pool) -> Result<Conn, DbError> {
             })??,
         None => pool.get().await?,
     };
-    Ok(Conn(std::mem::ManuallyDrop::new(object)))
+    Ok(Conn {
+        object: std::mem::ManuallyDrop::new(object),
+        busy: false,
+    })
 }
 
 /// Runs pending migrations under a session-level advisory lock, so that replicas starting together

@@ -1,7 +1,10 @@
 //! Queries on `sessions` and their `refresh_tokens`.
 
 use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{BigInt, Bool, Bytea, Nullable, Text, Timestamptz, Untyped};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -218,4 +221,188 @@ pub async fn prune(
     .bind::<BigInt, _>(batch)
     .execute(conn)
     .await?)
+}
+
+// ----- the refresh fast path -----------------------------------------------------------------
+
+/// What [`rotate_unspent`] returns: the rotated session and what a token needs of its user.
+#[derive(Debug, QueryableByName)]
+pub struct Rotated {
+    #[diesel(embed)]
+    pub session: Session,
+    #[diesel(sql_type = Text)]
+    pub user_email: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub user_username: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub user_role: String,
+    #[diesel(sql_type = Bool)]
+    pub user_active: bool,
+}
+
+/// The normal refresh in one statement (one round trip, one commit, a plan prepared once per
+/// connection): if `presented` is the unspent token of a live session, spend it, record its
+/// successor and move the session to the next generation. The `FOR UPDATE` re-checks the row
+/// after waiting for a concurrent refresh or logout, so exactly one caller rotates; every other
+/// outcome (replay, reuse, dead) returns `None` and is left to the locking slow path.
+pub async fn rotate_unspent(
+    conn: &mut AsyncPgConnection,
+    presented: &[u8],
+    successor: &[u8],
+    now: DateTime<Utc>,
+    idle_expire_time: DateTime<Utc>,
+) -> Result<Option<Rotated>, DbError> {
+    Ok(RotateUnspent {
+        presented,
+        successor,
+        now,
+        idle_expire_time,
+    }
+    .get_result(conn)
+    .await
+    .optional()?)
+}
+
+struct RotateUnspent<'a> {
+    presented: &'a [u8],
+    successor: &'a [u8],
+    now: DateTime<Utc>,
+    idle_expire_time: DateTime<Utc>,
+}
+
+/// The statement-cache identity of [`RotateUnspent`] (the query itself borrows its binds).
+struct RotateUnspentId;
+
+impl QueryId for RotateUnspent<'_> {
+    type QueryId = RotateUnspentId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for RotateUnspent<'_> {
+    type SqlType = Untyped;
+}
+
+impl QueryFragment<Pg> for RotateUnspent<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "WITH cur AS (\
+               SELECT rt.token_hash, rt.session_id, s.generation \
+               FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id \
+               WHERE rt.token_hash = ",
+        );
+        out.push_bind_param::<Bytea, _>(&self.presented)?;
+        out.push_sql(" AND rt.spend_time IS NULL AND s.revoke_time IS NULL AND s.expire_time > ");
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(" AND s.idle_expire_time > ");
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(
+            " FOR UPDATE OF rt, s), \
+             spent AS (UPDATE refresh_tokens t SET spend_time = ",
+        );
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(
+            " FROM cur WHERE t.token_hash = cur.token_hash RETURNING t.session_id), \
+             successor AS (INSERT INTO refresh_tokens (token_hash, session_id, generation, create_time) \
+               SELECT ",
+        );
+        out.push_bind_param::<Bytea, _>(&self.successor)?;
+        out.push_sql(", cur.session_id, cur.generation + 1, ");
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(
+            " FROM cur), \
+             sess AS (UPDATE sessions s SET generation = cur.generation + 1, last_use_time = ",
+        );
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(", idle_expire_time = LEAST(");
+        out.push_bind_param::<Timestamptz, _>(&self.idle_expire_time)?;
+        out.push_sql(
+            ", s.expire_time) FROM cur WHERE s.id = cur.session_id RETURNING s.*) \
+             SELECT sess.id, sess.user_id, sess.generation, sess.create_time, sess.last_use_time, \
+               sess.idle_expire_time, sess.expire_time, sess.revoke_time, sess.revoke_reason, \
+               sess.user_agent, sess.ip_address, \
+               u.email AS user_email, u.username AS user_username, u.role AS user_role, \
+               u.active AS user_active \
+             FROM sess JOIN users u ON u.id = sess.user_id",
+        );
+        Ok(())
+    }
+}
+
+// ----- the revocation view -------------------------------------------------------------------
+
+/// One poll of `session_revocations` (see the migration `000004_revocation_view`).
+#[derive(Debug, Default)]
+pub struct RevocationBatch {
+    /// Sessions that ended, with when.
+    pub ended: Vec<(Uuid, DateTime<Utc>)>,
+    /// The next poll's watermark: the xmin of this poll's snapshot. Every transaction below it had
+    /// finished when the snapshot was taken, so no tombstone below it can still appear; rows at or
+    /// above it that were already visible are simply read again.
+    pub watermark: i64,
+}
+
+/// Tombstones written at or after `watermark` (a transaction id; 0 reads all) and revoked after
+/// `since`, in one statement whose snapshot also yields the next watermark.
+pub async fn revocations_since(
+    conn: &mut AsyncPgConnection,
+    watermark: i64,
+    since: DateTime<Utc>,
+) -> Result<RevocationBatch, DbError> {
+    let rows: Vec<RevocationRow> = RevocationsSince { watermark, since }.load(conn).await?;
+    let mut batch = RevocationBatch::default();
+    for r in rows {
+        batch.watermark = r.horizon;
+        if let (Some(id), Some(at)) = (r.session_id, r.revoke_time) {
+            batch.ended.push((id, at));
+        }
+    }
+    Ok(batch)
+}
+
+/// Forgets tombstones of sessions revoked before `before`.
+pub async fn prune_revocations(
+    conn: &mut AsyncPgConnection,
+    before: DateTime<Utc>,
+) -> Result<usize, DbError> {
+    Ok(
+        diesel::sql_query("DELETE FROM session_revocations WHERE revoke_time < $1")
+            .bind::<Timestamptz, _>(before)
+            .execute(conn)
+            .await?,
+    )
+}
+
+#[derive(QueryableByName)]
+struct RevocationRow {
+    #[diesel(sql_type = BigInt)]
+    horizon: i64,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
+    session_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    revoke_time: Option<DateTime<Utc>>,
+}
+
+#[derive(QueryId)]
+struct RevocationsSince {
+    watermark: i64,
+    since: DateTime<Utc>,
+}
+
+impl Query for RevocationsSince {
+    type SqlType = Untyped;
+}
+
+impl QueryFragment<Pg> for RevocationsSince {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        // pg_current_snapshot() is this statement's own snapshot, the one the join reads with.
+        out.push_sql(
+            "SELECT h.horizon, r.session_id, r.revoke_time \
+             FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon) h \
+             LEFT JOIN session_revocations r ON r.xid >= (",
+        );
+        out.push_bind_param::<BigInt, _>(&self.watermark)?;
+        out.push_sql(")::text::xid8 AND r.revoke_time > ");
+        out.push_bind_param::<Timestamptz, _>(&self.since)?;
+        Ok(())
+    }
 }

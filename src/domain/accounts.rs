@@ -294,6 +294,7 @@ impl Authd {
                 Ok(n)
             })
             .await?;
+        self.views_changed().await;
         Ok(revoked)
     }
 
@@ -339,7 +340,9 @@ impl Authd {
                 audit::record(conn, now, entry).await?;
                 Ok(())
             })
-            .await
+            .await?;
+        self.views_changed().await;
+        Ok(())
     }
 
     /// The caller's live sessions, newest first.
@@ -385,6 +388,7 @@ impl Authd {
             })
             .await?;
         if revoked {
+            self.views_changed().await;
             Ok(())
         } else {
             Err(Error::NotFound("session not found".into()))
@@ -457,7 +461,8 @@ impl Authd {
         p.require(Role::Moderator)?;
         let id = validate::uuid("user_id", user_id)?;
         let now = self.now();
-        self.conn()
+        let n = self
+            .conn()
             .await?
             .transaction::<_, Error, _>(async |conn| {
                 let target = users::find_by_id(conn, id)
@@ -473,7 +478,9 @@ impl Authd {
                 audit::record(conn, now, entry).await?;
                 Ok(n)
             })
-            .await
+            .await?;
+        self.views_changed().await;
+        Ok(n)
     }
 
     /// ADMIN: creates an account with any role (ROLE_UNSPECIFIED means ROLE_USER).
@@ -628,6 +635,7 @@ impl Authd {
                 Ok(row)
             })
             .await?;
+        self.views_changed().await;
         Account::try_from(row)
     }
 
@@ -718,6 +726,9 @@ impl Authd {
         crate::db::throttle::prune(&mut conn, now - chrono::Duration::hours(1), sessions_before)
             .await?;
         crate::db::keys::delete_retired(&mut conn, sessions_before).await?;
+        // Tombstones outlive every access token of their session, and a day at least.
+        let tombstones_before = now - self.views().retention().max(chrono::Duration::days(1));
+        sessions::prune_revocations(&mut conn, tombstones_before).await?;
         Ok((events, ended))
     }
 }

@@ -13,6 +13,7 @@ pub mod service;
 pub mod throttle;
 pub mod tokens;
 pub mod validate;
+pub mod views;
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -12,7 +12,10 @@ use super::keystore::{KeyStore, MasterKey};
 use super::opaque::{self, HashedToken, MAX_OPAQUE_BYTES};
 use super::password::{self, PasswordHasher};
 use super::throttle::{self, IpRateLimiter};
-use super::tokens::{self, AccessClaims, Keyring, PublicJwk, TokenError, VerifiedToken};
+use super::tokens::{
+    self, AccessClaims, Keyring, PublicJwk, TokenCache, TokenError, VerifiedToken,
+};
+use super::views::Views;
 use super::{AuthFailure, ClientInfo, Error, Principal, Result, Role, validate};
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -88,7 +91,7 @@ pub struct TokenPair {
 }
 
 /// The answer of ValidateToken; `None` means "not a live access token".
-pub type Introspection = Option<VerifiedToken>;
+pub type Introspection = Option<Arc<VerifiedToken>>;
 
 /// Who calls ValidateToken, as the transport established it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +135,8 @@ pub struct Authd {
     keyring: RwLock<Arc<Keyring>>,
     refresh_secret: Vec<u8>,
     rate_limiter: IpRateLimiter,
+    views: Views,
+    token_cache: TokenCache,
 }
 
 impl std::fmt::Debug for Authd {
@@ -173,6 +178,9 @@ impl Authd {
         // from its own "now") after ours was taken; with ours the key would not be active yet.
         let keyring = keystore.load_keyring(&mut conn, clock.now()).await?;
         let refresh_secret = keystore.secret(&mut conn, REFRESH_SECRET, now).await?;
+        let views = Views::new(config.access_token_ttl);
+        let token_cache = TokenCache::new(config.token_cache_size);
+        views.sync(&mut conn, clock.now()).await?;
         drop(conn);
         tracing::info!(keys = ?keyring, "keyring loaded");
         Ok(Arc::new(Self {
@@ -184,6 +192,8 @@ impl Authd {
             keyring: RwLock::new(Arc::new(keyring)),
             refresh_secret,
             rate_limiter,
+            views,
+            token_cache,
         }))
     }
 
@@ -227,6 +237,26 @@ impl Authd {
 
     pub(super) async fn conn(&self) -> Result<db::Conn> {
         Ok(db::conn(&self.pool).await?)
+    }
+
+    /// The in-memory revocation and service-key views.
+    pub fn views(&self) -> &Views {
+        &self.views
+    }
+
+    /// Refreshes the views from the database (the background poll, every 250 ms).
+    pub async fn sync_views(&self) -> Result<()> {
+        let mut conn = self.conn().await?;
+        self.views.sync(&mut conn, self.now()).await?;
+        Ok(())
+    }
+
+    /// After this replica committed a change that ends sessions or service keys: makes it visible
+    /// here at once instead of at the next poll. A failure only delays it to that poll.
+    pub(super) async fn views_changed(&self) {
+        if let Err(e) = self.sync_views().await {
+            tracing::warn!(error = %e, "refreshing the revocation view failed; the next poll will");
+        }
     }
 
     // ----- accounts -------------------------------------------------------------------------
@@ -484,7 +514,7 @@ impl Authd {
             .await?;
         drop(conn);
         count_login("success");
-        self.token_pair(&user, &session, refresh_token, now)
+        self.token_pair(TokenSubject::of(&user), &session, refresh_token, now)
     }
 
     /// After a successful login: re-hashes a password whose stored hash is cheaper than the configured
@@ -533,6 +563,32 @@ impl Authd {
         let grace = chrono_duration(self.config.refresh_reuse_grace);
 
         let mut conn = self.conn().await?;
+        // The normal case in one statement; replays, reuse and dead tokens take the slow path.
+        let rotated = conn
+            .guarded(async |c| {
+                sessions::rotate_unspent(
+                    c,
+                    presented.as_bytes(),
+                    successor_hash.as_bytes(),
+                    now,
+                    now + idle,
+                )
+                .await
+            })
+            .await?;
+        if let Some(r) = rotated {
+            drop(conn);
+            if !r.user_active {
+                return Err(Error::Unauthenticated(AuthFailure::BadRefreshToken));
+            }
+            let subject = TokenSubject {
+                user_id: r.session.user_id,
+                role: &r.user_role,
+                email: &r.user_email,
+                username: r.user_username.as_deref(),
+            };
+            return self.token_pair(subject, &r.session, successor, now);
+        }
         let outcome = conn
             .transaction::<_, DbError, _>(async |conn| {
                 let Some((token, session)) =
@@ -585,6 +641,8 @@ impl Authd {
         let (session, token) = match outcome {
             RefreshOutcome::Rotated(s, t) | RefreshOutcome::Replayed(s, t) => (s, t),
             RefreshOutcome::Reused(session_id) => {
+                drop(conn);
+                self.views_changed().await;
                 metrics::counter!(crate::metrics::REFRESH_REUSE_DETECTED).increment(1);
                 tracing::warn!(%session_id, "refresh token reuse detected; session revoked");
                 return Err(Error::Unauthenticated(AuthFailure::BadRefreshToken));
@@ -598,33 +656,35 @@ impl Authd {
             .filter(|u| u.active)
             .ok_or(Error::Unauthenticated(AuthFailure::BadRefreshToken))?;
         drop(conn);
-        self.token_pair(&user, &session, token, now)
+        self.token_pair(TokenSubject::of(&user), &session, token, now)
     }
 
+    /// Signs an access token for `session` and pairs it with `refresh_token`. The access token never
+    /// outlives the session's idle or absolute expiry (the revocation view relies on that).
     fn token_pair(
         &self,
-        user: &db::models::User,
+        user: TokenSubject<'_>,
         session: &Session,
         refresh_token: String,
         now: DateTime<Utc>,
     ) -> Result<TokenPair> {
-        let exp = (now + chrono_duration(self.config.access_token_ttl)).min(session.expire_time);
+        let refresh_end = session.idle_expire_time.min(session.expire_time);
+        let exp = (now + chrono_duration(self.config.access_token_ttl)).min(refresh_end);
         let claims = AccessClaims {
             iss: self.config.issuer.clone(),
             aud: self.config.audience.clone(),
-            sub: user.id.to_string(),
+            sub: user.user_id.to_string(),
             exp: exp.timestamp(),
             iat: now.timestamp(),
             nbf: now.timestamp(),
             jti: Uuid::new_v4().to_string(),
             client_id: self.config.issuer.clone(),
             sid: session.id.to_string(),
-            role: user.role.clone(),
-            email: user.email.clone(),
-            preferred_username: user.username.clone(),
+            role: user.role.to_owned(),
+            email: user.email.to_owned(),
+            preferred_username: user.username.map(str::to_owned),
         };
         let access_token = self.keyring().sign(&claims)?;
-        let refresh_end = session.idle_expire_time.min(session.expire_time);
         Ok(TokenPair {
             access_token,
             refresh_token,
@@ -673,12 +733,16 @@ impl Authd {
             Ok(())
         })
         .await?;
+        if let Err(e) = self.views.sync(conn, now).await {
+            tracing::warn!(error = %e, "refreshing the revocation view failed; the next poll will");
+        }
         Ok(())
     }
 
     /// Logout of the bearer's own session.
     pub async fn logout_session(&self, p: &Principal, client: &ClientInfo) -> Result<()> {
-        self.end_session(&mut *self.conn().await?, p.user_id, p.session_id, client)
+        let mut conn = self.conn().await?;
+        self.end_session(&mut conn, p.user_id, p.session_id, client)
             .await
     }
 
@@ -699,18 +763,41 @@ impl Authd {
                 Ok(n)
             })
             .await?;
+        self.views_changed().await;
         Ok(n)
     }
 
     // ----- token checks ---------------------------------------------------------------------------
 
-    fn verify_access_token(&self, token: &str) -> std::result::Result<VerifiedToken, TokenError> {
-        self.keyring().verify(
-            token,
-            &self.config.issuer,
-            &self.config.audience,
-            self.now(),
-        )
+    /// Verifies an access token: signature and claims (once per token, then from the cache), and,
+    /// the first time this replica sees it, that its session exists and is not revoked in the
+    /// database, so that a correctly signed token of a session that never existed is refused too.
+    /// Revocation after that is the revocation view's job, checked by every caller.
+    async fn verify_access_token(&self, token: &str) -> Result<Arc<VerifiedToken>> {
+        let invalid = |e: TokenError| {
+            Error::Unauthenticated(match e {
+                TokenError::Expired => AuthFailure::TokenExpired,
+                TokenError::Invalid => AuthFailure::TokenInvalid,
+            })
+        };
+        if token.is_empty() || token.len() > tokens::MAX_TOKEN_BYTES {
+            return Err(invalid(TokenError::Invalid));
+        }
+        let keyring = self.keyring();
+        let now = self.now();
+        let digest = TokenCache::digest(token);
+        if let Some(hit) = self.token_cache.get(&keyring, &digest, now) {
+            return hit.map_err(invalid);
+        }
+        let v = keyring
+            .verify(token, &self.config.issuer, &self.config.audience, now)
+            .map_err(invalid)?;
+        if !sessions::is_active(&mut *self.conn().await?, v.session_id).await? {
+            return Err(invalid(TokenError::Invalid));
+        }
+        let v = Arc::new(v);
+        self.token_cache.insert(digest, v.clone());
+        Ok(v)
     }
 
     /// Authenticates an `authorization` metadata value: a valid access token of a live session.
@@ -723,20 +810,16 @@ impl Authd {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
             _ => return Err(Error::Unauthenticated(AuthFailure::TokenInvalid)),
         };
-        let v = self.verify_access_token(token).map_err(|e| {
-            Error::Unauthenticated(match e {
-                TokenError::Expired => AuthFailure::TokenExpired,
-                TokenError::Invalid => AuthFailure::TokenInvalid,
-            })
-        })?;
-        if !sessions::is_active(&mut *self.conn().await?, v.session_id).await? {
+        self.views.check_fresh()?;
+        let v = self.verify_access_token(token).await?;
+        if self.views.has_ended(v.session_id) {
             return Err(Error::Unauthenticated(AuthFailure::TokenInvalid));
         }
         Ok(Principal {
             user_id: v.user_id,
             session_id: v.session_id,
             role: v.role,
-            email: v.email,
+            email: v.email.clone(),
         })
     }
 
@@ -749,18 +832,39 @@ impl Authd {
         if key.len() > MAX_OPAQUE_BYTES {
             return Err(Error::Unauthenticated(AuthFailure::ServiceKeyInvalid));
         }
+        self.views.check_fresh()?;
         let hash = HashedToken::of(key);
-        let mut conn = self.conn().await?;
-        let row = service_keys::find_active_by_hash(&mut conn, hash.as_bytes())
-            .await?
-            .filter(|k| hash.matches(&k.key_hash))
-            .ok_or(Error::Unauthenticated(AuthFailure::ServiceKeyInvalid))?;
+        let entry = match self.views.service_key(&hash) {
+            Some(entry) => entry,
+            // Not in the view: perhaps created on another replica (or by the CLI) since the last
+            // poll. Unknown keys cost a query, as every key did before the view existed.
+            None => {
+                let row =
+                    service_keys::find_active_by_hash(&mut *self.conn().await?, hash.as_bytes())
+                        .await?
+                        .ok_or(Error::Unauthenticated(AuthFailure::ServiceKeyInvalid))?;
+                self.views.add_service_key(row)
+            }
+        };
+        if !entry.matches(&hash) {
+            return Err(Error::Unauthenticated(AuthFailure::ServiceKeyInvalid));
+        }
         let now = self.now();
         let debounce = chrono::Duration::seconds(SERVICE_KEY_TOUCH_SECS);
-        if row.last_use_time.is_none_or(|t| now - t >= debounce) {
-            service_keys::touch(&mut conn, row.id, now, debounce).await?;
+        if entry.claim_touch(now, debounce) {
+            // Off the request path: the caller does not wait for this write.
+            let (pool, id) = (self.pool.clone(), entry.id);
+            tokio::spawn(async move {
+                let touched = async {
+                    let mut conn = db::conn(&pool).await?;
+                    service_keys::touch(&mut conn, id, now, debounce).await
+                };
+                if let Err(e) = touched.await {
+                    tracing::debug!(error = %e, "recording a service key's last use failed");
+                }
+            });
         }
-        Ok(row.id)
+        Ok(entry.id)
     }
 
     /// ValidateToken: the caller first (a verified client certificate, or a service key; unless
@@ -786,10 +890,14 @@ impl Authd {
                 tokens::MAX_TOKEN_BYTES
             )));
         }
-        let Ok(v) = self.verify_access_token(token) else {
-            return Ok(None);
+        // Fail closed before looking at the token: a stale view cannot vouch for any session.
+        self.views.check_fresh()?;
+        let v = match self.verify_access_token(token).await {
+            Ok(v) => v,
+            Err(Error::Unauthenticated(_)) => return Ok(None),
+            Err(e) => return Err(e),
         };
-        if !sessions::is_active(&mut *self.conn().await?, v.session_id).await? {
+        if self.views.has_ended(v.session_id) {
             return Ok(None);
         }
         Ok(Some(v))
@@ -869,6 +977,7 @@ impl Authd {
                 Ok(row)
             })
             .await?;
+        self.views_changed().await;
         Ok((row.into(), key))
     }
 
@@ -902,9 +1011,29 @@ impl Authd {
             })
             .await?;
         if revoked {
+            self.views_changed().await;
             Ok(())
         } else {
             Err(Error::NotFound("service key not found".into()))
+        }
+    }
+}
+
+/// What an access token says about its user.
+struct TokenSubject<'a> {
+    user_id: Uuid,
+    role: &'a str,
+    email: &'a str,
+    username: Option<&'a str>,
+}
+
+impl<'a> TokenSubject<'a> {
+    fn of(user: &'a db::models::User) -> Self {
+        Self {
+            user_id: user.id,
+            role: &user.role,
+            email: &user.email,
+            username: user.username.as_deref(),
         }
     }
 }

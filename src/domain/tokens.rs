@@ -5,6 +5,7 @@
 //! `iss`, `aud`, `exp` and `nbf` against the injected clock with a leeway of [`LEEWAY_SECS`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -46,6 +47,8 @@ pub struct AccessClaims {
 /// A token that passed every check except the session's revocation state, which the caller checks.
 #[derive(Debug, Clone)]
 pub struct VerifiedToken {
+    /// The `kid` that verified it.
+    pub key_id: String,
     pub user_id: Uuid,
     pub session_id: Uuid,
     pub role: Role,
@@ -196,10 +199,9 @@ impl Keyring {
         {
             return Err(TokenError::Invalid);
         }
-        let key = header
+        let (key_id, key) = header
             .kid
-            .as_deref()
-            .and_then(|kid| self.verifiers.get(kid))
+            .and_then(|kid| self.verifiers.get(&kid).map(|key| (kid, key)))
             .ok_or(TokenError::Invalid)?;
 
         let mut validation = Validation::new(Algorithm::EdDSA);
@@ -229,6 +231,7 @@ impl Keyring {
         let role = Role::parse(&c.role).ok_or(TokenError::Invalid)?;
         let ts = |s: i64| Utc.timestamp_opt(s, 0).single().ok_or(TokenError::Invalid);
         Ok(VerifiedToken {
+            key_id,
             user_id,
             session_id,
             role,
@@ -237,6 +240,76 @@ impl Keyring {
             issue_time: ts(c.iat)?,
             expire_time: ts(c.exp)?,
         })
+    }
+}
+
+/// A bounded cache of verified access tokens (`AUTHD_TOKEN_CACHE_SIZE` entries), keyed by the
+/// SHA-256 of the token and kept until the token's `exp` plus leeway. Verifying an EdDSA signature
+/// costs about as much as the rest of a ValidateToken call; a cached token costs a hash and a
+/// lookup. Only the signature and claims are cached: revocation is checked on every call.
+pub struct TokenCache(moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>);
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("entries", &self.0.entry_count())
+            .finish()
+    }
+}
+
+impl TokenCache {
+    /// A cache of at most `capacity` tokens; 0 caches nothing.
+    pub fn new(capacity: u64) -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilExpiry)
+                .build(),
+        )
+    }
+
+    /// The cache key of a token: its SHA-256.
+    pub fn digest(token: &str) -> [u8; 32] {
+        Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// A token verified before: `None` if unknown (or its key left `keyring`, which then forgets
+    /// it), else the verified token, or `Expired` once past `exp` plus leeway at `now`.
+    pub fn get(
+        &self,
+        keyring: &Keyring,
+        digest: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Option<std::result::Result<Arc<VerifiedToken>, TokenError>> {
+        let v = self.0.get(digest)?;
+        if !keyring.verifiers.contains_key(&v.key_id) {
+            self.0.invalidate(digest);
+            return None;
+        }
+        if now.timestamp() >= v.expire_time.timestamp().saturating_add(LEEWAY_SECS) {
+            return Some(Err(TokenError::Expired));
+        }
+        Some(Ok(v))
+    }
+
+    /// Remembers a token that passed [`Keyring::verify`] (and any further checks of the caller).
+    pub fn insert(&self, digest: [u8; 32], token: Arc<VerifiedToken>) {
+        self.0.insert(digest, token);
+    }
+}
+
+/// Expires a cached token when it does.
+struct UntilExpiry;
+
+impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<VerifiedToken>,
+        _created_at: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        let until = value.expire_time + chrono::Duration::seconds(LEEWAY_SECS);
+        Some((until - Utc::now()).to_std().unwrap_or_default())
     }
 }
 
@@ -274,6 +347,30 @@ mod tests {
             email: "a@example.com".into(),
             preferred_username: None,
         }
+    }
+
+    #[test]
+    fn cached_verification() {
+        let now = Utc::now();
+        let kr = keyring(now);
+        let cache = TokenCache::new(100);
+        let t = kr.sign(&claims(now)).unwrap();
+        let d = TokenCache::digest(&t);
+        assert!(cache.get(&kr, &d, now).is_none());
+        let v = Arc::new(kr.verify(&t, "authd", "authd", now).unwrap());
+        cache.insert(d, v.clone());
+        let hit = cache.get(&kr, &d, now).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&hit, &v));
+        // Expiry still applies to a cached token.
+        let later = now + chrono::Duration::seconds(901 + LEEWAY_SECS);
+        assert_eq!(
+            cache.get(&kr, &d, later).unwrap().unwrap_err(),
+            TokenError::Expired
+        );
+        // A keyring without the verifying key does not see (and drops) the cached token.
+        let other = keyring(now);
+        assert!(cache.get(&other, &d, now).is_none());
+        assert!(cache.get(&kr, &d, now).is_none());
     }
 
     #[test]

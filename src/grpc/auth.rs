@@ -129,8 +129,8 @@ impl AuthService for AuthApi {
             Some(v) => proto::ValidateTokenResponse {
                 valid: true,
                 user_id: v.user_id.to_string(),
-                email: v.email,
-                username: v.username.unwrap_or_default(),
+                email: v.email.clone(),
+                username: v.username.clone().unwrap_or_default(),
                 role: role_to_proto(v.role) as i32,
                 session_id: v.session_id.to_string(),
                 expire_time: Some(timestamp(v.expire_time)),

@@ -9,6 +9,7 @@ mod common;
 
 mod admin;
 mod auth_flows;
+mod fast_path;
 mod keys;
 mod security;
 mod self_service;
