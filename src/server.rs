@@ -50,6 +50,11 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// accepted, and streams the server had to reset for protocol errors, per connection.
 pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 50;
 pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+/// HTTP/2 flow-control windows. Messages are at most 64 KiB, so a 128 KiB stream window never
+/// stalls a call, and the connection window bounds what one client can make authd buffer
+/// (hyper's defaults are 1 MiB each, which 1,000 connections could turn into a gigabyte).
+pub const STREAM_WINDOW_BYTES: u32 = 128 * 1024;
+pub const CONNECTION_WINDOW_BYTES: u32 = 512 * 1024;
 
 /// Why the process could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +156,7 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     // TLS, mTLS and gRPC-Web come from the config; the files are read (and checked) here.
     let transport = Transport::from_config(svc.config())?;
-    let builder = transport.configure(Server::builder())?;
+    let builder = http2_limits(transport.configure(Server::builder())?);
     transport.log_settings();
     let health_listener = match svc.config().health_listen {
         Some(addr) => Some(
@@ -219,13 +224,6 @@ pub async fn serve(
     // Drain on `shutdown`: see [`drain`]. The server stops accepting when `stop_accepting` fires.
     let (stop_accepting, mut accepting) = watch::channel(false);
     let server = builder
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
-        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
-        .tcp_nodelay(true)
         .layer(transport.web_layer())
         // Outside the layers that rewrite statuses, so they see the code the client receives.
         .layer(crate::middleware::RpcTraceLayer)
@@ -481,6 +479,35 @@ async fn key_reload_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// The HTTP/2 settings of every gRPC listener: stream and window limits, keepalive, rapid-reset
+/// protection.
+pub fn http2_limits<L>(builder: Server<L>) -> Server<L> {
+    builder
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .tcp_nodelay(true)
+}
+
+/// Raises the soft limit on open files to the hard limit: every client connection is a file
+/// descriptor, and the usual soft limit (1024) would refuse connections long before memory runs out.
+pub fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, "cannot raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, StartError> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -544,6 +571,7 @@ where
 
 /// `authd serve`: the whole life of the server process.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    raise_open_file_limit();
     let config = Arc::new(config);
     let shutdown = shutdown_signal().await?;
     // Bad TLS or CORS settings stop the start-up before the database is touched.

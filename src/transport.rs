@@ -26,10 +26,6 @@ use tower::Layer;
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
 use crate::config::Config;
-use crate::server::{
-    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES,
-    MAX_LOCAL_ERROR_RESET_STREAMS, MAX_PENDING_ACCEPT_RESET_STREAMS,
-};
 
 /// A TLS handshake that takes longer than this is dropped.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -494,14 +490,7 @@ pub async fn serve_health(
     routes: Routes,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    Server::builder()
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
-        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
-        .tcp_nodelay(true)
+    crate::server::http2_limits(Server::builder())
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await
