@@ -6,7 +6,9 @@
 //! - **sessions:** the `session_revocations` tombstones written by trigger (migration
 //!   `000004_revocation_view`) since the last poll's watermark, a transaction-id horizon that no
 //!   tombstone can appear behind (see [`crate::db::sessions::revocations_since`]);
-//! - **service keys:** the whole (small) set of unrevoked keys.
+//! - **service keys:** the whole (small) set of unrevoked keys. A key missing from the view is looked
+//!   up in the database (it may have been created elsewhere since the last poll), so only
+//!   revocation, not creation, waits for a poll.
 //!
 //! **Why polling rather than LISTEN/NOTIFY:** a notification is lost while the listening
 //! connection is down, so a listener must poll to catch up anyway, and must still prove that it is
