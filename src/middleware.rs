@@ -311,11 +311,15 @@ pub fn request_id(headers: &http::HeaderMap) -> String {
 }
 
 /// One span per call (`rpc`, with `method`, `request_id`, and once it ends `code` and `latency_ms`)
-/// and one log line when it ends: INFO, DEBUG for `grpc.health.v1`. The request id (the client's
+/// and one log line when it ends: INFO, DEBUG for `grpc.health.v1` and successful ValidateToken
+/// calls. The request id (the client's
 /// `x-request-id`, or a generated one) is returned in the response's `x-request-id`. No other
 /// metadata is ever logged. Place it outermost, so it sees the code the client receives.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RpcTraceLayer;
+
+/// The one API method whose successful calls are logged at DEBUG (see [`RpcTrace`]).
+const VALIDATE_TOKEN_PATH: &str = "/auth.v1.AuthService/ValidateToken";
 
 impl<S> tower::Layer<S> for RpcTraceLayer {
     type Service = RpcTrace<S>;
@@ -358,6 +362,10 @@ where
         let path = req.uri().path();
         let method = path.get(..MAX_LOGGED_PATH_CHARS).unwrap_or(path).to_owned();
         let health = method.starts_with("/grpc.health.v1.");
+        // ValidateToken runs on every request of every other service: its successes are logged at
+        // DEBUG like health checks (an INFO line each would cost more than the call); its
+        // failures stay at INFO.
+        let quiet_if_ok = method == VALIDATE_TOKEN_PATH;
         let span = if health {
             tracing::debug_span!(
                 "rpc",
@@ -381,7 +389,7 @@ where
             let latency_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
             log_span.record("code", tracing::field::display(grpc_code_name(code)));
             log_span.record("latency_ms", latency_ms);
-            if health {
+            if health || (quiet_if_ok && code == Code::Ok) {
                 tracing::debug!(parent: &log_span, "rpc finished");
             } else {
                 tracing::info!(parent: &log_span, "rpc finished");

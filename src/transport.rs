@@ -16,7 +16,6 @@ use base64::Engine as _;
 use http::{HeaderName, HeaderValue, Method};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::body::Body;
 use tonic::codegen::{Body as HttpBody, Bytes, StdError};
 use tonic::service::Routes;
@@ -492,7 +491,7 @@ pub async fn serve_health(
 ) -> Result<(), tonic::transport::Error> {
     crate::server::http2_limits(Server::builder())
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(crate::server::incoming(listener), stop)
         .await
 }
 
