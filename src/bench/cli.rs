@@ -177,6 +177,17 @@ impl Rpc {
         }
     }
 
+    /// The gRPC method, for messages.
+    pub fn method(self) -> &'static str {
+        match self {
+            Rpc::Health => "grpc.health.v1.Health/Check",
+            Rpc::Validate => "auth.v1.AuthService/ValidateToken",
+            Rpc::GetMe => "auth.v1.UserService/GetMe",
+            Rpc::Login => "auth.v1.AuthService/Login",
+            Rpc::Refresh => "auth.v1.AuthService/Refresh",
+        }
+    }
+
     /// Whether its workers act as a bench user (and so need accounts).
     pub fn needs_user(self) -> bool {
         matches!(self, Rpc::GetMe | Rpc::Login | Rpc::Refresh | Rpc::Validate)

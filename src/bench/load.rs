@@ -279,6 +279,59 @@ pub async fn run(
     Ok(out)
 }
 
+/// Before the run, one call of the first worker of each RPC, so that a bad service key, a closed
+/// registration or a misconfigured server fails setup with a clear message instead of a run of
+/// 100 % errors. Retries RESOURCE_EXHAUSTED and UNAVAILABLE a few times.
+pub async fn preflight(
+    jobs: &mut [Job],
+    channel: &Channel,
+    timeout: Duration,
+) -> Result<(), String> {
+    const ATTEMPTS: u32 = 5;
+    let stubs = Stubs::new(channel);
+    let mut done: Vec<Rpc> = Vec::new();
+    for job in jobs.iter_mut() {
+        let rpc = job.rpc();
+        if done.contains(&rpc) {
+            continue;
+        }
+        done.push(rpc);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = match tokio::time::timeout(timeout, call(job, &stubs, timeout)).await {
+                Ok(r) => r,
+                Err(_) => Err(Failure::Status(Code::DeadlineExceeded)),
+            };
+            match outcome {
+                Ok(()) => break,
+                Err(Failure::Status(Code::ResourceExhausted | Code::Unavailable))
+                    if attempt < ATTEMPTS =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                Err(f) => {
+                    let hint = match (rpc, f) {
+                        (Rpc::Validate, Failure::Status(Code::Unauthenticated)) => {
+                            " (is the service key valid?)"
+                        }
+                        (Rpc::Validate, Failure::InvalidReply) => {
+                            " (OK but valid=false: the token was not accepted)"
+                        }
+                        _ => "",
+                    };
+                    return Err(format!(
+                        "setup failed: pre-flight {} answered {}{hint}",
+                        rpc.method(),
+                        f.name()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Which connections worker `w` of `workers` uses when there are `connections`.
 pub fn connections_of(w: usize, workers: usize, connections: usize) -> Vec<usize> {
     if connections <= workers {

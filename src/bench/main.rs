@@ -138,7 +138,8 @@ async fn bench(
     let prepared = setup::prepare(setup_channel.clone(), &plan, &opts, &log)
         .await
         .map_err(|e| e.to_string())?;
-    let jobs = load::jobs(&plan, &prepared).map_err(|e| e.to_string())?;
+    let mut jobs = load::jobs(&plan, &prepared).map_err(|e| e.to_string())?;
+    load::preflight(&mut jobs, &setup_channel, cli.timeout).await?;
 
     let verify = if plan.has(Rpc::Login) {
         log(&format!(
