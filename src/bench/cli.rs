@@ -57,7 +57,8 @@ pub struct Cli {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub connections: u32,
 
-    /// Length of the measured run (e.g. 10s, 500ms, 2m).
+    /// Length of the measured run (e.g. 10s, 500ms, 2m). The access tokens made at setup must
+    /// outlive warm-up and run (AUTHD_ACCESS_TOKEN_TTL, 15m by default).
     #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
 
