@@ -178,6 +178,8 @@ EOF
 }
 
 say "out dir $out; data dir $data; authd on $addr; duration $duration, warm-up $warmup"
+# Other work on the machine skews every number: the load average goes into the summary.
+loadavg_start="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # 1. First start (initdb) and warm start.
 say "first start (fresh data dir, initdb)"
@@ -281,6 +283,7 @@ print(f"  pgbench tps {tps}", file=sys.stderr)
 EOF
 
 stop_authd
+loadavg_end="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # 5. Summary.
 python3 - "$out" <<EOF
@@ -365,7 +368,8 @@ for name, doc in [("health", health), ("validate", validate), ("getme", getme), 
 summary = {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "kernel": platform.release(),
-                "pinned": "$pinned" == "true", "server_cpu": $server_cpu, "client_cpu": $client_cpu},
+                "pinned": "$pinned" == "true", "server_cpu": $server_cpu, "client_cpu": $client_cpu,
+                "loadavg_start": "$loadavg_start", "loadavg_end": "$loadavg_end"},
     "git": {"commit": git("rev-parse", "--short", "HEAD"),
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))},
     "duration": "$duration", "warmup": "$warmup", "bcrypt_cost": $bcrypt_cost,
@@ -387,7 +391,9 @@ def raw(d):
     return ", ".join(f"{k}={fmt(v)}" for k, v in d.items())
 lines = [f"authd benchmarks, {summary['date']}, {summary['machine']['cpus']} CPUs "
          f"({summary['machine']['cpu_model']}), commit {summary['git']['commit']}"
-         f"{' (dirty)' if summary['git']['dirty'] else ''}, {summary['duration']} per run", "",
+         f"{' (dirty)' if summary['git']['dirty'] else ''}, {summary['duration']} per run; "
+         f"load average {summary['machine']['loadavg_start']} at the start, "
+         f"{summary['machine']['loadavg_end']} at the end", "",
          "| id | ratio | target | measured | pass | raw numbers |", "|---|---|---|---|---|---|"]
 for row in ratios + limits:
     verdict = "n/a" if row["ok"] is None else ("pass" if row["ok"] else "FAIL")
