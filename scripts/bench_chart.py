@@ -68,6 +68,18 @@ def bar_label(run_name, doc, group):
     return label
 
 
+def subtitle_line(d):
+    try:
+        with open(os.path.join(d, "summary.json")) as f:
+            m = json.load(f).get("machine", {})
+    except (OSError, ValueError):
+        return None
+    if "loadavg_start" not in m:
+        return None
+    return (f"load average {m['loadavg_start']} at the start, {m.get('loadavg_end', '?')} at the end "
+            f"(other work on the machine skews the numbers)")
+
+
 def title_line(d):
     try:
         with open(os.path.join(d, "summary.json")) as f:
@@ -248,10 +260,13 @@ def main(argv):
         return None
 
     svg = Svg()
-    svg.text(WIDTH / 2, 26, title_line(d), size=13, anchor="middle", weight="bold")
-    percentile_panel(svg, bars, 90, 80, 700, 360)
+    svg.text(WIDTH / 2, 24, title_line(d), size=13, anchor="middle", weight="bold")
+    sub = subtitle_line(d)
+    if sub:
+        svg.text(WIDTH / 2, 42, sub, size=11, anchor="middle", fill="#555")
+    percentile_panel(svg, bars, 90, 105, 700, 340)
     storm_panel(svg, group("validate", "validate"), group("mix-validate-login", "validate"),
-                890, 80, 280, 360)
+                890, 105, 280, 340)
     path = os.path.join(d, "latency.svg")
     with open(path, "w") as f:
         f.write(svg.render())
