@@ -1,0 +1,420 @@
+#!/usr/bin/env bash
+# The full, reproducible benchmark run behind BENCHMARKS.md (issue E's targets P1-P4, memory and
+# start-up). Builds the release binaries, then, with authd (and its embedded PostgreSQL) pinned to
+# CPU 1 and every load tool pinned to CPU 0:
+#
+#   1. first start (fresh data dir, initdb included) and warm start (SIGTERM, start again on the same
+#      data dir): seconds from exec until the health Check answers SERVING (polled every 20 ms);
+#   2. idle RSS of the authd process (VmRSS; the embedded PostgreSQL is reported separately as the
+#      summed PSS of its processes);
+#   3. authd-bench runs, each saved as JSON in the out dir:
+#        health c16, validate c16, getme c16, refresh c16, login c4 (bcrypt cost 12),
+#        mix validate=16,login=4 (ValidateToken during a login storm), and
+#        health with 1000 connections and 64 workers while authd's VmRSS is sampled every 100 ms;
+#   4. pgbench against the same embedded PostgreSQL over its Unix socket: a separate database,
+#      `pgbench -i -s 1`, then one single-row UPDATE per transaction, -M prepared -c 16 -j 1;
+#   5. summary.json (every ratio and raw number) and summary.md (the markdown table, also printed);
+#   6. the chart: scripts/bench_chart.py writes latency.svg.
+#
+# Usage: scripts/benchmarks.sh [--duration 20s] [--warmup 2s] [--out docs/bench] [--no-build]
+#                              [--keep-data]
+# Extra AUTHD_* settings in the environment (e.g. AUTHD_BCRYPT_CONCURRENCY) reach the server.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+duration="20s"
+warmup="2s"
+out="docs/bench"
+build=1
+keep_data=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) duration="$2"; shift 2 ;;
+    --duration=*) duration="${1#*=}"; shift ;;
+    --warmup) warmup="$2"; shift 2 ;;
+    --warmup=*) warmup="${1#*=}"; shift ;;
+    --out) out="$2"; shift 2 ;;
+    --out=*) out="${1#*=}"; shift ;;
+    --no-build) build=0; shift ;;
+    --keep-data) keep_data=1; shift ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "benchmarks.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+say() { echo "benchmarks: $*" >&2; }
+die() { echo "benchmarks: FAILED: $*" >&2; exit 1; }
+
+if [ "$build" = 1 ]; then
+  say "cargo build --release"
+  cargo build --release >&2
+fi
+authd="$root/target/release/authd"
+bench="$root/target/release/authd-bench"
+[ -x "$authd" ] && [ -x "$bench" ] || die "release binaries missing; run without --no-build"
+
+# Pinning: authd on CPU 1, load tools on CPU 0. With fewer than 2 CPUs nothing is pinned.
+server_cpu=1
+client_cpu=0
+if command -v taskset >/dev/null 2>&1 && [ "$(nproc --all)" -ge 2 ]; then
+  server_pin="taskset -c $server_cpu"
+  client_pin="taskset -c $client_cpu"
+  pinned=true
+else
+  say "WARNING: taskset missing or fewer than 2 CPUs; nothing is pinned and the ratios mean less"
+  server_pin=""
+  client_pin=""
+  pinned=false
+fi
+
+pg_bin=""
+for d in "$(pg_config --bindir 2>/dev/null || true)" /usr/lib/postgresql/*/bin; do
+  if [ -n "$d" ] && [ -x "$d/pgbench" ] && [ -x "$d/psql" ]; then pg_bin="$d"; break; fi
+done
+if [ -z "$pg_bin" ]; then
+  command -v pgbench >/dev/null && command -v psql >/dev/null \
+    || die "pgbench and psql not found (apt-get install postgresql-client / postgresql)"
+  pg_bin="$(dirname "$(command -v pgbench)")"
+fi
+
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+data="$(mktemp -d /tmp/authd-benchmarks.XXXXXX)"
+log="$data.authd.log"
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+addr="127.0.0.1:$port"
+url="http://$addr"
+admin_email="admin@bench.example"
+admin_password="Bench-Admin-$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+bcrypt_cost="${AUTHD_BCRYPT_COST:-12}"
+pid=""
+sampler=""
+
+stop_authd() {
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  pid=""
+}
+cleanup() {
+  rm -f "$data.sampling"
+  if [ -n "$sampler" ]; then wait "$sampler" 2>/dev/null || true; fi
+  stop_authd
+  if [ "$keep_data" = 1 ]; then
+    say "kept $data, $log and $data.pgbench-output"
+  else
+    rm -rf "$data" "$log" "$data.pgbench-output" "$data.rss-samples"
+  fi
+}
+trap cleanup EXIT
+
+fail_with_log() {
+  echo "--- authd log (last 30 lines) ---" >&2
+  tail -n 30 "$log" >&2 || true
+  die "$*"
+}
+
+# Starts authd on CPU 1 and records seconds from exec until SERVING in $1.
+start_authd() {
+  local json="$1" t0
+  t0="$(date +%s%N)"
+  # taskset and env exec, so $! is authd itself.
+  $server_pin env -u DATABASE_URL \
+    AUTHD_DATA_DIR="$data" AUTHD_LISTEN="$addr" AUTHD_BCRYPT_COST="$bcrypt_cost" \
+    AUTHD_RATE_LIMIT_PER_IP=0 AUTHD_SHUTDOWN_DELAY=0 \
+    AUTHD_BOOTSTRAP_ADMIN_EMAIL="$admin_email" AUTHD_BOOTSTRAP_ADMIN_PASSWORD="$admin_password" \
+    "$authd" serve >>"$log" 2>&1 &
+  pid=$!
+  $client_pin "$bench" --addr "$url" --wait-serving 120s --since-unix-ns "$t0" --json >"$json" \
+    || fail_with_log "authd did not become SERVING"
+  kill -0 "$pid" 2>/dev/null || fail_with_log "authd exited during start-up"
+}
+
+# VmRSS of a pid in KiB.
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# Summed PSS (KiB) of the embedded PostgreSQL: every postgres process whose cwd is the cluster.
+pg_pss_kb() {
+  python3 - "$data/pgdata" <<'EOF'
+import os, sys
+pgdata = os.path.realpath(sys.argv[1])
+total = 0
+for p in os.listdir("/proc"):
+    if not p.isdigit():
+        continue
+    try:
+        if os.path.realpath(f"/proc/{p}/cwd") != pgdata:
+            continue
+        with open(f"/proc/{p}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    except OSError:
+        pass
+print(total)
+EOF
+}
+
+# One authd-bench run on CPU 0: bench NAME ARGS...
+run_bench() {
+  local name="$1"; shift
+  say "run $name: authd-bench $*"
+  AUTHD_BENCH_ADMIN_EMAIL="$admin_email" AUTHD_BENCH_ADMIN_PASSWORD="$admin_password" \
+    $client_pin "$bench" --addr "$url" --duration "$duration" --warmup "$warmup" \
+    --bcrypt-cost "$bcrypt_cost" --server-cores 1 --json "$@" >"$out/$name.json" \
+    || fail_with_log "authd-bench $name failed"
+  python3 - "$out/$name.json" <<'EOF' >&2
+import json, sys
+r = json.load(open(sys.argv[1]))
+for g in r["groups"]:
+    l = g["latency_us"] or {}
+    print(f"  {g['rpc']:<9} c={g['concurrency']:<3} ok/s={g['rps']:<10} p50={l.get('p50')}us "
+          f"p99={l.get('p99')}us errors={g['errors']}")
+EOF
+  sleep 1
+}
+
+say "out dir $out; data dir $data; authd on $addr; duration $duration, warm-up $warmup"
+# Other work on the machine skews every number: the load average goes into the summary.
+loadavg_start="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# 1. First start (initdb) and warm start.
+say "first start (fresh data dir, initdb)"
+start_authd "$out/startup-first.json"
+sleep 2
+rss_first="$(rss_kb "$pid")"
+say "  SERVING after $(python3 -c "import json; print(json.load(open('$out/startup-first.json'))['elapsed_s'])") s; idle RSS ${rss_first} KiB"
+stop_authd
+
+say "warm start (same data dir)"
+start_authd "$out/startup-warm.json"
+sleep 2
+rss_idle="$(rss_kb "$pid")"
+pg_idle="$(pg_pss_kb)"
+say "  SERVING after $(python3 -c "import json; print(json.load(open('$out/startup-warm.json'))['elapsed_s'])") s; idle RSS ${rss_idle} KiB; PostgreSQL PSS ${pg_idle} KiB"
+
+# 3. The load runs.
+run_bench health --rpc health -c 16
+run_bench validate --rpc validate -c 16
+run_bench getme --rpc getme -c 16
+run_bench refresh --rpc refresh -c 16
+run_bench login --rpc login -c 4
+run_bench mix-validate-login --rpc mix --mix validate=16,login=4
+
+say "sampling authd VmRSS every 100 ms during the 1000-connection run"
+rss_samples="$data.rss-samples"
+rss_flag="$data.sampling"
+touch "$rss_flag"
+$client_pin python3 - "$pid" "$rss_samples" "$rss_flag" <<'EOF' &
+import os, sys, time
+pid, path, flag = sys.argv[1], sys.argv[2], sys.argv[3]
+with open(path, "w") as out:
+    while os.path.exists(flag):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        out.write(line.split()[1] + "\n")
+                        out.flush()
+        except OSError:
+            break
+        time.sleep(0.1)
+EOF
+sampler=$!
+run_bench health-1000conn --rpc health --connections 1000 -c 64
+rm -f "$rss_flag"
+wait "$sampler" 2>/dev/null || true
+sampler=""
+rss_1000_max="$(sort -n "$rss_samples" | tail -n 1)"
+rss_1000_n="$(wc -l <"$rss_samples")"
+rm -f "$rss_samples"
+sleep 2
+rss_after="$(rss_kb "$pid")"
+say "  max RSS with 1000 connections ${rss_1000_max} KiB (${rss_1000_n} samples); idle after the runs ${rss_after} KiB"
+
+# 4. pgbench against the same PostgreSQL.
+sock="$data/run"
+pgdb="authd_pgbench"
+pgbench_secs="$(python3 -c "
+import re, sys, math
+s = '$duration'.strip()
+m = re.fullmatch(r'([0-9.]+)\s*(ms|s|m|min|h)?', s)
+v = float(m.group(1)); u = m.group(2) or 's'
+print(max(1, math.ceil(v * {'ms': 1e-3, 's': 1, 'm': 60, 'min': 60, 'h': 3600}[u])))")"
+say "pgbench: database $pgdb on the embedded PostgreSQL ($sock), -s 1, single-row UPDATE, ${pgbench_secs} s"
+"$pg_bin/psql" -h "$sock" -U authd -d postgres -v ON_ERROR_STOP=1 -q \
+  -c "DROP DATABASE IF EXISTS $pgdb" -c "CREATE DATABASE $pgdb" >&2 \
+  || fail_with_log "cannot create the pgbench database"
+$client_pin "$pg_bin/pgbench" -h "$sock" -U authd -i -s 1 -q "$pgdb" >/dev/null 2>&1 \
+  || fail_with_log "pgbench -i failed"
+pgscript="$(mktemp /tmp/authd-pgbench.XXXXXX.sql)"
+cat >"$pgscript" <<'EOF'
+\set aid random(1, 100000 * :scale)
+UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;
+EOF
+pgout="$data.pgbench-output"
+$client_pin "$pg_bin/pgbench" -h "$sock" -U authd -M prepared -c 16 -j 1 -T "$pgbench_secs" \
+  -f "$pgscript" "$pgdb" >"$pgout" 2>&1 || { rm -f "$pgscript"; cat "$pgout" >&2; fail_with_log "pgbench failed"; }
+rm -f "$pgscript"
+python3 - "$out/pgbench.json" "$pgbench_secs" "$pgout" <<'EOF'
+import json, re, sys
+text = open(sys.argv[3]).read()
+def num(pattern, kind=float):
+    m = re.search(pattern, text)
+    return kind(m.group(1)) if m else None
+tps = num(r"tps = ([0-9.]+) \(without initial connection time\)") or num(r"tps = ([0-9.]+)")
+doc = {
+    "tool": "pgbench",
+    "script": "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid (random aid)",
+    "scale": 1, "clients": 16, "threads": 1, "protocol": "prepared",
+    "duration_s": int(sys.argv[2]),
+    "transactions": num(r"number of transactions actually processed: ([0-9]+)", int),
+    "failed": num(r"number of failed transactions: ([0-9]+)", int),
+    "latency_avg_ms": num(r"latency average = ([0-9.]+) ms"),
+    "tps": round(tps, 1) if tps is not None else None,
+}
+if tps is None:
+    sys.exit("no tps in pgbench output:\n" + text)
+json.dump(doc, open(sys.argv[1], "w"), indent=2)
+print(f"  pgbench tps {tps}", file=sys.stderr)
+EOF
+
+stop_authd
+loadavg_end="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# 5. Summary.
+python3 - "$out" <<EOF
+import json, os, platform, subprocess, sys, datetime
+out = sys.argv[1]
+def load(name):
+    with open(os.path.join(out, name + ".json")) as f:
+        return json.load(f)
+def group(doc, rpc):
+    for g in doc["groups"]:
+        if g["rpc"] == rpc:
+            return g
+    raise SystemExit(f"no {rpc} group")
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+def git(*args):
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+    except Exception:
+        return None
+def ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+health, validate, getme = load("health"), load("validate"), load("getme")
+refresh, login, mix = load("refresh"), load("login"), load("mix-validate-login")
+conn1000, pgb = load("health-1000conn"), load("pgbench")
+first, warm = load("startup-first"), load("startup-warm")
+h, v, gm, rf = group(health, "health"), group(validate, "validate"), group(getme, "getme"), group(refresh, "refresh")
+lg, mv, ml = group(login, "login"), group(mix, "validate"), group(mix, "login")
+lb = login.get("login_bcrypt") or {}
+p99 = lambda g: (g["latency_us"] or {}).get("p99")
+
+ratios = [
+    {"id": "P1", "ratio": "ValidateToken req/s ÷ health Check req/s (c16)", "target": ">= 0.9",
+     "measured": ratio(v["rps"], h["rps"]), "ok": None,
+     "raw": {"validate_rps": v["rps"], "health_rps": h["rps"]}},
+    {"id": "P2", "ratio": "Login/s ÷ (server cores ÷ bcrypt verify time), c4", "target": ">= 0.9",
+     "measured": lb.get("ratio"), "ok": None,
+     "raw": {"login_rps": lg["rps"], "bcrypt_cost": lb.get("bcrypt_cost"),
+             "bcrypt_verify_ms": lb.get("bcrypt_verify_ms"), "server_cores": lb.get("server_cores"),
+             "bcrypt_bound_rps": lb.get("bcrypt_bound_rps")}},
+    {"id": "P3", "ratio": "ValidateToken p99 during login storm ÷ idle p99", "target": "<= 2",
+     "measured": ratio(p99(mv), p99(v)), "ok": None,
+     "raw": {"validate_p99_us_storm": p99(mv), "validate_p99_us_idle": p99(v),
+             "storm_login_rps": ml["rps"], "storm_validate_rps": mv["rps"]}},
+    {"id": "P4", "ratio": "Refresh/s ÷ pgbench single-row UPDATE tps", "target": ">= 0.5",
+     "measured": ratio(rf["rps"], pgb["tps"]), "ok": None,
+     "raw": {"refresh_rps": rf["rps"], "pgbench_tps": pgb["tps"]}},
+]
+limits = [
+    {"id": "M1", "ratio": "authd RSS idle (MB)", "target": "<= 40",
+     "measured": round($rss_idle / 1024, 1), "ok": None,
+     "raw": {"rss_idle_kb_warm": $rss_idle, "rss_idle_kb_first": $rss_first,
+             "rss_idle_kb_after_runs": $rss_after, "postgres_pss_kb_idle": $pg_idle}},
+    {"id": "M2", "ratio": "authd max RSS with 1000 connections (MB)", "target": "<= 100",
+     "measured": round($rss_1000_max / 1024, 1), "ok": None,
+     "raw": {"rss_max_kb": $rss_1000_max, "samples": $rss_1000_n,
+             "connections": conn1000["connections"], "rps": group(conn1000, "health")["rps"]}},
+    {"id": "S1", "ratio": "warm start to SERVING (s)", "target": "<= 2",
+     "measured": round(warm["elapsed_s"], 3), "ok": None, "raw": {"checks": warm["attempts"]}},
+    {"id": "S2", "ratio": "first start (initdb) to SERVING (s)", "target": "<= 5",
+     "measured": round(first["elapsed_s"], 3), "ok": None, "raw": {"checks": first["attempts"]}},
+]
+for row in ratios + limits:
+    m, t = row["measured"], row["target"]
+    op, bound = t.split()
+    bound = float(bound)
+    row["ok"] = None if m is None else (m >= bound if op == ">=" else m <= bound)
+
+runs = {}
+for name, doc in [("health", health), ("validate", validate), ("getme", getme), ("refresh", refresh),
+                  ("login", login), ("mix-validate-login", mix), ("health-1000conn", conn1000)]:
+    runs[name] = [{"rpc": g["rpc"], "concurrency": g["concurrency"], "rps": g["rps"],
+                   "requests": g["requests"], "errors": g["errors"], "latency_us": g["latency_us"]}
+                  for g in doc["groups"]]
+summary = {
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "kernel": platform.release(),
+                "pinned": "$pinned" == "true", "server_cpu": $server_cpu, "client_cpu": $client_cpu,
+                "loadavg_start": "$loadavg_start", "loadavg_end": "$loadavg_end"},
+    "git": {"commit": git("rev-parse", "--short", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))},
+    "duration": "$duration", "warmup": "$warmup", "bcrypt_cost": $bcrypt_cost,
+    "targets": ratios, "limits": limits, "runs": runs, "pgbench": pgb,
+    "startup_s": {"first": first["elapsed_s"], "warm": warm["elapsed_s"]},
+}
+with open(os.path.join(out, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+
+def fmt(x):
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool) or isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return str(int(x)) if x.is_integer() else f"{x:.6g}"
+    return str(x)
+def raw(d):
+    return ", ".join(f"{k}={fmt(v)}" for k, v in d.items())
+lines = [f"authd benchmarks, {summary['date']}, {summary['machine']['cpus']} CPUs "
+         f"({summary['machine']['cpu_model']}), commit {summary['git']['commit']}"
+         f"{' (dirty)' if summary['git']['dirty'] else ''}, {summary['duration']} per run; "
+         f"load average {summary['machine']['loadavg_start']} at the start, "
+         f"{summary['machine']['loadavg_end']} at the end", "",
+         "| id | ratio | target | measured | pass | raw numbers |", "|---|---|---|---|---|---|"]
+for row in ratios + limits:
+    verdict = "n/a" if row["ok"] is None else ("pass" if row["ok"] else "FAIL")
+    lines.append(f"| {row['id']} | {row['ratio']} | {row['target']} | {fmt(row['measured'])} | "
+                 f"{verdict} | {raw(row['raw'])} |")
+lines += ["", "| run | rpc | workers | ok/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+for name, groups in runs.items():
+    for g in groups:
+        l = g["latency_us"] or {}
+        errs = ", ".join(f"{k}={v}" for k, v in g["errors"].items()) or "0"
+        lines.append(f"| {name} | {g['rpc']} | {g['concurrency']} | {fmt(g['rps'])} | {fmt(l.get('p50'))} | "
+                     f"{fmt(l.get('p90'))} | {fmt(l.get('p99'))} | {fmt(l.get('p999'))} | "
+                     f"{fmt(l.get('max'))} | {errs} |")
+lines.append(f"| pgbench | UPDATE | 16 | {fmt(pgb['tps'])} | | | | | | {fmt(pgb['failed'])} |")
+text = "\n".join(lines) + "\n"
+with open(os.path.join(out, "summary.md"), "w") as f:
+    f.write(text)
+print(text)
+EOF
+
+# 6. The chart.
+python3 "$root/scripts/bench_chart.py" "$out" >&2
+say "done: $out/summary.json, $out/summary.md, $out/latency.svg"
