@@ -166,7 +166,7 @@ impl Authd {
         }
         let keystore = KeyStore::new(master);
         let rate_limiter = IpRateLimiter::new(config.rate_limit_per_ip);
-        let hasher = PasswordHasher::new(config.bcrypt_cost).await?;
+        let hasher = PasswordHasher::from_config(&config).await?;
         let mut conn = db::conn(&pool).await?;
         keystore.ensure_signing_key(&mut conn, now).await?;
         // A fresh "now": a replica starting at the same moment may have created the first key (active
@@ -211,6 +211,12 @@ impl Authd {
 
     pub(super) fn hasher(&self) -> &PasswordHasher {
         &self.hasher
+    }
+
+    /// For tests: occupies a place in the bcrypt pool until released (see [`PasswordHasher::hold`]).
+    #[doc(hidden)]
+    pub fn hold_bcrypt(&self) -> Result<password::Hold> {
+        self.hasher.hold()
     }
 
     pub(super) fn throttle_policy(&self) -> throttle::Policy {
