@@ -9,6 +9,7 @@ mod common;
 
 mod admin;
 mod auth_flows;
+mod bcrypt_pool;
 mod keys;
 mod security;
 mod self_service;
