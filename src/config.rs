@@ -10,6 +10,9 @@
 //! | `AUTHD_SESSION_MAX_LIFETIME` | `--session-max-lifetime` | `30d` (absolute lifetime) |
 //! | `AUTHD_REFRESH_REUSE_GRACE` | `--refresh-reuse-grace` | `5s` (`0` = strict) |
 //! | `AUTHD_BCRYPT_COST` | `--bcrypt-cost` | `12` (4-31) |
+//! | `AUTHD_BCRYPT_CONCURRENCY` | `--bcrypt-concurrency` | `0` = the cores available to the process (bcrypt threads) |
+//! | `AUTHD_BCRYPT_QUEUE` | `--bcrypt-queue` | unset = 8 × the bcrypt threads (jobs that may wait for one; `0` = none) |
+//! | `AUTHD_BCRYPT_NICE` | `--bcrypt-nice` | `10` (0-19: nice value of the bcrypt threads) |
 //! | `AUTHD_ISSUER` | `--issuer` | `authd` |
 //! | `AUTHD_AUDIENCE` | `--audience` | `authd` |
 //! | `AUTHD_BOOTSTRAP_ADMIN_EMAIL` | `--bootstrap-admin-email` | unset |
@@ -89,6 +92,20 @@ pub struct Config {
     /// bcrypt cost for new password hashes (4-31).
     #[arg(long, env = "AUTHD_BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31), global = true)]
     pub bcrypt_cost: u32,
+
+    /// Threads that run bcrypt. 0 = one per core available to the process (CPU affinity and cgroup
+    /// quota respected).
+    #[arg(long, env = "AUTHD_BCRYPT_CONCURRENCY", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024), global = true)]
+    pub bcrypt_concurrency: u32,
+
+    /// bcrypt jobs that may wait for a thread beyond the running ones; past that, RESOURCE_EXHAUSTED.
+    /// Unset = 8 × the bcrypt threads; 0 = none may wait.
+    #[arg(long, env = "AUTHD_BCRYPT_QUEUE", value_parser = clap::value_parser!(u32).range(0..=1_000_000), global = true)]
+    pub bcrypt_queue: Option<u32>,
+
+    /// Nice value (0-19) of the bcrypt threads, so that cheap calls win the CPU from them.
+    #[arg(long, env = "AUTHD_BCRYPT_NICE", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19), global = true)]
+    pub bcrypt_nice: u8,
 
     /// The `iss` claim of access tokens.
     #[arg(long, env = "AUTHD_ISSUER", default_value = "authd", global = true)]
@@ -263,6 +280,9 @@ impl Config {
             session_max_lifetime: Duration::from_secs(30 * 86400),
             refresh_reuse_grace: Duration::from_secs(5),
             bcrypt_cost: 12,
+            bcrypt_concurrency: 0,
+            bcrypt_queue: None,
+            bcrypt_nice: 10,
             issuer: "authd".into(),
             audience: "authd".into(),
             bootstrap_admin_email: None,
@@ -413,6 +433,9 @@ mod tests {
         assert_eq!(c.session_max_lifetime, f.session_max_lifetime);
         assert_eq!(c.refresh_reuse_grace, f.refresh_reuse_grace);
         assert_eq!(c.bcrypt_cost, f.bcrypt_cost);
+        assert_eq!(c.bcrypt_concurrency, f.bcrypt_concurrency);
+        assert_eq!(c.bcrypt_queue, f.bcrypt_queue);
+        assert_eq!(c.bcrypt_nice, f.bcrypt_nice);
         assert_eq!(c.issuer, f.issuer);
         assert_eq!(c.audience, f.audience);
         assert!(c.validate_require_key);

@@ -8,8 +8,10 @@
 //! - `authd_logins_total{result}` (success, failure, disabled, throttled) and
 //!   `authd_refresh_reuse_detected_total`, counted by the domain;
 //! - `authd_db_pool_connections{state}` (size, in_use, waiting, max), sampled at scrape time;
-//! - `authd_bcrypt_queue_depth`: bcrypt hashes and verifications submitted to the blocking pool and
-//!   not yet finished.
+//! - `authd_bcrypt_queue_depth`: bcrypt hashes and verifications admitted to the bcrypt pool and not
+//!   yet finished (waiting plus running);
+//! - `authd_bcrypt_rejected_total`: bcrypt jobs refused with RESOURCE_EXHAUSTED because the pool's
+//!   threads were busy and its queue full.
 //!
 //! Nothing is recorded until [`install_recorder`] runs (the server calls it when
 //! `AUTHD_HTTP_LISTEN` is set); before that the `metrics` macros are no-ops.
@@ -37,6 +39,7 @@ pub const LOGINS: &str = "authd_logins_total";
 pub const REFRESH_REUSE_DETECTED: &str = "authd_refresh_reuse_detected_total";
 pub const DB_POOL_CONNECTIONS: &str = "authd_db_pool_connections";
 pub const BCRYPT_QUEUE_DEPTH: &str = "authd_bcrypt_queue_depth";
+pub const BCRYPT_REJECTED: &str = "authd_bcrypt_rejected_total";
 
 /// The `result` label values of [`LOGINS`].
 pub const LOGIN_RESULTS: [&str; 4] = ["success", "failure", "disabled", "throttled"];
@@ -112,12 +115,17 @@ fn describe() {
     );
     describe_gauge!(
         BCRYPT_QUEUE_DEPTH,
-        "bcrypt hashes and verifications submitted to the blocking pool and not yet finished."
+        "bcrypt hashes and verifications admitted to the bcrypt pool and not yet finished (waiting plus running)."
+    );
+    describe_counter!(
+        BCRYPT_REJECTED,
+        "bcrypt hashes and verifications refused (RESOURCE_EXHAUSTED) because the bcrypt pool and its queue were full."
     );
     for result in LOGIN_RESULTS {
         counter!(LOGINS, "result" => result).increment(0);
     }
     counter!(REFRESH_REUSE_DETECTED).increment(0);
+    counter!(BCRYPT_REJECTED).increment(0);
     gauge!(BCRYPT_QUEUE_DEPTH).increment(0.0);
 }
 

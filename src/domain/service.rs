@@ -171,7 +171,7 @@ impl Authd {
         }
         let keystore = KeyStore::new(master);
         let rate_limiter = IpRateLimiter::new(config.rate_limit_per_ip);
-        let hasher = PasswordHasher::new(config.bcrypt_cost).await?;
+        let hasher = PasswordHasher::from_config(&config).await?;
         let mut conn = db::conn(&pool).await?;
         keystore.ensure_signing_key(&mut conn, now).await?;
         // A fresh "now": a replica starting at the same moment may have created the first key (active
@@ -221,6 +221,12 @@ impl Authd {
 
     pub(super) fn hasher(&self) -> &PasswordHasher {
         &self.hasher
+    }
+
+    /// For tests: occupies a place in the bcrypt pool until released (see [`PasswordHasher::hold`]).
+    #[doc(hidden)]
+    pub fn hold_bcrypt(&self) -> Result<password::Hold> {
+        self.hasher.hold()
     }
 
     pub(super) fn throttle_policy(&self) -> throttle::Policy {
@@ -472,7 +478,14 @@ impl Authd {
             }
         };
 
-        self.upgrade_hash_cost(&user, password).await?;
+        // The upgrade is an optimisation: a full bcrypt pool postpones it to a later login rather
+        // than refusing a login whose password was right.
+        match self.upgrade_hash_cost(&user, password).await {
+            Err(Error::ResourceExhausted { .. }) => {
+                tracing::debug!(user_id = %user.id, "bcrypt pool full; hash cost upgrade postponed");
+            }
+            other => other?,
+        }
 
         let now = self.now();
         let refresh_token = opaque::new_refresh_token();

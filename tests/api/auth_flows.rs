@@ -1668,21 +1668,24 @@ async fn get_me_rejects_missing_invalid_expired_and_revoked_tokens() {
 
 // ----- bcrypt placement ----------------------------------------------------------------------------
 
-/// Login must run bcrypt on the blocking pool, never on a runtime worker. Proven without timing: on a
-/// single-threaded runtime whose blocking pool has exactly one thread, we occupy that thread. While it
+/// Login must run bcrypt on the bcrypt pool, never on a runtime worker. Proven without timing: on a
+/// single-threaded runtime, with a bcrypt pool of exactly one thread, we occupy that thread. While it
 /// is held, the runtime keeps serving (a ticker advances, and GetMe and Refresh, which need the
-/// database but no bcrypt, complete), yet no Login can finish: each one waits for the blocking pool.
+/// database but no bcrypt, complete), yet no Login can finish: each one waits in the pool's queue.
 /// Had bcrypt run inline on the runtime thread, the logins would have completed. Once the thread is
 /// released, every login succeeds.
 #[test]
-fn login_runs_bcrypt_on_the_blocking_pool() {
+fn login_runs_bcrypt_on_the_bcrypt_pool() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .max_blocking_threads(1)
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let srv = TestServer::start().await;
+        let srv = TestServer::start_with(|c| {
+            c.bcrypt_concurrency = 1;
+            c.bcrypt_queue = Some(4);
+        })
+        .await;
         srv.register("blocking@example.com", PASSWORD).await;
         let warm = srv.login("blocking@example.com", PASSWORD).await;
         // Clients are connected before the pool is occupied.
@@ -1704,14 +1707,9 @@ fn login_runs_bcrypt_on_the_blocking_pool() {
             r.expect("warm-up GetMe");
         }
 
-        // Occupy the only blocking thread.
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let gate = tokio::task::spawn_blocking(move || {
-            let _ = started_tx.send(());
-            let _ = release_rx.recv();
-        });
-        started_rx.await.expect("gate started");
+        // Occupy the only bcrypt thread.
+        let mut gate = srv.svc.hold_bcrypt().expect("hold the bcrypt thread");
+        gate.started().await.expect("gate started");
 
         let ticks = Arc::new(AtomicU64::new(0));
         let ticker = {
@@ -1756,11 +1754,10 @@ fn login_runs_bcrypt_on_the_blocking_pool() {
         }
         assert!(
             logins.iter().all(|h| !h.is_finished()),
-            "a Login finished while the blocking pool was occupied: bcrypt ran on the runtime thread"
+            "a Login finished while the bcrypt pool was occupied: bcrypt ran on the runtime thread"
         );
 
-        release_tx.send(()).expect("release the gate");
-        gate.await.expect("gate");
+        gate.release().await.expect("release the gate");
         let mut sessions = std::collections::HashSet::new();
         for h in logins {
             let pair = h.await.expect("join").expect("login after release");

@@ -9,6 +9,7 @@ mod common;
 
 mod admin;
 mod auth_flows;
+mod bcrypt_pool;
 mod fast_path;
 mod keys;
 mod security;
