@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo bench --bench hot_paths                      # everything, well under a minute
 //! cargo bench --bench hot_paths -- token_            # token_verify/* and token_sign only
-//! cargo bench --bench hot_paths --no-default-features --features jwt-aws-lc-rs -- token_
+//! cargo bench --bench hot_paths --no-default-features --features jwt-rust-crypto -- token_
 //! ```
 //!
 //! Criterion's usual options follow the `--` (e.g. `--measurement-time 5`, `--save-baseline NAME`,
@@ -19,6 +19,8 @@
 //! - `token_verify/cached`: what the same call costs on a cache hit, exactly as the service runs
 //!   it: [`TokenCache::digest`] (SHA-256 of the token) and [`TokenCache::get`] on a warm cache.
 //! - `token_sign`: [`Keyring::sign`] of the claims of one access token, as Login and Refresh do.
+//!   jsonwebtoken decodes the PKCS#8 signing key on every call, under either backend; that is
+//!   included.
 //! - `refresh_token/hash`: [`HashedToken::of`], the SHA-256 a refresh token is looked up by.
 //! - `refresh_token/successor`: [`opaque::successor`], the HMAC-SHA256 that derives the next
 //!   refresh token. A refresh computes both.
@@ -28,7 +30,9 @@
 //!   account's e-mail and username as context (zxcvbn), as Register and password changes do.
 //!
 //! The token benchmarks depend on the jsonwebtoken crypto backend chosen by the crate features
-//! `jwt-rust-crypto` (default) and `jwt-aws-lc-rs`.
+//! `jwt-aws-lc-rs` (the default) and `jwt-rust-crypto` (third command above). To compare the two,
+//! alternate runs of both, each saving a baseline (`-- token_ --save-baseline aws-1`, then
+//! `rc-1`, ...), and read the medians from `target/criterion/<bench>/<baseline>/estimates.json`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -12,7 +12,7 @@ compile_error!(
 );
 #[cfg(not(any(feature = "jwt-rust-crypto", feature = "jwt-aws-lc-rs")))]
 compile_error!(
-    "enable exactly one jsonwebtoken backend feature: `jwt-rust-crypto` (the default) or `jwt-aws-lc-rs`"
+    "enable exactly one jsonwebtoken backend feature: `jwt-aws-lc-rs` (the default) or `jwt-rust-crypto`"
 );
 
 pub mod clock;
