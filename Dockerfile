@@ -25,7 +25,7 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 
 # 1. Dependencies only. This layer is reused until Cargo.toml or Cargo.lock changes. The stubs stand in for
-#    every target that Cargo.toml declares or discovers: the lib, the bin, the build script and the bench.
+#    every target that Cargo.toml declares or discovers: the lib, the bin, the build script and the benches.
 #    Cargo refuses the manifest if a declared target is missing.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
@@ -33,6 +33,7 @@ RUN mkdir -p src benches \
     && : > src/lib.rs \
     && echo 'fn main() {}' > build.rs \
     && echo 'fn main() {}' > benches/login_timing.rs \
+    && echo 'fn main() {}' > benches/hot_paths.rs \
     && cargo build --release --locked --bin authd \
     && rm -rf src benches build.rs \
         target/release/authd target/release/authd.d \

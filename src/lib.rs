@@ -5,6 +5,16 @@
 //! PostgreSQL). [`server`] wires them up; [`embedded_pg`] runs a private PostgreSQL when no
 //! `DATABASE_URL` is given.
 
+// jsonwebtoken 11 panics at the first sign or verify unless exactly one backend is enabled.
+#[cfg(all(feature = "jwt-rust-crypto", feature = "jwt-aws-lc-rs"))]
+compile_error!(
+    "features `jwt-rust-crypto` and `jwt-aws-lc-rs` are exclusive; with the other one, build with `--no-default-features`"
+);
+#[cfg(not(any(feature = "jwt-rust-crypto", feature = "jwt-aws-lc-rs")))]
+compile_error!(
+    "enable exactly one jsonwebtoken backend feature: `jwt-aws-lc-rs` (the default) or `jwt-rust-crypto`"
+);
+
 pub mod clock;
 pub mod config;
 pub mod db;
