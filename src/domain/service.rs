@@ -856,7 +856,7 @@ impl Authd {
                     service_keys::find_active_by_hash(&mut *self.conn().await?, hash.as_bytes())
                         .await?
                         .ok_or(Error::Unauthenticated(AuthFailure::ServiceKeyInvalid))?;
-                self.views.add_service_key(row)
+                Views::entry_from_row(row)
             }
         };
         if !entry.matches(&hash) {

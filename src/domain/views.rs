@@ -162,18 +162,14 @@ impl Views {
         *self.service_keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
     }
 
-    /// Adds a key found in the database between polls; the next poll replaces the whole set.
-    pub fn add_service_key(&self, row: crate::db::models::ServiceKey) -> Arc<ServiceKeyEntry> {
-        let entry = Arc::new(ServiceKeyEntry {
+    /// An entry for a key found in the database between polls. It is not added to the view: a
+    /// concurrent revocation could otherwise be undone until the next poll.
+    pub fn entry_from_row(row: crate::db::models::ServiceKey) -> Arc<ServiceKeyEntry> {
+        Arc::new(ServiceKeyEntry {
             id: row.id,
-            hash: row.key_hash.clone(),
+            hash: row.key_hash,
             last_use: AtomicI64::new(row.last_use_time.map_or(i64::MIN, |t| t.timestamp())),
-        });
-        let mut keys = self.service_keys.write().unwrap_or_else(|e| e.into_inner());
-        let mut map = KeyMap::clone(&keys);
-        map.insert(row.key_hash, entry.clone());
-        *keys = Arc::new(map);
-        entry
+        })
     }
 
     fn keys(&self) -> Arc<KeyMap> {

@@ -1441,7 +1441,16 @@ async fn service_key_lifecycle() {
     let used_at = srv.clock.now().timestamp();
     let v = validate_ok(&srv, &created.key, &user.access_token).await;
     assert!(v.valid);
-    let listed = list_keys(&srv, a).await.expect("list");
+    // The use is recorded off the request path, so it may land just after the reply.
+    let mut listed = list_keys(&srv, a).await.expect("list");
+    for _ in 0..100 {
+        let entry = listed.iter().find(|k| k.id == created.id).expect("listed");
+        if entry.last_use_time.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        listed = list_keys(&srv, a).await.expect("list");
+    }
     let entry = listed.iter().find(|k| k.id == created.id).expect("listed");
     assert_eq!(
         entry.last_use_time.as_ref().map(|t| t.seconds),
