@@ -12,7 +12,7 @@
 //! | `AUTHD_BCRYPT_COST` | `--bcrypt-cost` | `12` (4-31) |
 //! | `AUTHD_BCRYPT_CONCURRENCY` | `--bcrypt-concurrency` | `0` = the cores available to the process (bcrypt threads) |
 //! | `AUTHD_BCRYPT_QUEUE` | `--bcrypt-queue` | unset = 8 × the bcrypt threads (jobs that may wait for one; `0` = none) |
-//! | `AUTHD_BCRYPT_NICE` | `--bcrypt-nice` | `10` (0-19: nice value of the bcrypt threads) |
+//! | `AUTHD_BCRYPT_NICE` | `--bcrypt-nice` | `idle` (SCHED_IDLE for the bcrypt threads, or a nice value 0-19) |
 //! | `AUTHD_ISSUER` | `--issuer` | `authd` |
 //! | `AUTHD_AUDIENCE` | `--audience` | `authd` |
 //! | `AUTHD_BOOTSTRAP_ADMIN_EMAIL` | `--bootstrap-admin-email` | unset |
@@ -103,8 +103,10 @@ pub struct Config {
     #[arg(long, env = "AUTHD_BCRYPT_QUEUE", value_parser = clap::value_parser!(u32).range(0..=1_000_000), global = true)]
     pub bcrypt_queue: Option<u32>,
 
-    /// Nice value (0-19) of the bcrypt threads, so that cheap calls win the CPU from them.
-    #[arg(long, env = "AUTHD_BCRYPT_NICE", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19), global = true)]
+    /// Scheduling priority of the bcrypt threads, so that cheap calls win the CPU from them: `idle`
+    /// (SCHED_IDLE: they run only when no other authd thread wants the CPU) or a nice value 0-19.
+    /// Stored as 0-19, with 20 meaning `idle`.
+    #[arg(long, env = "AUTHD_BCRYPT_NICE", default_value = "idle", value_parser = parse_bcrypt_priority, global = true)]
     pub bcrypt_nice: u8,
 
     /// The `iss` claim of access tokens.
@@ -282,7 +284,7 @@ impl Config {
             bcrypt_cost: 12,
             bcrypt_concurrency: 0,
             bcrypt_queue: None,
-            bcrypt_nice: 10,
+            bcrypt_nice: BCRYPT_SCHED_IDLE,
             issuer: "authd".into(),
             audience: "authd".into(),
             bootstrap_admin_email: None,
@@ -314,6 +316,21 @@ impl Config {
             log: "info".into(),
             token_cache_size: 10_000,
         }
+    }
+}
+
+/// `AUTHD_BCRYPT_NICE=idle`, as stored in [`Config::bcrypt_nice`].
+pub const BCRYPT_SCHED_IDLE: u8 = 20;
+
+/// `idle`, or a nice value 0-19.
+fn parse_bcrypt_priority(s: &str) -> Result<u8, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("idle") {
+        return Ok(BCRYPT_SCHED_IDLE);
+    }
+    match s.parse::<u8>() {
+        Ok(n) if n <= 19 => Ok(n),
+        _ => Err(format!("{s:?} is neither `idle` nor a nice value 0-19")),
     }
 }
 

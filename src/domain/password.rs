@@ -20,8 +20,9 @@
 //! - **Size**: `AUTHD_BCRYPT_CONCURRENCY` threads named `authd-bcrypt-<i>`; 0 (the default) means
 //!   one per core available to the process (`std::thread::available_parallelism`, which respects
 //!   the CPU affinity mask and a cgroup CPU quota), so logins can use every core.
-//! - **Priority**: each thread sets its own nice value to `AUTHD_BCRYPT_NICE` (default 10) with
-//!   `setpriority(PRIO_PROCESS, gettid(), n)` (Linux). The runtime's workers stay at the process's
+//! - **Priority**: each thread sets its own priority from `AUTHD_BCRYPT_NICE`: by default `idle`
+//!   (the SCHED_IDLE policy, so any other runnable authd thread preempts it at once), or a nice value
+//!   with `setpriority(PRIO_PROCESS, gettid(), n)` (Linux). The runtime's workers stay at the process's
 //!   priority, so Health, ValidateToken, GetMe and the rest of the cheap calls win the CPU from
 //!   hashing; none of them ever waits for this pool. If the nice value cannot be set, one warning is
 //!   logged and the threads run at the process's priority.
@@ -176,12 +177,10 @@ impl PoolOptions {
         Self {
             threads,
             queue,
-            nice: config.bcrypt_nice.min(MAX_NICE),
+            nice: config.bcrypt_nice.min(crate::config::BCRYPT_SCHED_IDLE),
         }
     }
 }
-
-const MAX_NICE: u8 = 19;
 
 /// What a caller gets when every bcrypt thread is busy and the queue is full.
 pub const POOL_FULL_MESSAGE: &str = "too many password checks in progress; retry shortly";
@@ -506,9 +505,21 @@ fn worker(shared: Arc<Shared>, nice: u8) {
     shared.exited.notify_all();
 }
 
-/// Sets the nice value of the calling thread (Linux schedules threads individually).
+/// Sets the nice value of the calling thread (Linux schedules threads individually), or with
+/// [`crate::config::BCRYPT_SCHED_IDLE`] the SCHED_IDLE policy: a thread that any other runnable
+/// thread of the process preempts at once.
 #[cfg(target_os = "linux")]
 fn set_nice(nice: u8) -> std::io::Result<()> {
+    if nice >= crate::config::BCRYPT_SCHED_IDLE {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_IDLE.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        return if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        };
+    }
     // SAFETY: gettid has no preconditions and cannot fail.
     let tid = unsafe { libc::gettid() };
     let Ok(tid) = libc::id_t::try_from(tid) else {
@@ -743,6 +754,20 @@ mod tests {
             let nice = h.pool.run(nice_of_this_thread).await?;
             // Lowering the priority is always allowed; only a process already above 10 stays there.
             assert_eq!(nice, base.max(10));
+            let idle = PasswordHasher::new(
+                4,
+                PoolOptions {
+                    nice: crate::config::BCRYPT_SCHED_IDLE,
+                    ..options(1, 0)
+                },
+            )
+            .await?;
+            // SAFETY: a plain system call on the calling thread.
+            let policy = idle
+                .pool
+                .run(|| unsafe { libc::sched_getscheduler(0) })
+                .await?;
+            assert_eq!(policy, libc::SCHED_IDLE);
         }
         Ok(())
     }
@@ -784,7 +809,7 @@ mod tests {
             PoolOptions {
                 threads: cores,
                 queue: 8 * cores,
-                nice: 10
+                nice: crate::config::BCRYPT_SCHED_IDLE
             }
         );
         c.bcrypt_concurrency = 3;
