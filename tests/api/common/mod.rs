@@ -46,6 +46,8 @@ pub fn test_config(url: &str) -> Config {
     c.rate_limit_per_ip = 0;
     c.login_max_failures = 1_000_000;
     c.login_max_failures_per_hour = 1_000_000;
+    // Fixtures create accounts many at a time; the bcrypt pool's fail-fast queue has its own tests.
+    c.bcrypt_queue = Some(100_000);
     c
 }
 
