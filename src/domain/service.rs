@@ -260,7 +260,17 @@ impl Authd {
     /// After this replica committed a change that ends sessions or service keys: makes it visible
     /// here at once instead of at the next poll. A failure only delays it to that poll.
     pub(super) async fn views_changed(&self) {
-        if let Err(e) = self.sync_views().await {
+        match self.conn().await {
+            Ok(mut conn) => self.views_changed_on(&mut conn).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "refreshing the revocation view failed; the next poll will");
+            }
+        }
+    }
+
+    /// [`Authd::views_changed`] on a connection the caller already holds.
+    async fn views_changed_on(&self, conn: &mut db::PgConn) {
+        if let Err(e) = self.views.sync(conn, self.now()).await {
             tracing::warn!(error = %e, "refreshing the revocation view failed; the next poll will");
         }
     }
@@ -746,9 +756,7 @@ impl Authd {
             Ok(())
         })
         .await?;
-        if let Err(e) = self.views.sync(conn, now).await {
-            tracing::warn!(error = %e, "refreshing the revocation view failed; the next poll will");
-        }
+        self.views_changed_on(conn).await;
         Ok(())
     }
 

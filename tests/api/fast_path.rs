@@ -217,7 +217,7 @@ async fn a_new_service_key_works_at_once_and_its_use_is_recorded_once_a_minute()
 }
 
 #[tokio::test]
-async fn refresh_rotates_in_one_statement_and_keeps_the_reuse_rules() {
+async fn the_refresh_fast_path_keeps_the_reuse_rules_and_revokes_at_once() {
     let srv = TestServer::start_with(|c| c.refresh_reuse_grace = Duration::ZERO).await;
     let key = srv.service_key().await;
     let (_, pair) = srv.user_session().await;
