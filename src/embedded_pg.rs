@@ -930,6 +930,13 @@ fn server_settings(socket_dir: &Path, max_connections: u32, ephemeral: bool) -> 
                 "synchronous_commit=off",
                 "full_page_writes=off",
                 "shared_buffers=32MB",
+                // Little WAL on disk: no replicas or archive to feed, and checkpoints often enough
+                // that the hundreds of databases a test run copies from its template do not pile
+                // up gigabytes of WAL.
+                "wal_level=minimal",
+                "max_wal_senders=0",
+                "max_wal_size=96MB",
+                "min_wal_size=32MB",
             ]
             .map(String::from),
         );

@@ -1,11 +1,15 @@
 //! Shared by the test binaries (included with `#[path]`): one private PostgreSQL cluster per test
 //! process (the same `embedded_pg` module the server uses), a template database with the migrations
-//! applied once, and a fresh copy of it for each test.
+//! applied once, and a fresh copy of it for each test. A test's databases are dropped when its
+//! thread ends (libtest runs each test on a thread of its own), so a run's disk use stays at about
+//! one database per test running at once rather than one per test.
 
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Mutex, OnceLock};
 
 use authd::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -15,12 +19,53 @@ const DB_PLACEHOLDER: &str = "__authd_db__";
 
 struct Cluster {
     url_template: String,
+    /// Names of databases whose test has ended, for the cluster thread to drop.
+    finished: Mutex<Sender<String>>,
+}
+
+/// The databases created on this thread; dropping the list (at thread exit) hands them to the
+/// cluster thread to drop.
+struct ThreadDatabases(Vec<String>);
+
+impl Drop for ThreadDatabases {
+    fn drop(&mut self) {
+        if let Some(c) = CLUSTER.get()
+            && let Ok(tx) = c.finished.lock()
+        {
+            for name in self.0.drain(..) {
+                // The cluster thread is gone only when the process is exiting.
+                let _ = tx.send(name);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static THREAD_DATABASES: RefCell<ThreadDatabases> = const { RefCell::new(ThreadDatabases(Vec::new())) };
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+/// Drops the databases of finished tests, forcing off any connection a test left behind.
+async fn drop_finished(admin_url: String, finished: Receiver<String>) {
+    let finished = std::sync::Arc::new(Mutex::new(finished));
+    loop {
+        let rx = finished.clone();
+        let next = tokio::task::spawn_blocking(move || rx.lock().ok()?.recv().ok()).await;
+        let Ok(Some(name)) = next else { return };
+        if let Ok(mut admin) = AsyncPgConnection::establish(&admin_url).await {
+            // Best effort: a database left behind goes with the cluster at process exit.
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await;
+        }
+    }
 }
 
 fn cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
+        let (finished_tx, finished_rx) = std::sync::mpsc::channel();
         // The cluster lives on a thread of its own, with its own runtime, for the whole process. The
         // embedded module's watchdog stops it when the test process exits.
         std::thread::spawn(move || {
@@ -49,13 +94,15 @@ fn cluster() -> &'static Cluster {
                     .await
                     .expect("migrate template database");
                 tx.send(template).expect("hand over cluster url");
-                // Keep `pg` alive for the life of the process.
+                // Runs for the life of the process, keeping `pg` alive.
+                drop_finished(pg.database_url("postgres"), finished_rx).await;
                 std::future::pending::<()>().await;
                 drop(pg);
             });
         });
         Cluster {
             url_template: rx.recv().expect("test cluster failed to start"),
+            finished: Mutex::new(finished_tx),
         }
     })
 }
@@ -96,6 +143,8 @@ pub async fn fresh_named_database() -> (String, String) {
             Err(e) => panic!("create test database: {e}"),
         }
     }
+    // Dropped when this thread ends. A thread that is already exiting keeps its database.
+    let _ = THREAD_DATABASES.try_with(|d| d.borrow_mut().0.push(name.clone()));
     let url = db_url(&name);
     (name, url)
 }
