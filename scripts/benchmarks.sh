@@ -397,7 +397,9 @@ summary = {
                 "pinned": "$pinned" == "true", "server_cpu": $server_cpu, "client_cpu": $client_cpu,
                 "loadavg_start": "$loadavg_start", "loadavg_end": "$loadavg_end"},
     "git": {"commit": git("rev-parse", "--short", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))},
+            # The run's own output (tracked when it is docs/bench) does not make the tree dirty.
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                              ":(exclude)" + os.path.abspath(out)))},
     "duration": "$duration", "warmup": "$warmup", "bcrypt_cost": $bcrypt_cost,
     "targets": ratios, "limits": limits, "runs": runs, "pgbench": pgb,
     "pgbench_refresh_statement": pgr,
