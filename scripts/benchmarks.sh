@@ -293,15 +293,18 @@ EOF
 
 # authd's refresh statement (db::sessions::rotate_unspent, copied here: keep the two in step), on
 # the live sessions the refresh run left in authd's database. Each transaction rotates the current
-# token of a random session; the extra sub-select that finds that token is three index probes.
+# token of a random session of the client's own share (client c gets sessions c+1, c+17, ...), so
+# clients never wait on each other's rows; the extra sub-select that finds the token is three
+# index probes.
 psql_do -d authd -c "DROP TABLE IF EXISTS bench_refresh_sessions" \
   -c "CREATE TABLE bench_refresh_sessions AS SELECT row_number() OVER () AS n, id FROM sessions WHERE revoke_time IS NULL AND expire_time > now() AND idle_expire_time > now()" \
   -c "ALTER TABLE bench_refresh_sessions ADD PRIMARY KEY (n)" -c "ANALYZE" \
   || fail_with_log "cannot prepare the refresh-statement pgbench"
 refresh_sessions="$("$pg_bin/psql" -h "$sock" -U authd -d authd -Atc "SELECT count(*) FROM bench_refresh_sessions")"
-[ "$refresh_sessions" -gt 0 ] || fail_with_log "no live sessions for the refresh-statement pgbench"
-run_pgbench pgbench-refresh-sql authd "authd's refresh statement alone (random one of $refresh_sessions sessions)" <<EOF
-\\set k random(1, $refresh_sessions)
+per_client=$((refresh_sessions / 16))
+[ "$per_client" -gt 0 ] || fail_with_log "fewer than 16 live sessions for the refresh-statement pgbench"
+run_pgbench pgbench-refresh-sql authd "authd's refresh statement alone (each client on its own $per_client of $refresh_sessions sessions)" <<EOF
+\\set k 1 + :client_id + 16 * random(0, $((per_client - 1)))
 WITH cur AS (SELECT rt.token_hash, rt.session_id, s.generation FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id WHERE rt.token_hash = (SELECT r2.token_hash FROM bench_refresh_sessions b JOIN sessions s2 ON s2.id = b.id JOIN refresh_tokens r2 ON r2.session_id = s2.id AND r2.generation = s2.generation WHERE b.n = :k) AND rt.spend_time IS NULL AND s.revoke_time IS NULL AND s.expire_time > now() AND s.idle_expire_time > now() FOR UPDATE OF rt, s), spent AS (UPDATE refresh_tokens t SET spend_time = now() FROM cur WHERE t.token_hash = cur.token_hash RETURNING t.session_id), successor AS (INSERT INTO refresh_tokens (token_hash, session_id, generation, create_time) SELECT sha256(convert_to(random()::text, 'UTF8')), cur.session_id, cur.generation + 1, now() FROM cur), sess AS (UPDATE sessions s SET generation = cur.generation + 1, last_use_time = now(), idle_expire_time = LEAST(now() + interval '30 days', s.expire_time) FROM cur WHERE s.id = cur.session_id RETURNING s.*) SELECT sess.id, sess.user_id, sess.generation, sess.create_time, sess.last_use_time, sess.idle_expire_time, sess.expire_time, sess.revoke_time, sess.revoke_reason, sess.user_agent, sess.ip_address, u.email AS user_email, u.username AS user_username, u.role AS user_role, u.active AS user_active FROM sess JOIN users u ON u.id = sess.user_id;
 EOF
 psql_do -d authd -c "DROP TABLE bench_refresh_sessions"
