@@ -7,9 +7,8 @@
 #![allow(dead_code)]
 
 use std::cell::RefCell;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Mutex, OnceLock};
 
 use authd::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -20,7 +19,7 @@ const DB_PLACEHOLDER: &str = "__authd_db__";
 struct Cluster {
     url_template: String,
     /// Names of databases whose test has ended, for the cluster thread to drop.
-    finished: Mutex<Sender<String>>,
+    finished: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 /// The databases created on this thread; dropping the list (at thread exit) hands them to the
@@ -29,12 +28,10 @@ struct ThreadDatabases(Vec<String>);
 
 impl Drop for ThreadDatabases {
     fn drop(&mut self) {
-        if let Some(c) = CLUSTER.get()
-            && let Ok(tx) = c.finished.lock()
-        {
+        if let Some(c) = CLUSTER.get() {
             for name in self.0.drain(..) {
                 // The cluster thread is gone only when the process is exiting.
-                let _ = tx.send(name);
+                let _ = c.finished.send(name);
             }
         }
     }
@@ -47,12 +44,11 @@ thread_local! {
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
 /// Drops the databases of finished tests, forcing off any connection a test left behind.
-async fn drop_finished(admin_url: String, finished: Receiver<String>) {
-    let finished = std::sync::Arc::new(Mutex::new(finished));
-    loop {
-        let rx = finished.clone();
-        let next = tokio::task::spawn_blocking(move || rx.lock().ok()?.recv().ok()).await;
-        let Ok(Some(name)) = next else { return };
+async fn drop_finished(
+    admin_url: String,
+    mut finished: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    while let Some(name) = finished.recv().await {
         if let Ok(mut admin) = AsyncPgConnection::establish(&admin_url).await {
             // Best effort: a database left behind goes with the cluster at process exit.
             let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -65,7 +61,7 @@ async fn drop_finished(admin_url: String, finished: Receiver<String>) {
 fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
-        let (finished_tx, finished_rx) = std::sync::mpsc::channel();
+        let (finished_tx, finished_rx) = tokio::sync::mpsc::unbounded_channel();
         // The cluster lives on a thread of its own, with its own runtime, for the whole process. The
         // embedded module's watchdog stops it when the test process exits.
         std::thread::spawn(move || {
@@ -102,7 +98,7 @@ fn cluster() -> &'static Cluster {
         });
         Cluster {
             url_template: rx.recv().expect("test cluster failed to start"),
-            finished: Mutex::new(finished_tx),
+            finished: finished_tx,
         }
     })
 }
