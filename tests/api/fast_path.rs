@@ -40,6 +40,11 @@ async fn validate_with(
         .map(|r| r.into_inner())
 }
 
+/// Whether ValidateToken (with `key`) calls `token` valid; any error status fails the test.
+async fn is_valid(srv: &TestServer, key: &str, token: &str) -> bool {
+    validate_with(srv, key, token).await.unwrap().valid
+}
+
 /// Polls `check` until it holds or `limit` passes; returns how long it took.
 async fn within<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
 where
@@ -64,18 +69,8 @@ async fn a_session_revoked_in_the_database_is_refused_within_a_second() {
     let key = srv.service_key().await;
     let (_, pair) = srv.user_session().await;
     // Cached as valid first, so the cache cannot be what refuses it later.
-    assert!(
-        validate_with(&srv, &key, &pair.access_token)
-            .await
-            .unwrap()
-            .valid
-    );
-    assert!(
-        validate_with(&srv, &key, &pair.access_token)
-            .await
-            .unwrap()
-            .valid
-    );
+    assert!(is_valid(&srv, &key, &pair.access_token).await);
+    assert!(is_valid(&srv, &key, &pair.access_token).await);
 
     exec(
         &srv,
@@ -86,10 +81,7 @@ async fn a_session_revoked_in_the_database_is_refused_within_a_second() {
     )
     .await;
     let took = within(Duration::from_secs(1), || async {
-        !validate_with(&srv, &key, &pair.access_token)
-            .await
-            .unwrap()
-            .valid
+        !is_valid(&srv, &key, &pair.access_token).await
     })
     .await;
     assert!(took.is_some(), "still valid 1 s after the revocation");
@@ -108,19 +100,11 @@ async fn sessions_of_an_account_deleted_in_the_database_are_refused_within_a_sec
     let srv = TestServer::start().await;
     let key = srv.service_key().await;
     let (user, pair) = srv.user_session().await;
-    assert!(
-        validate_with(&srv, &key, &pair.access_token)
-            .await
-            .unwrap()
-            .valid
-    );
+    assert!(is_valid(&srv, &key, &pair.access_token).await);
 
     exec(&srv, &format!("DELETE FROM users WHERE id = '{}'", user.id)).await;
     let took = within(Duration::from_secs(1), || async {
-        !validate_with(&srv, &key, &pair.access_token)
-            .await
-            .unwrap()
-            .valid
+        !is_valid(&srv, &key, &pair.access_token).await
     })
     .await;
     assert!(
@@ -134,12 +118,7 @@ async fn a_service_key_revoked_in_the_database_is_refused_within_a_second() {
     let srv = TestServer::start().await;
     let key = srv.service_key().await;
     let (_, pair) = srv.user_session().await;
-    assert!(
-        validate_with(&srv, &key, &pair.access_token)
-            .await
-            .unwrap()
-            .valid
-    );
+    assert!(is_valid(&srv, &key, &pair.access_token).await);
 
     exec(&srv, "UPDATE service_keys SET revoke_time = now()").await;
     let took = within(Duration::from_secs(1), || async {
@@ -165,12 +144,7 @@ async fn a_new_service_key_works_at_once_and_its_use_is_recorded_once_a_minute()
     let (_, pair) = srv.user_session().await;
     let key = srv.service_key().await;
     for _ in 0..20 {
-        assert!(
-            validate_with(&srv, &key, &pair.access_token)
-                .await
-                .unwrap()
-                .valid
-        );
+        assert!(is_valid(&srv, &key, &pair.access_token).await);
     }
     // The first use is recorded (off the request path); later ones within the minute are not.
     #[derive(diesel::QueryableByName)]
@@ -198,12 +172,7 @@ async fn a_new_service_key_works_at_once_and_its_use_is_recorded_once_a_minute()
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     for _ in 0..5 {
-        assert!(
-            validate_with(&srv, &key, &pair.access_token)
-                .await
-                .unwrap()
-                .valid
-        );
+        assert!(is_valid(&srv, &key, &pair.access_token).await);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rows: Vec<Used> = diesel::sql_query("SELECT last_use_time FROM service_keys")
@@ -232,12 +201,7 @@ async fn the_refresh_fast_path_keeps_the_reuse_rules_and_revokes_at_once() {
         .into_inner();
     assert_ne!(next.refresh_token, pair.refresh_token);
     assert_eq!(next.session_id, pair.session_id);
-    assert!(
-        validate_with(&srv, &key, &next.access_token)
-            .await
-            .unwrap()
-            .valid
-    );
+    assert!(is_valid(&srv, &key, &next.access_token).await);
     let third = auth
         .refresh(refresh(&next.refresh_token))
         .await
@@ -248,12 +212,7 @@ async fn the_refresh_fast_path_keeps_the_reuse_rules_and_revokes_at_once() {
         auth.refresh(refresh(&pair.refresh_token)).await,
         Code::Unauthenticated,
     );
-    assert!(
-        !validate_with(&srv, &key, &third.access_token)
-            .await
-            .unwrap()
-            .valid
-    );
+    assert!(!is_valid(&srv, &key, &third.access_token).await);
     expect_code(
         auth.refresh(refresh(&third.refresh_token)).await,
         Code::Unauthenticated,
