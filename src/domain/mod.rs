@@ -164,6 +164,38 @@ pub struct ClientInfo {
 /// Limits on stored client info.
 pub const MAX_USER_AGENT_CHARS: usize = 256;
 
+/// The unit of per-client limits: an IPv4 address, or the /64 prefix of an IPv6 address (one
+/// subscriber's or host's allocation, which it can change at will inside). The login throttle, the
+/// per-IP rate limit, the bcrypt pool's fair queues and the grace-replay binding all key by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClientKey {
+    V4(std::net::Ipv4Addr),
+    /// The address with its low 64 bits cleared.
+    V6Prefix64(std::net::Ipv6Addr),
+}
+
+impl ClientKey {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => ClientKey::V4(v4),
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                ClientKey::V6Prefix64(std::net::Ipv6Addr::from(bits))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    /// `192.0.2.1` or `2001:db8:1:2::/64`: what the throttle table and audit details store.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientKey::V4(a) => write!(f, "{a}"),
+            ClientKey::V6Prefix64(a) => write!(f, "{a}/64"),
+        }
+    }
+}
+
 impl ClientInfo {
     pub fn new(ip: Option<IpAddr>, user_agent: &str) -> Self {
         let user_agent: String = user_agent
@@ -176,5 +208,32 @@ impl ClientInfo {
 
     pub fn ip_string(&self) -> String {
         self.ip.map(|ip| ip.to_string()).unwrap_or_default()
+    }
+
+    /// The client's [`ClientKey`], if its address is known.
+    pub fn key(&self) -> Option<ClientKey> {
+        self.ip.map(ClientKey::of)
+    }
+
+    /// [`ClientInfo::key`] as text (empty when the address is unknown), for database rows.
+    pub fn key_string(&self) -> String {
+        self.key().map(|k| k.to_string()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod client_key_tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_of_one_64_share_a_key() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ClientKey::of(a), ClientKey::of(b));
+        assert_ne!(ClientKey::of(a), ClientKey::of(c));
+        assert_eq!(ClientKey::of(a).to_string(), "2001:db8:1:2::/64");
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(ClientKey::of(mapped).to_string(), "192.0.2.7");
     }
 }
