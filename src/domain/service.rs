@@ -236,6 +236,18 @@ impl Authd {
         }
     }
 
+    /// Takes back a reservation whose password was never checked. Best effort: if this fails, the
+    /// reservation stays counted as a failure, which is the safe side.
+    pub(super) async fn take_back(&self, reservation: throttle::Reservation) {
+        let undone = match self.conn().await {
+            Ok(mut conn) => reservation.unchecked(&mut conn).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = undone {
+            tracing::warn!(error = %e, "an unchecked password reservation stays counted");
+        }
+    }
+
     /// Forgets idle per-IP rate-limit buckets (call periodically).
     pub fn rate_limit_housekeeping(&self) {
         self.rate_limiter.housekeeping();
@@ -414,19 +426,20 @@ impl Authd {
                 throttle::login_key("username", &u.trim().to_lowercase())
             }
         };
-        let ip = client.ip_string();
-        let user = {
+        // Reserved (and counted as a failure) before bcrypt runs: see `throttle`.
+        let client_key = client.key_string();
+        let (reservation, user) = {
             let mut conn = self.conn().await?;
-            throttle::check(
+            let reservation = throttle::reserve(
                 &mut conn,
                 self.throttle_policy(),
                 &throttle_key,
-                &ip,
+                &client_key,
                 self.now(),
             )
             .await
             .inspect_err(count_throttled)?;
-            match &identifier {
+            let user = match &identifier {
                 LoginIdentifier::Email(e) => {
                     let e = validate::normalize_email(e);
                     if validate::is_valid_email(&e) {
@@ -442,22 +455,33 @@ impl Authd {
                         None
                     }
                 }
-            }
+            };
+            (reservation, user)
         };
-        let ok = self
+        let verified = self
             .hasher
             .verify(
                 password.clone(),
                 user.as_ref().map(|u| u.password_hash.as_str()),
             )
-            .await?;
-        {
-            let mut conn = self.conn().await?;
-            if ok {
-                throttle::succeeded(&mut conn, &throttle_key, &ip).await?;
-            } else {
-                throttle::failed(&mut conn, &throttle_key, &ip, self.now()).await?;
+            .await;
+        let ok = match verified {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.take_back(reservation).await;
+                return Err(e);
             }
+        };
+        if ok {
+            let known = match &user {
+                Some(u) if u.active => throttle::account_keys(u.id, &u.email, u.username.as_deref()),
+                _ => Vec::new(),
+            };
+            reservation
+                .succeeded(&mut *self.conn().await?, &known, self.now())
+                .await?;
+        } else {
+            reservation.failed();
         }
         let user = match user {
             Some(u) if ok && u.active => u,
