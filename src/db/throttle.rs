@@ -234,11 +234,10 @@ pub async fn prune(conn: &mut AsyncPgConnection, before: PruneBefore) -> Result<
     )
     .execute(conn)
     .await?;
-    let c = diesel::delete(
-        login_guard::table.filter(login_guard::last_attempt_time.lt(before.guards)),
-    )
-    .execute(conn)
-    .await?;
+    let c =
+        diesel::delete(login_guard::table.filter(login_guard::last_attempt_time.lt(before.guards)))
+            .execute(conn)
+            .await?;
     let d = diesel::delete(
         login_known_clients::table
             .filter(login_known_clients::last_success_time.lt(before.known_clients)),

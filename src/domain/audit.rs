@@ -169,9 +169,18 @@ mod tests {
     fn identifier_digests_are_keyed_and_short() {
         let a = identifier_digest(b"secret one", "email", "x@example.com");
         assert_eq!(a.len(), "hmac:".len() + IDENTIFIER_DIGEST_HEX);
-        assert_eq!(a, identifier_digest(b"secret one", "email", "x@example.com"));
-        assert_ne!(a, identifier_digest(b"secret two", "email", "x@example.com"));
-        assert_ne!(a, identifier_digest(b"secret one", "username", "x@example.com"));
+        assert_eq!(
+            a,
+            identifier_digest(b"secret one", "email", "x@example.com")
+        );
+        assert_ne!(
+            a,
+            identifier_digest(b"secret two", "email", "x@example.com")
+        );
+        assert_ne!(
+            a,
+            identifier_digest(b"secret one", "username", "x@example.com")
+        );
     }
 
     #[test]

@@ -507,7 +507,9 @@ impl Authd {
         };
         if ok {
             let known = match &user {
-                Some(u) if u.active => throttle::account_keys(u.id, &u.email, u.username.as_deref()),
+                Some(u) if u.active => {
+                    throttle::account_keys(u.id, &u.email, u.username.as_deref())
+                }
                 _ => Vec::new(),
             };
             reservation

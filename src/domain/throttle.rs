@@ -333,7 +333,9 @@ mod tests {
             slot_delay_secs: 900,
         };
         assert_eq!(
-            decide(p, seen(50, false, long), now).unwrap().slot_delay_secs,
+            decide(p, seen(50, false, long), now)
+                .unwrap()
+                .slot_delay_secs,
             900
         );
         // An hour without failures resets it.

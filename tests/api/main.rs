@@ -15,4 +15,5 @@ mod keys;
 mod security;
 mod self_service;
 mod smoke;
+mod throttle;
 mod tokens;
