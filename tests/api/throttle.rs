@@ -420,3 +420,73 @@ async fn the_slot_delay_is_capped_at_15_minutes() {
         [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 900, 900, 900]
     );
 }
+
+#[derive(diesel::QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+async fn rows(srv: &TestServer, table: &str) -> i64 {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let mut conn = AsyncPgConnection::establish(&srv.url)
+        .await
+        .expect("connect");
+    diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
+        .get_result::<CountRow>(&mut conn)
+        .await
+        .expect("count")
+        .n
+}
+
+#[tokio::test]
+async fn known_addresses_expire_after_30_days_and_the_prune_job_forgets_them() {
+    let srv = TestServer::start_with(|c| {
+        behind_proxy(c);
+        c.login_max_failures = 1_000;
+        c.login_max_failures_per_hour = 1;
+    })
+    .await;
+    let email = unique_email();
+    srv.register(&email, PASSWORD).await;
+    let id = Identifier::Email(email.clone());
+    let home = "203.0.113.50";
+    login_from(&srv, home, &id, PASSWORD).await.expect("owner");
+    // The success is recorded for the account's e-mail and re-check keys.
+    assert_eq!(rows(&srv, "login_known_clients").await, 2);
+
+    // 29 days later the address is still known: past the cap it is let through.
+    srv.clock.advance(ChronoDuration::days(29));
+    let mut out = Outcomes::default();
+    for ip in addresses("198.51.100.", 3) {
+        out.add(login_from(&srv, &ip, &id, WRONG).await);
+    }
+    assert_eq!(
+        out,
+        Outcomes {
+            checked: 2,
+            refused: 1
+        }
+    );
+    login_from(&srv, home, &id, PASSWORD)
+        .await
+        .expect("known for 30 days");
+
+    // 30 days after that success, it is a stranger again.
+    srv.clock
+        .advance(ChronoDuration::days(30) + ChronoDuration::seconds(1));
+    for ip in addresses("198.51.100.", 2) {
+        login_from(&srv, &ip, &id, WRONG).await.unwrap_err();
+    }
+    expect_code(
+        login_from(&srv, home, &id, PASSWORD).await,
+        Code::ResourceExhausted,
+    );
+
+    // The prune job forgets known addresses, idle slots and old failures.
+    srv.clock.advance(ChronoDuration::days(31));
+    srv.svc.prune().await.expect("prune");
+    for table in ["login_known_clients", "login_guard", "login_failures"] {
+        assert_eq!(rows(&srv, table).await, 0, "{table}");
+    }
+}
