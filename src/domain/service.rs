@@ -157,8 +157,8 @@ enum RefreshOutcome {
 }
 
 impl Authd {
-    /// Loads (or on first start creates) the shared signing key and refresh secret, and prepares the
-    /// password hasher. Migrations must have run.
+    /// Loads (or on first start creates) the shared signing key, refresh and audit secrets, and
+    /// prepares the password hasher. Migrations must have run.
     pub async fn init(pool: Pool, config: Arc<Config>, clock: SharedClock) -> Result<Arc<Self>> {
         let now = clock.now();
         let master = config
