@@ -2217,6 +2217,18 @@ async fn audit_stores_unknown_login_identifiers_only_as_a_keyed_hash() {
     assert_eq!(with(&as_username), 1, "{events:#?}");
     assert_eq!(with(&digest(LoginIdentifier::Username(raw.clone()))), 1);
     assert_eq!(with(&digest(LoginIdentifier::Email(raw.clone()))), 1);
+    // The CLI prints the same digests for a candidate read from stdin.
+    for (args, expected) in [
+        (&["audit", "identifier-digest"][..], &as_email),
+        (
+            &["audit", "identifier-digest", "--username"][..],
+            &as_username,
+        ),
+    ] {
+        let run = authd_cli(&srv.url, args, &format!("{typed_password}\n")).await;
+        assert!(run.status.success(), "{args:?}: {}", run.stderr);
+        assert_eq!(run.stdout.trim(), expected.as_str(), "{args:?}");
+    }
     // A known account's failure keeps its user id (and the identifier it was named by).
     let email = unique_email();
     let user = srv.register(&email, PASSWORD).await;
