@@ -173,12 +173,15 @@ pub async fn reserve(
     let decided = conn
         .transaction::<_, DbError, _>(async |conn| {
             let guard = db::lock_guard(conn, key, now).await?;
+            let recent = db::failures_since(conn, key, now - Duration::hours(1)).await?;
+            // Whether the client is known matters only past the cap.
+            let known = recent >= i64::from(policy.max_failures_per_hour)
+                && !client.is_empty()
+                && db::is_known(conn, key, client, now - Duration::days(KNOWN_CLIENT_DAYS)).await?;
             let seen = Seen {
                 client: db::get(conn, key, client).await?,
-                recent: db::failures_since(conn, key, now - Duration::hours(1)).await?,
-                known: !client.is_empty()
-                    && db::is_known(conn, key, client, now - Duration::days(KNOWN_CLIENT_DAYS))
-                        .await?,
+                recent,
+                known,
                 guard,
             };
             match decide(policy, seen, now) {
