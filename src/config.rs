@@ -15,13 +15,13 @@
 //! | `AUTHD_BCRYPT_NICE` | `--bcrypt-nice` | `idle` (SCHED_IDLE for the bcrypt threads, or a nice value 0-19) |
 //! | `AUTHD_ISSUER` | `--issuer` | `authd` |
 //! | `AUTHD_AUDIENCE` | `--audience` | `authd` |
-//! | `AUTHD_BOOTSTRAP_ADMIN_EMAIL` | `--bootstrap-admin-email` | unset |
+//! | `AUTHD_BOOTSTRAP_ADMIN_EMAIL` | `--bootstrap-admin-email` | unset (admin created at start-up while no active admin exists) |
 //! | `AUTHD_BOOTSTRAP_ADMIN_PASSWORD` | `--bootstrap-admin-password` | unset |
 //! | `AUTHD_VALIDATE_REQUIRE_KEY` | `--validate-require-key` | `true` |
 //! | `AUTHD_ALLOW_REGISTRATION` | `--allow-registration` | `true` |
 //! | `AUTHD_AUDIT_RETENTION` | `--audit-retention` | `90d` |
-//! | `AUTHD_LOGIN_MAX_FAILURES` | `--login-max-failures` | `5` |
-//! | `AUTHD_LOGIN_MAX_FAILURES_PER_HOUR` | `--login-max-failures-per-hour` | `100` |
+//! | `AUTHD_LOGIN_MAX_FAILURES` | `--login-max-failures` | `5` (per identifier and client: IPv4 address or IPv6 /64) |
+//! | `AUTHD_LOGIN_MAX_FAILURES_PER_HOUR` | `--login-max-failures-per-hour` | `100` (per identifier; past it one check per doubling slot) |
 //! | `AUTHD_RATE_LIMIT_PER_IP` | `--rate-limit-per-ip` | `60` (requests per minute; `0` = off) |
 //! | `AUTHD_TRUSTED_PROXIES` | `--trusted-proxies` | empty (comma-separated IPs or CIDRs) |
 //! | `AUTHD_MIN_PASSWORD_SCORE` | `--min-password-score` | `3` (zxcvbn score, 0-4) |
@@ -117,7 +117,8 @@ pub struct Config {
     #[arg(long, env = "AUTHD_AUDIENCE", default_value = "authd", global = true)]
     pub audience: String,
 
-    /// E-mail of an admin to create at start-up if absent.
+    /// E-mail of an admin to create at start-up while no active admin exists (a deleted bootstrap
+    /// admin is not recreated while another admin is active).
     #[arg(long, env = "AUTHD_BOOTSTRAP_ADMIN_EMAIL", global = true)]
     pub bootstrap_admin_email: Option<String>,
 
@@ -142,12 +143,14 @@ pub struct Config {
     #[arg(long, env = "AUTHD_AUDIT_RETENTION", default_value = "90d", value_parser = parse_duration, global = true)]
     pub audit_retention: Duration,
 
-    /// Consecutive failed logins for one identifier from one client IP before that IP must wait.
+    /// Consecutive failed logins for one identifier from one client (an IPv4 address, or an IPv6
+    /// /64) before that client must wait (1 s, doubling, at most 15 min).
     #[arg(long, env = "AUTHD_LOGIN_MAX_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub login_max_failures: u32,
 
-    /// Failed password verifications per identifier per hour, across all IPs, before IPs that have
-    /// failed for it are refused.
+    /// Failed password verifications per identifier per hour, across all clients; past it the
+    /// identifier gets one check per D in total (D = 1 s, doubling, at most 15 min), except from
+    /// clients with a successful login for the account in the last 30 days.
     #[arg(long, env = "AUTHD_LOGIN_MAX_FAILURES_PER_HOUR", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub login_max_failures_per_hour: u32,
 

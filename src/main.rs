@@ -31,6 +31,9 @@ enum Command {
     /// Manage the keys that sign access tokens.
     #[command(subcommand)]
     SigningKeys(SigningKeysCommand),
+    /// Work with the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Ask the health service (grpc.health.v1, plaintext) and exit 0 only when it answers
     /// SERVING; otherwise print the reason on stderr and exit 1. Never touches the database.
     Healthcheck {
@@ -61,6 +64,18 @@ enum UsersCommand {
         /// Read the password from standard input (one line).
         #[arg(long, required = true)]
         password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Print the keyed hash (`hmac:…`) that LOGIN_FAILED events of unknown accounts store instead
+    /// of the identifier, for a candidate identifier read from standard input (one line), so it
+    /// never appears on a command line.
+    IdentifierDigest {
+        /// The candidate was sent as a username (default: as an e-mail).
+        #[arg(long)]
+        username: bool,
     },
 }
 
@@ -133,6 +148,16 @@ fn main() -> ExitCode {
                 let password = read_password_line().map_err(server::StartError::Stdin)?;
                 let id = server::create_admin(config, &email, &password).await?;
                 println!("{id}");
+                Ok(())
+            }
+            Command::Audit(AuditCommand::IdentifierDigest { username }) => {
+                let line = read_password_line().map_err(server::StartError::Stdin)?;
+                let identifier = if username {
+                    authd::domain::service::LoginIdentifier::Username(line)
+                } else {
+                    authd::domain::service::LoginIdentifier::Email(line)
+                };
+                println!("{}", server::identifier_digest(config, identifier).await?);
                 Ok(())
             }
             Command::SigningKeys(SigningKeysCommand::Rotate) => {

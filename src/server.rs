@@ -645,6 +645,25 @@ pub async fn create_admin(
     result
 }
 
+/// `authd audit identifier-digest`: the keyed hash that LOGIN_FAILED events of unknown accounts
+/// store for `identifier`, so that an admin can check a candidate against the audit log.
+pub async fn identifier_digest(
+    config: Config,
+    identifier: domain::service::LoginIdentifier,
+) -> Result<String, StartError> {
+    let config = Arc::new(config);
+    let database = Database::open(&config).await?;
+    let result = async {
+        let svc = start_service(config.clone(), database.url(), Arc::new(SystemClock)).await?;
+        let digest = svc.audit_identifier_digest(&identifier);
+        svc.pool().close();
+        Ok(digest)
+    }
+    .await;
+    database.close().await;
+    result
+}
+
 /// `authd signing-keys rotate`: adds a signing key; returns its kid and activation time.
 pub async fn rotate_signing_key(
     config: Config,

@@ -114,8 +114,26 @@ diesel::table! {
 }
 
 diesel::table! {
-    login_failures (key, create_time) {
+    login_failures (id) {
         key -> Text,
         create_time -> Timestamptz,
+        id -> Int8,
+    }
+}
+
+diesel::table! {
+    login_guard (key) {
+        key -> Text,
+        next_check_time -> Nullable<Timestamptz>,
+        slot_delay_secs -> Int4,
+        last_attempt_time -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    login_known_clients (key, client) {
+        key -> Text,
+        client -> Text,
+        last_success_time -> Timestamptz,
     }
 }

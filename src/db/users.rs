@@ -138,6 +138,17 @@ pub async fn lock(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Option<User>
 /// Serializes the transactions that call [`lock_active_admins`].
 const ADMIN_LOCK_KEY: i64 = 0x6175_7468_6403;
 
+/// Whether any active admin exists (no lock: a hint; decisions take [`lock_active_admins`]).
+pub async fn any_active_admin(conn: &mut AsyncPgConnection) -> Result<bool, DbError> {
+    Ok(diesel::select(diesel::dsl::exists(
+        users::table
+            .filter(users::role.eq("admin"))
+            .filter(users::active.eq(true)),
+    ))
+    .get_result(conn)
+    .await?)
+}
+
 /// Locks every active admin row and returns their ids. Changes that could remove the last active
 /// admin take this lock first, so concurrent demotions are serialized.
 ///

@@ -223,24 +223,46 @@ impl Authd {
         }
         let presented = password::presented_password("current_password", password_input)?;
         let key = throttle::reauth_key(user_id);
-        let ip = client.ip_string();
-        let user = {
+        let client_key = client.key_string();
+        let (reservation, user) = {
             let mut conn = self.conn().await?;
-            throttle::check(&mut conn, self.throttle_policy(), &key, &ip, self.now()).await?;
-            users::find_by_id(&mut conn, user_id)
-                .await?
-                .ok_or(Error::Unauthenticated(AuthFailure::TokenInvalid))?
+            let reservation = throttle::reserve(
+                &mut conn,
+                self.throttle_policy(),
+                &key,
+                &client_key,
+                self.now(),
+            )
+            .await?;
+            match users::find_by_id(&mut conn, user_id).await {
+                Ok(Some(user)) => (reservation, user),
+                found => {
+                    drop(conn);
+                    self.take_back(reservation).await;
+                    found?;
+                    return Err(Error::Unauthenticated(AuthFailure::TokenInvalid));
+                }
+            }
         };
-        let ok = self
+        let ok = match self
             .hasher()
             .verify(presented, Some(&user.password_hash))
-            .await?;
-        let mut conn = self.conn().await?;
+            .await
+        {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.take_back(reservation).await;
+                return Err(e);
+            }
+        };
         if ok {
-            throttle::succeeded(&mut conn, &key, &ip).await?;
+            let known = throttle::account_keys(user.id, &user.email, user.username.as_deref());
+            reservation
+                .succeeded(&mut *self.conn().await?, &known, self.now())
+                .await?;
             Ok(user)
         } else {
-            throttle::failed(&mut conn, &key, &ip, self.now()).await?;
+            reservation.failed();
             Err(Error::Unauthenticated(AuthFailure::BadCredentials))
         }
     }
@@ -722,9 +744,18 @@ impl Authd {
                 break;
             }
         }
-        // Throttle state: failures older than the hourly window, counts idle for a day.
-        crate::db::throttle::prune(&mut conn, now - chrono::Duration::hours(1), sessions_before)
-            .await?;
+        // Throttle state: failures older than the hourly window, counts idle for a day, slots
+        // idle for an hour, known clients without a success for 30 days.
+        crate::db::throttle::prune(
+            &mut conn,
+            crate::db::throttle::PruneBefore {
+                failures: now - chrono::Duration::hours(1),
+                counts: sessions_before,
+                guards: now - chrono::Duration::hours(1),
+                known_clients: now - chrono::Duration::days(throttle::KNOWN_CLIENT_DAYS),
+            },
+        )
+        .await?;
         crate::db::keys::delete_retired(&mut conn, sessions_before).await?;
         // Tombstones outlive every access token of their session, and a day at least.
         let tombstones_before = now - self.views().retention().max(chrono::Duration::days(1));

@@ -1,7 +1,17 @@
 //! The security audit log: which events are recorded and how their fields are sanitized.
 //!
-//! Events never contain a password, token or key. Free text (the identifier of a failed login, the
-//! user agent) is stripped of control characters and truncated before it is stored.
+//! Events never contain a password, token or key. Free text (the identifier of a failed login for a
+//! known account, the user agent) is stripped of control characters and truncated before it is
+//! stored.
+//!
+//! **Unknown identifiers.** A failed login for an identifier that names no account is often a
+//! password typed into the wrong field, so it is never stored: the event keeps a *keyed hash*
+//! instead, `hmac:` and the first 16 hex digits (64 bits) of HMAC-SHA256 under a server secret
+//! (`audit_identifier_hmac`, kept in the database like the other server secrets and sealed by
+//! `AUTHD_MASTER_KEY`) of the identifier's kind and normalized form ([`identifier_digest`]).
+//! Repeated attempts with one identifier carry the same digest, so an admin can still correlate
+//! them, and can check a candidate identifier with `authd audit identifier-digest`; without the
+//! secret a digest cannot be tested against guesses. Failures of known accounts carry the user id.
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
@@ -117,6 +127,28 @@ pub async fn record(
     .await
 }
 
+/// Hex digits of the keyed hash that stands for an unknown identifier.
+pub const IDENTIFIER_DIGEST_HEX: usize = 16;
+
+/// The keyed hash stored for an unknown login identifier: `hmac:` and the first
+/// [`IDENTIFIER_DIGEST_HEX`] hex digits of HMAC-SHA256(`secret`, `kind:normalized`), where `kind`
+/// is `email` or `username` and `normalized` is what the login throttle keys by.
+pub fn identifier_digest(secret: &[u8], kind: &str, normalized: &str) -> String {
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    let message = format!("{kind}:{normalized}");
+    // HMAC accepts keys of any length, so this cannot fail; fall back to hashing for robustness.
+    let digest: [u8; 32] = match <Hmac<Sha256> as Mac>::new_from_slice(secret) {
+        Ok(mut mac) => {
+            mac.update(message.as_bytes());
+            mac.finalize().into_bytes().into()
+        }
+        Err(_) => Sha256::digest([secret, message.as_bytes()].concat()).into(),
+    };
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("hmac:{}", &hex[..IDENTIFIER_DIGEST_HEX])
+}
+
 /// Drops control characters and keeps at most `max` characters.
 pub fn sanitize(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
@@ -131,6 +163,24 @@ mod tests {
         assert_eq!(sanitize("a\nb\u{0}c\u{1b}[31m", 10), "abc[31m");
         assert_eq!(sanitize(&"x".repeat(500), 64).len(), 64);
         assert_eq!(sanitize("ééé", 2), "éé");
+    }
+
+    #[test]
+    fn identifier_digests_are_keyed_and_short() {
+        let a = identifier_digest(b"secret one", "email", "x@example.com");
+        assert_eq!(a.len(), "hmac:".len() + IDENTIFIER_DIGEST_HEX);
+        assert_eq!(
+            a,
+            identifier_digest(b"secret one", "email", "x@example.com")
+        );
+        assert_ne!(
+            a,
+            identifier_digest(b"secret two", "email", "x@example.com")
+        );
+        assert_ne!(
+            a,
+            identifier_digest(b"secret one", "username", "x@example.com")
+        );
     }
 
     #[test]

@@ -24,6 +24,8 @@ use crate::db::{self, DbError, Pool, service_keys, sessions, users};
 
 /// Name of the server secret that keys refresh-token successors.
 const REFRESH_SECRET: &str = "refresh_token_hmac";
+/// Name of the server secret that keys the audit digests of unknown login identifiers.
+const AUDIT_SECRET: &str = "audit_identifier_hmac";
 /// `last_use_time` of a service key is written at most this often.
 const SERVICE_KEY_TOUCH_SECS: i64 = 60;
 
@@ -134,6 +136,8 @@ pub struct Authd {
     keystore: KeyStore,
     keyring: RwLock<Arc<Keyring>>,
     refresh_secret: Vec<u8>,
+    /// Keys [`audit::identifier_digest`].
+    audit_secret: Vec<u8>,
     rate_limiter: IpRateLimiter,
     views: Views,
     token_cache: TokenCache,
@@ -153,8 +157,8 @@ enum RefreshOutcome {
 }
 
 impl Authd {
-    /// Loads (or on first start creates) the shared signing key and refresh secret, and prepares the
-    /// password hasher. Migrations must have run.
+    /// Loads (or on first start creates) the shared signing key, refresh and audit secrets, and
+    /// prepares the password hasher. Migrations must have run.
     pub async fn init(pool: Pool, config: Arc<Config>, clock: SharedClock) -> Result<Arc<Self>> {
         let now = clock.now();
         let master = config
@@ -178,6 +182,7 @@ impl Authd {
         // from its own "now") after ours was taken; with ours the key would not be active yet.
         let keyring = keystore.load_keyring(&mut conn, clock.now()).await?;
         let refresh_secret = keystore.secret(&mut conn, REFRESH_SECRET, now).await?;
+        let audit_secret = keystore.secret(&mut conn, AUDIT_SECRET, now).await?;
         let views = Views::new(config.access_token_ttl);
         let token_cache = TokenCache::new(config.token_cache_size);
         views.sync(&mut conn, clock.now()).await?;
@@ -191,6 +196,7 @@ impl Authd {
             keystore,
             keyring: RwLock::new(Arc::new(keyring)),
             refresh_secret,
+            audit_secret,
             rate_limiter,
             views,
             token_cache,
@@ -233,6 +239,28 @@ impl Authd {
         throttle::Policy {
             max_failures: self.config.login_max_failures,
             max_failures_per_hour: self.config.login_max_failures_per_hour,
+        }
+    }
+
+    /// The keyed hash that LOGIN_FAILED events of unknown accounts store instead of the identifier
+    /// (see [`audit::identifier_digest`]); `authd audit identifier-digest` prints it for a candidate.
+    pub fn audit_identifier_digest(&self, identifier: &LoginIdentifier) -> String {
+        let (kind, normalized) = match identifier {
+            LoginIdentifier::Email(e) => ("email", validate::normalize_email(e)),
+            LoginIdentifier::Username(u) => ("username", u.trim().to_lowercase()),
+        };
+        audit::identifier_digest(&self.audit_secret, kind, &normalized)
+    }
+
+    /// Takes back a reservation whose password was never checked. Best effort: if this fails, the
+    /// reservation stays counted as a failure, which is the safe side.
+    pub(super) async fn take_back(&self, reservation: throttle::Reservation) {
+        let undone = match self.conn().await {
+            Ok(mut conn) => reservation.unchecked(&mut conn).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = undone {
+            tracing::warn!(error = %e, "an unchecked password reservation stays counted");
         }
     }
 
@@ -286,6 +314,21 @@ impl Authd {
         client: &ClientInfo,
         how: &str,
     ) -> Result<Account> {
+        let prepared = self.prepare_account(input).await?;
+        let now = self.now();
+        let row = self
+            .conn()
+            .await?
+            .transaction::<_, DbError, _>(async |conn| {
+                insert_account(conn, &prepared, role, actor, client, how, now).await
+            })
+            .await
+            .map_err(uniqueness_error)?;
+        Account::try_from(row)
+    }
+
+    /// The checks of a new account, then its password hash.
+    async fn prepare_account(&self, input: NewAccount) -> Result<PreparedAccount> {
         let email = validate::email(&input.email)?;
         let username = validate::username(&input.username)?;
         let first_name = validate::person_name("first_name", &input.first_name)?;
@@ -298,35 +341,13 @@ impl Authd {
             &[&email, username.as_deref().unwrap_or_default()],
         )?;
         let hash = self.hasher.hash(password).await?;
-        let now = self.now();
-        let new_user = db::models::NewUser {
-            id: Uuid::new_v4(),
-            email: &email,
-            username: username.as_deref(),
-            first_name: &first_name,
-            last_name: &last_name,
-            password_hash: &hash,
-            role: role.as_str(),
-            active: true,
-            create_time: now,
-            update_time: now,
-        };
-        let detail = format!("{how}; role {}", role.as_str());
-        let row = self
-            .conn()
-            .await?
-            .transaction::<_, DbError, _>(async |conn| {
-                let row = users::insert(conn, &new_user).await?;
-                let entry = AuditEntry::new(AuditKind::UserCreated, client)
-                    .user(row.id)
-                    .actor(actor)
-                    .detail(detail);
-                audit::record(conn, now, entry).await?;
-                Ok(row)
-            })
-            .await
-            .map_err(uniqueness_error)?;
-        Account::try_from(row)
+        Ok(PreparedAccount {
+            email,
+            username,
+            first_name,
+            last_name,
+            hash,
+        })
     }
 
     /// Register: always an active ROLE_USER; refused when registration is closed.
@@ -339,34 +360,58 @@ impl Authd {
             .await
     }
 
-    /// Creates the bootstrap admin unless an account with that e-mail exists. Idempotent, and safe
-    /// when several replicas start together.
+    /// Creates the bootstrap admin, only while no active admin exists: a deleted or deactivated
+    /// bootstrap admin does not come back at the next start while another active admin exists.
+    /// The check and the insert run in one transaction under the lock that also guards the last
+    /// active admin (`users::lock_active_admins`), so replicas starting together create it once.
     pub async fn ensure_bootstrap_admin(&self, email: &str, password: &str) -> Result<()> {
         let normalized = validate::email(email)?;
-        let existing = users::find_by_email(&mut *self.conn().await?, &normalized).await?;
-        if let Some(u) = existing {
-            if u.role != Role::Admin.as_str() {
-                tracing::warn!(user_id = %u.id, "bootstrap admin e-mail belongs to a non-admin account; left unchanged");
-            }
+        // Most starts find an admin: no bcrypt work for them.
+        if users::any_active_admin(&mut *self.conn().await?).await? {
             return Ok(());
         }
         let input = NewAccount {
-            email: normalized,
+            email: normalized.clone(),
             password: password.to_owned(),
             ..Default::default()
         };
+        let prepared = self.prepare_account(input).await?;
         let client = ClientInfo::default();
-        match self
-            .create_account(input, Role::Admin, None, &client, "bootstrap admin")
+        let now = self.now();
+        let outcome = self
+            .conn()
+            .await?
+            .transaction::<_, DbError, _>(async |conn| {
+                if !users::lock_active_admins(conn).await?.is_empty() {
+                    return Ok(None);
+                }
+                if let Some(u) = users::find_by_email(conn, &normalized).await? {
+                    return Ok(Some(Err(u.id)));
+                }
+                let row = insert_account(
+                    conn,
+                    &prepared,
+                    Role::Admin,
+                    None,
+                    &client,
+                    "bootstrap admin",
+                    now,
+                )
+                .await?;
+                Ok(Some(Ok(row.id)))
+            })
             .await
-        {
-            Ok(a) => {
-                tracing::info!(user_id = %a.id, "bootstrap admin created");
-                Ok(())
-            }
-            Err(Error::AlreadyExists(_)) => Ok(()),
-            Err(e) => Err(e),
+            .map_err(uniqueness_error)?;
+        match outcome {
+            None => {}
+            Some(Ok(id)) => tracing::info!(user_id = %id, "bootstrap admin created"),
+            Some(Err(id)) => tracing::warn!(
+                user_id = %id,
+                "no active admin, but the bootstrap admin e-mail belongs to an existing account \
+                 (inactive, or not an admin); left unchanged: use `authd users create-admin`"
+            ),
         }
+        Ok(())
     }
 
     pub async fn get_me(&self, p: &Principal) -> Result<Account> {
@@ -414,19 +459,20 @@ impl Authd {
                 throttle::login_key("username", &u.trim().to_lowercase())
             }
         };
-        let ip = client.ip_string();
-        let user = {
+        // Reserved (and counted as a failure) before bcrypt runs: see `throttle`.
+        let client_key = client.key_string();
+        let (reservation, user) = {
             let mut conn = self.conn().await?;
-            throttle::check(
+            let reservation = throttle::reserve(
                 &mut conn,
                 self.throttle_policy(),
                 &throttle_key,
-                &ip,
+                &client_key,
                 self.now(),
             )
             .await
             .inspect_err(count_throttled)?;
-            match &identifier {
+            let user = match &identifier {
                 LoginIdentifier::Email(e) => {
                     let e = validate::normalize_email(e);
                     if validate::is_valid_email(&e) {
@@ -442,22 +488,35 @@ impl Authd {
                         None
                     }
                 }
-            }
+            };
+            (reservation, user)
         };
-        let ok = self
+        let verified = self
             .hasher
             .verify(
                 password.clone(),
                 user.as_ref().map(|u| u.password_hash.as_str()),
             )
-            .await?;
-        {
-            let mut conn = self.conn().await?;
-            if ok {
-                throttle::succeeded(&mut conn, &throttle_key, &ip).await?;
-            } else {
-                throttle::failed(&mut conn, &throttle_key, &ip, self.now()).await?;
+            .await;
+        let ok = match verified {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.take_back(reservation).await;
+                return Err(e);
             }
+        };
+        if ok {
+            let known = match &user {
+                Some(u) if u.active => {
+                    throttle::account_keys(u.id, &u.email, u.username.as_deref())
+                }
+                _ => Vec::new(),
+            };
+            reservation
+                .succeeded(&mut *self.conn().await?, &known, self.now())
+                .await?;
+        } else {
+            reservation.failed();
         }
         let user = match user {
             Some(u) if ok && u.active => u,
@@ -477,12 +536,20 @@ impl Authd {
                     ),
                 };
                 count_login(if ok { "disabled" } else { "failure" });
-                let id = audit::sanitize(raw_id.trim(), audit::MAX_IDENTIFIER_CHARS);
-                let mut entry = AuditEntry::new(AuditKind::LoginFailed, client)
-                    .detail(format!("{reason}; identifier {id:?}"));
-                if let Some(u) = &user {
-                    entry = entry.user(u.id);
-                }
+                // A known account's identifier is stored (sanitized) with its user id; an unknown
+                // one only as a keyed hash: it is often a password typed into the wrong field.
+                let entry = match &user {
+                    Some(u) => {
+                        let id = audit::sanitize(raw_id.trim(), audit::MAX_IDENTIFIER_CHARS);
+                        AuditEntry::new(AuditKind::LoginFailed, client)
+                            .detail(format!("{reason}; identifier {id:?}"))
+                            .user(u.id)
+                    }
+                    None => AuditEntry::new(AuditKind::LoginFailed, client).detail(format!(
+                        "{reason}; identifier {}",
+                        self.audit_identifier_digest(&identifier)
+                    )),
+                };
                 audit::record(&mut *self.conn().await?, self.now(), entry).await?;
                 return Err(denial);
             }
@@ -1070,6 +1137,46 @@ fn count_throttled(e: &Error) {
     if matches!(e, Error::ResourceExhausted { .. }) {
         count_login("throttled");
     }
+}
+
+/// A new account that passed its checks, with its password hash.
+struct PreparedAccount {
+    email: String,
+    username: Option<String>,
+    first_name: String,
+    last_name: String,
+    hash: String,
+}
+
+/// Inserts a prepared account with its USER_CREATED event (inside the caller's transaction).
+async fn insert_account(
+    conn: &mut db::PgConn,
+    p: &PreparedAccount,
+    role: Role,
+    actor: Option<Uuid>,
+    client: &ClientInfo,
+    how: &str,
+    now: DateTime<Utc>,
+) -> std::result::Result<db::models::User, DbError> {
+    let new_user = db::models::NewUser {
+        id: Uuid::new_v4(),
+        email: &p.email,
+        username: p.username.as_deref(),
+        first_name: &p.first_name,
+        last_name: &p.last_name,
+        password_hash: &p.hash,
+        role: role.as_str(),
+        active: true,
+        create_time: now,
+        update_time: now,
+    };
+    let row = users::insert(conn, &new_user).await?;
+    let entry = AuditEntry::new(AuditKind::UserCreated, client)
+        .user(row.id)
+        .actor(actor)
+        .detail(format!("{how}; role {}", role.as_str()));
+    audit::record(conn, now, entry).await?;
+    Ok(row)
 }
 
 /// Maps a uniqueness conflict on users to ALREADY_EXISTS.

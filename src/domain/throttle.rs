@@ -1,16 +1,34 @@
 //! Brute-force defence for password checks, and the per-IP request rate limit.
 //!
 //! **Password guessing** (Login, and the `current_password` checks of UpdateMe, ChangePassword and
-//! DeleteMe) is throttled per *key* (the normalized identifier string, or the user for re-checks),
-//! whether or not an account exists, so throttling reveals nothing about accounts. State lives in
-//! the database, so every replica agrees.
-//! - *One client:* after `AUTHD_LOGIN_MAX_FAILURES` consecutive failures for a key, that client IP
-//!   waits 1 s, doubling with each further failure, capped at 15 min. A success resets its count.
-//! - *Many clients:* once a key has `AUTHD_LOGIN_MAX_FAILURES_PER_HOUR` failed verifications in the
-//!   last hour, IPs that have failed for it within the last 15 min are refused; an IP with no
-//!   failures for it still gets through, so a distributed attacker cannot lock the owner out.
-//! - Every lock ends by itself at most 15 min after that IP's last failure. While refused, no
-//!   password is checked (no bcrypt work) and the reply is RESOURCE_EXHAUSTED with `retry-after`.
+//! DeleteMe) is throttled per *key* (the normalized identifier string, hashed, or the user for
+//! re-checks), whether or not an account exists, so throttling reveals nothing about accounts, and
+//! per *client*: the [`ClientKey`](super::ClientKey) (an IPv4 address, or an IPv6 /64). State lives
+//! in the database, so every replica agrees.
+//!
+//! **Reservation (ASVS 15.4.2).** A check is reserved *before* bcrypt runs, in one short
+//! transaction that first locks the key's `login_guard` row: so the reservations of one key are
+//! decided one at a time, whatever the concurrency and the number of replicas. An allowed
+//! reservation is counted as a failure at once; a success takes it back ([`Reservation::succeeded`]),
+//! a failure leaves it counted. Concurrent guesses therefore get no more password checks than
+//! sequential ones, and a reservation abandoned by a cancelled call stays a failure: nothing stays
+//! locked by it beyond the usual delays. A reservation whose password was never checked (the bcrypt
+//! pool refused it) is taken back ([`Reservation::unchecked`]).
+//!
+//! The rules a reservation must pass:
+//! - *One client:* after `AUTHD_LOGIN_MAX_FAILURES` consecutive failures for a key, that client
+//!   waits 1 s, doubling with each further failure, capped at 15 min, from its last failure. A
+//!   success resets its count.
+//! - *All clients (distributed guessing):* once a key has `AUTHD_LOGIN_MAX_FAILURES_PER_HOUR`
+//!   failures in the last hour, the key gets one password check per D in total, across all
+//!   clients: D starts at 1 s and doubles with every such check, up to 15 min. D goes back to 1 s
+//!   once the key has had no failure for an hour.
+//! - *Known clients* (a successful check for that account in the last 30 days, recorded for its
+//!   e-mail, username and re-check keys) are exempt from the identifier-wide slot; the per-client
+//!   rule still applies to them.
+//!
+//! While refused, no password is checked (no bcrypt work) and the reply is RESOURCE_EXHAUSTED
+//! with `retry-after`.
 //!
 //! **Request rate:** Register, Login and Refresh share a token bucket per client IP of
 //! `AUTHD_RATE_LIMIT_PER_IP` requests per minute (burst of the same size), kept in memory per replica.
@@ -20,18 +38,22 @@ use std::num::NonZeroU32;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
-use diesel_async::AsyncPgConnection;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use uuid::Uuid;
 
 use super::{Error, Result};
-use crate::db::throttle as db;
+use crate::db::DbError;
+use crate::db::throttle::{self as db, Guard};
 
 /// The first delay after the failure limit; it doubles with every further failure.
 pub const BASE_DELAY_SECS: i64 = 1;
-/// No lock outlasts this, counted from the last failure.
+/// No lock outlasts this, counted from the last failure (per client) or the last check (per key).
 pub const MAX_LOCK_SECS: i64 = 15 * 60;
+/// A client with a successful check for an account stays exempt from the identifier-wide slot
+/// this long.
+pub const KNOWN_CLIENT_DAYS: i64 = 30;
 
 /// Thresholds of the password-guessing throttle.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +77,16 @@ pub fn reauth_key(user_id: Uuid) -> String {
     format!("reauth:{user_id}")
 }
 
+/// Every key under which an account's password is checked: its e-mail, its username (if any) and
+/// its re-checks. A success for one makes the client known for all of them.
+pub fn account_keys(user_id: Uuid, email: &str, username: Option<&str>) -> Vec<String> {
+    let mut keys = vec![login_key("email", email), reauth_key(user_id)];
+    if let Some(u) = username {
+        keys.push(login_key("username", &u.to_lowercase()));
+    }
+    keys
+}
+
 fn exhausted(wait: Duration) -> Error {
     Error::ResourceExhausted {
         message: "too many failed attempts; retry later".into(),
@@ -73,45 +105,130 @@ pub fn delay_after(policy: Policy, failures: i32) -> Option<Duration> {
     Some(Duration::seconds(secs.min(MAX_LOCK_SECS)))
 }
 
-/// Refuses (RESOURCE_EXHAUSTED) when `ip` must wait before trying `key` again.
-pub async fn check(
+/// What a reservation found, under the key's lock.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen {
+    /// This client's consecutive failures and its last failure.
+    pub client: Option<(i32, DateTime<Utc>)>,
+    /// The key's failures (from every client) in the last hour.
+    pub recent: i64,
+    /// Whether this client had a success for the account in the last 30 days.
+    pub known: bool,
+    pub guard: Guard,
+}
+
+/// The decision on one reservation: the key's slot state to store, or how long to wait.
+pub fn decide(
+    policy: Policy,
+    seen: Seen,
+    now: DateTime<Utc>,
+) -> std::result::Result<Guard, Duration> {
+    if let Some((failures, last)) = seen.client
+        && let Some(delay) = delay_after(policy, failures)
+        && now < last + delay
+    {
+        return Err(last + delay - now);
+    }
+    let mut guard = seen.guard;
+    if seen.recent == 0 {
+        // Quiet for an hour: the identifier-wide slot starts again from the bottom.
+        guard = Guard {
+            next_check_time: None,
+            slot_delay_secs: BASE_DELAY_SECS as i32,
+        };
+    }
+    if seen.recent >= i64::from(policy.max_failures_per_hour) && !seen.known {
+        if let Some(next) = guard.next_check_time
+            && now < next
+        {
+            return Err(next - now);
+        }
+        let d = i64::from(guard.slot_delay_secs).clamp(BASE_DELAY_SECS, MAX_LOCK_SECS);
+        guard = Guard {
+            next_check_time: Some(now + Duration::seconds(d)),
+            slot_delay_secs: (d * 2).min(MAX_LOCK_SECS) as i32,
+        };
+    }
+    Ok(guard)
+}
+
+/// An allowed password check, counted as a failure until [`Reservation::succeeded`] says otherwise.
+#[derive(Debug)]
+#[must_use = "a reservation is a failure unless taken back"]
+pub struct Reservation {
+    key: String,
+    client: String,
+    failure_id: i64,
+}
+
+/// Reserves one password check of `key` from `client` (a [`ClientKey`](super::ClientKey) string),
+/// or refuses (RESOURCE_EXHAUSTED with `retry-after`). Atomic: see the module docs.
+pub async fn reserve(
     conn: &mut AsyncPgConnection,
     policy: Policy,
     key: &str,
-    ip: &str,
+    client: &str,
     now: DateTime<Utc>,
-) -> Result<()> {
-    let Some((failures, last)) = db::get(conn, key, ip).await? else {
-        return Ok(());
-    };
-    if let Some(delay) = delay_after(policy, failures)
-        && now < last + delay
-    {
-        return Err(exhausted(last + delay - now));
+) -> Result<Reservation> {
+    let decided = conn
+        .transaction::<_, DbError, _>(async |conn| {
+            let guard = db::lock_guard(conn, key, now).await?;
+            let recent = db::failures_since(conn, key, now - Duration::hours(1)).await?;
+            // Whether the client is known matters only past the cap.
+            let known = recent >= i64::from(policy.max_failures_per_hour)
+                && !client.is_empty()
+                && db::is_known(conn, key, client, now - Duration::days(KNOWN_CLIENT_DAYS)).await?;
+            let seen = Seen {
+                client: db::get(conn, key, client).await?,
+                recent,
+                known,
+                guard,
+            };
+            match decide(policy, seen, now) {
+                Ok(next) => {
+                    if next != guard {
+                        db::set_guard(conn, key, next, now).await?;
+                    }
+                    Ok(Ok(db::record_failure(conn, key, client, now).await?))
+                }
+                Err(wait) => Ok(Err(wait)),
+            }
+        })
+        .await?;
+    match decided {
+        Ok(failure_id) => Ok(Reservation {
+            key: key.to_owned(),
+            client: client.to_owned(),
+            failure_id,
+        }),
+        Err(wait) => Err(exhausted(wait)),
     }
-    let lock_end = last + Duration::seconds(MAX_LOCK_SECS);
-    if failures > 0 && now < lock_end {
-        let recent = db::failures_since(conn, key, now - Duration::hours(1)).await?;
-        if recent >= i64::from(policy.max_failures_per_hour) {
-            return Err(exhausted(lock_end - now));
+}
+
+impl Reservation {
+    /// The password was right: the client's count starts again, the reservation is no failure, and
+    /// the client becomes known (exempt from the identifier-wide slot) for `account_keys`.
+    pub async fn succeeded(
+        self,
+        conn: &mut AsyncPgConnection,
+        account_keys: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        db::reset(conn, &self.key, &self.client, self.failure_id).await?;
+        if !self.client.is_empty() && !account_keys.is_empty() {
+            db::remember_client(conn, account_keys, &self.client, now).await?;
         }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Records a failed verification.
-pub async fn failed(
-    conn: &mut AsyncPgConnection,
-    key: &str,
-    ip: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    Ok(db::record_failure(conn, key, ip, now).await?)
-}
+    /// The password was wrong: the reservation stays counted as the failure it is.
+    pub fn failed(self) {}
 
-/// Records a successful verification: the count of that IP for that key starts again.
-pub async fn succeeded(conn: &mut AsyncPgConnection, key: &str, ip: &str) -> Result<()> {
-    Ok(db::reset(conn, key, ip).await?)
+    /// No password was checked (e.g. the bcrypt pool refused the job): the reservation is taken
+    /// back. The identifier-wide slot it may have taken stays taken.
+    pub async fn unchecked(self, conn: &mut AsyncPgConnection) -> Result<()> {
+        Ok(db::uncount(conn, &self.key, &self.client, self.failure_id).await?)
+    }
 }
 
 /// The per-IP token bucket of Register, Login and Refresh.
@@ -174,6 +291,64 @@ mod tests {
         assert_eq!(delay_after(p, 9), Some(Duration::seconds(16)));
         assert_eq!(delay_after(p, 15), Some(Duration::seconds(900)));
         assert_eq!(delay_after(p, 500), Some(Duration::seconds(900)));
+    }
+
+    fn seen(recent: i64, known: bool, guard: Guard) -> Seen {
+        Seen {
+            client: None,
+            recent,
+            known,
+            guard,
+        }
+    }
+
+    #[test]
+    fn past_the_hourly_cap_one_check_per_doubling_slot() {
+        let p = Policy {
+            max_failures: 5,
+            max_failures_per_hour: 8,
+        };
+        let now = Utc::now();
+        let free = Guard {
+            next_check_time: None,
+            slot_delay_secs: 1,
+        };
+        // Under the cap the slot is not used.
+        assert_eq!(decide(p, seen(7, false, free), now), Ok(free));
+        // At the cap: the first check takes the slot for D = 1 s, and D doubles.
+        let taken = decide(p, seen(8, false, free), now).unwrap();
+        assert_eq!(
+            taken,
+            Guard {
+                next_check_time: Some(now + Duration::seconds(1)),
+                slot_delay_secs: 2,
+            }
+        );
+        assert_eq!(
+            decide(p, seen(9, false, taken), now),
+            Err(Duration::seconds(1))
+        );
+        // A known client passes without taking the slot.
+        assert_eq!(decide(p, seen(9, true, taken), now), Ok(taken));
+        // D is capped at 15 min.
+        let long = Guard {
+            next_check_time: Some(now),
+            slot_delay_secs: 900,
+        };
+        assert_eq!(
+            decide(p, seen(50, false, long), now)
+                .unwrap()
+                .slot_delay_secs,
+            900
+        );
+        // An hour without failures resets it.
+        assert_eq!(decide(p, seen(0, false, long), now), Ok(free));
+        // The per-client delay applies to known clients too.
+        let s = Seen {
+            client: Some((5, now)),
+            ..seen(0, true, free)
+        };
+        assert_eq!(decide(p, s, now), Err(Duration::seconds(1)));
     }
 
     #[test]

@@ -2135,11 +2135,17 @@ async fn audit_records_logins_and_logouts_with_client_details() {
     assert_eq!(all.create_time, Some(t_logout_all));
     assert!(all.user_agent.starts_with(ua));
 
-    // The unknown account's failure has no user, but keeps the identifier.
+    // The unknown account's failure has no user, and keeps the identifier only as a keyed hash.
     let everything = audit_events(&srv, &admin.access_token, "").await;
+    let digest = srv
+        .svc
+        .audit_identifier_digest(&authd::domain::service::LoginIdentifier::Email(
+            ghost.clone(),
+        ));
+    assert!(everything.iter().all(|e| !e.detail.contains(&ghost)));
     let unknown: Vec<_> = everything
         .iter()
-        .filter(|e| e.kind == "LOGIN_FAILED" && e.detail.contains(&ghost))
+        .filter(|e| e.kind == "LOGIN_FAILED" && e.detail.contains(&digest))
         .collect();
     assert_eq!(unknown.len(), 1, "{everything:#?}");
     let u = unknown[0];
@@ -2152,17 +2158,27 @@ async fn audit_records_logins_and_logouts_with_client_details() {
 }
 
 #[tokio::test]
-async fn audit_stores_failed_login_identifiers_sanitized_and_truncated() {
+async fn audit_stores_unknown_login_identifiers_only_as_a_keyed_hash() {
+    use authd::domain::service::LoginIdentifier;
     let srv = TestServer::start().await;
     let admin = srv.admin_session().await;
     let marker = uuid::Uuid::new_v4().simple().to_string();
-    // Control characters (newline, NUL, ESC, DEL, C1) and far more than the stored length.
+    // A password typed into the identifier field, and an identifier with control characters
+    // (newline, NUL, ESC, DEL, C1) far longer than anything stored.
+    let typed_password = format!("Hunter2-{marker}-Secret!");
     let raw = format!(
         "evil{marker}\n\u{0}\u{1b}[31m\u{7f}\u{85}injected{}",
         "x".repeat(250)
     );
     assert!(raw.chars().count() > 250 && raw.len() <= 320);
-    for req in [login_username(&raw, PASSWORD), login_email(&raw, PASSWORD)] {
+    for req in [
+        login_email(&typed_password, PASSWORD),
+        login_username(&typed_password, PASSWORD),
+        login_username(&raw, PASSWORD),
+        login_email(&raw, PASSWORD),
+        // The same identifier again, differently cased and padded: the same digest.
+        login_email(&format!("  {}  ", typed_password.to_uppercase()), PASSWORD),
+    ] {
         expect_code(try_login(&srv, req).await, Code::Unauthenticated);
     }
     let events: Vec<_> = audit_events(&srv, &admin.access_token, "")
@@ -2170,25 +2186,60 @@ async fn audit_stores_failed_login_identifiers_sanitized_and_truncated() {
         .into_iter()
         .filter(|e| e.kind == "LOGIN_FAILED")
         .collect();
-    assert_eq!(events.len(), 2, "{events:#?}");
-    let stored_id: String = raw.chars().filter(|c| !c.is_control()).take(64).collect();
-    assert!(stored_id.starts_with(&format!("evil{marker}[31minjected")));
+    assert_eq!(events.len(), 5, "{events:#?}");
     for e in &events {
         assert!(
-            !e.detail.chars().any(char::is_control),
-            "control characters stored: {:?}",
+            !e.detail.contains(&marker),
+            "identifier stored: {:?}",
             e.detail
         );
-        assert!(e.detail.contains(&stored_id), "{:?}", e.detail);
         assert!(
-            e.detail.matches('x').count() < 64,
-            "the identifier is truncated: {:?}",
+            !e.detail.to_lowercase().contains("hunter2"),
+            "identifier stored: {:?}",
             e.detail
         );
-        assert!(e.detail.chars().count() <= 256, "detail is short");
+        assert!(!e.detail.chars().any(char::is_control), "{:?}", e.detail);
         assert!(!e.detail.contains(PASSWORD));
         assert_eq!(e.user_id, "");
     }
+    // An admin can correlate attempts and check a candidate: the digest of the identifier (its
+    // kind and normalized form) under the server's secret.
+    let digest = |id: LoginIdentifier| srv.svc.audit_identifier_digest(&id);
+    let as_email = digest(LoginIdentifier::Email(typed_password.clone()));
+    let as_username = digest(LoginIdentifier::Username(typed_password.clone()));
+    assert!(
+        as_email.starts_with("hmac:") && as_email.len() == 21,
+        "{as_email}"
+    );
+    assert_ne!(as_email, as_username);
+    let with = |d: &str| events.iter().filter(|e| e.detail.contains(d)).count();
+    assert_eq!(with(&as_email), 2, "{events:#?}");
+    assert_eq!(with(&as_username), 1, "{events:#?}");
+    assert_eq!(with(&digest(LoginIdentifier::Username(raw.clone()))), 1);
+    assert_eq!(with(&digest(LoginIdentifier::Email(raw.clone()))), 1);
+    // The CLI prints the same digests for a candidate read from stdin.
+    for (args, expected) in [
+        (&["audit", "identifier-digest"][..], &as_email),
+        (
+            &["audit", "identifier-digest", "--username"][..],
+            &as_username,
+        ),
+    ] {
+        let run = authd_cli(&srv.url, args, &format!("{typed_password}\n")).await;
+        assert!(run.status.success(), "{args:?}: {}", run.stderr);
+        assert_eq!(run.stdout.trim(), expected.as_str(), "{args:?}");
+    }
+    // A known account's failure keeps its user id (and the identifier it was named by).
+    let email = unique_email();
+    let user = srv.register(&email, PASSWORD).await;
+    expect_code(
+        try_login(&srv, login_email(&email, OTHER_PASSWORD)).await,
+        Code::Unauthenticated,
+    );
+    let mine = audit_events(&srv, &admin.access_token, &user.id).await;
+    let failed: Vec<_> = mine.iter().filter(|e| e.kind == "LOGIN_FAILED").collect();
+    assert_eq!(failed.len(), 1, "{mine:#?}");
+    assert!(failed[0].detail.contains(&email), "{:?}", failed[0]);
     // An identifier over the 320-byte limit of the field is refused as malformed input.
     expect_code(
         try_login(&srv, login_username(&"y".repeat(500), PASSWORD)).await,

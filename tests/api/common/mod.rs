@@ -176,14 +176,31 @@ impl TestServer {
         (user, pair)
     }
 
-    /// Creates an admin directly (as the bootstrap does) and logs in.
+    /// Creates an admin directly (as `authd users create-admin` does) and logs in.
     pub async fn admin_session(&self) -> proto::TokenPair {
         let email = unique_email();
-        self.svc
-            .ensure_bootstrap_admin(&email, PASSWORD)
+        self.create_admin(&email, PASSWORD).await;
+        self.login(&email, PASSWORD).await
+    }
+
+    /// Creates an admin directly, whether or not other admins exist; returns its id.
+    pub async fn create_admin(&self, email: &str, password: &str) -> String {
+        let account = self
+            .svc
+            .create_account(
+                authd::domain::service::NewAccount {
+                    email: email.into(),
+                    password: password.into(),
+                    ..Default::default()
+                },
+                authd::domain::Role::Admin,
+                None,
+                &authd::domain::ClientInfo::default(),
+                "test admin",
+            )
             .await
             .expect("create admin");
-        self.login(&email, PASSWORD).await
+        account.id.to_string()
     }
 
     /// A service key created through the domain (as the CLI does).

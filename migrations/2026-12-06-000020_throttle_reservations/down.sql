@@ -1,0 +1,3 @@
+DROP TABLE login_known_clients;
+DROP TABLE login_guard;
+ALTER TABLE login_failures DROP COLUMN id;
