@@ -224,6 +224,7 @@ impl Authd {
         let presented = password::presented_password("current_password", password_input)?;
         let key = throttle::reauth_key(user_id);
         let ip = client.ip_string();
+        let budget = self.proxy_budget().reserve(client.proxy_key, self.now())?;
         let user = {
             let mut conn = self.conn().await?;
             throttle::check(&mut conn, self.throttle_policy(), &key, &ip, self.now()).await?;
@@ -237,9 +238,11 @@ impl Authd {
             .await?;
         let mut conn = self.conn().await?;
         if ok {
+            drop(budget);
             throttle::succeeded(&mut conn, &key, &ip).await?;
             Ok(user)
         } else {
+            budget.failed();
             throttle::failed(&mut conn, &key, &ip, self.now()).await?;
             Err(Error::Unauthenticated(AuthFailure::BadCredentials))
         }
