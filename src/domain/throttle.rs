@@ -242,8 +242,9 @@ impl ProxyKeyBudget {
         if b.tokens < 1.0 {
             let wait_ms = ((1.0 - b.tokens) / per_ms).ceil();
             return Err(Error::ResourceExhausted {
-                message: "this proxy key's budget of failed password checks is used up; retry later"
-                    .into(),
+                message:
+                    "this proxy key's budget of failed password checks is used up; retry later"
+                        .into(),
                 retry_after: Some(StdDuration::from_millis(wait_ms as u64)),
             });
         }

@@ -229,11 +229,7 @@ impl AuthService for AuthApi {
     ) -> Result<Response<proto::RevokeServiceKeyResponse>, Status> {
         let p = self.svc.authenticate(authorization(req.metadata())).await?;
         self.svc
-            .revoke_service_key(
-                &p,
-                &req.get_ref().id,
-                &client_info(&req, &self.svc),
-            )
+            .revoke_service_key(&p, &req.get_ref().id, &client_info(&req, &self.svc))
             .await?;
         Ok(Response::new(proto::RevokeServiceKeyResponse {}))
     }

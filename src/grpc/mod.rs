@@ -20,7 +20,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::config::Config;
 use crate::domain::accounts::RoleArg;
 use crate::domain::service::{Account, Caller};
-use crate::domain::{Authd, AuthFailure, ClientInfo, Error, Role};
+use crate::domain::{AuthFailure, Authd, ClientInfo, Error, Role};
 use crate::proto;
 
 /// The `ErrorInfo.domain` of authd's errors.
@@ -166,13 +166,17 @@ fn forwarded_hops(md: &MetadataMap) -> impl Iterator<Item = Option<IpAddr>> + '_
         .iter()
         .map(|v| v.to_str().unwrap_or(","))
         .collect();
-    lines.into_iter().rev().flat_map(|v| v.rsplit(',')).map(|s| {
-        let s = s.trim();
-        s.parse::<IpAddr>()
-            .or_else(|_| s.parse::<std::net::SocketAddr>().map(|a| a.ip()))
-            .ok()
-            .map(|ip| ip.to_canonical())
-    })
+    lines
+        .into_iter()
+        .rev()
+        .flat_map(|v| v.rsplit(','))
+        .map(|s| {
+            let s = s.trim();
+            s.parse::<IpAddr>()
+                .or_else(|_| s.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+                .ok()
+                .map(|ip| ip.to_canonical())
+        })
 }
 
 /// The walk of [`client_info`]: `hops` right-most first, `proxy_cidrs` the CIDRs of a presented
@@ -342,7 +346,10 @@ mod tests {
             resolve_client(a(peer), parse(xff).into_iter(), &trusted, cidrs)
         };
         // The gateway connects directly and names its user.
-        assert_eq!(walk("192.0.2.5", &["198.51.100.9"], Some(&gw)), (a("198.51.100.9"), true));
+        assert_eq!(
+            walk("192.0.2.5", &["198.51.100.9"], Some(&gw)),
+            (a("198.51.100.9"), true)
+        );
         // Only one hop: whatever the user sent to the left is not believed.
         assert_eq!(
             walk("192.0.2.5", &["203.0.113.1", "198.51.100.9"], Some(&gw)),
@@ -354,14 +361,26 @@ mod tests {
             (a("198.51.100.9"), true)
         );
         // From outside its CIDRs: the header is read as without a key.
-        assert_eq!(walk("203.0.113.7", &["198.51.100.9"], Some(&gw)), (a("203.0.113.7"), false));
+        assert_eq!(
+            walk("203.0.113.7", &["198.51.100.9"], Some(&gw)),
+            (a("203.0.113.7"), false)
+        );
         // Empty CIDRs: anywhere.
-        assert_eq!(walk("203.0.113.7", &["198.51.100.9"], Some(&[])), (a("198.51.100.9"), true));
+        assert_eq!(
+            walk("203.0.113.7", &["198.51.100.9"], Some(&[])),
+            (a("198.51.100.9"), true)
+        );
         // No proxy key: the peer.
-        assert_eq!(walk("192.0.2.5", &["198.51.100.9"], None), (a("192.0.2.5"), false));
+        assert_eq!(
+            walk("192.0.2.5", &["198.51.100.9"], None),
+            (a("192.0.2.5"), false)
+        );
         // No header: the gateway itself, still through its key.
         assert_eq!(walk("192.0.2.5", &[], Some(&gw)), (a("192.0.2.5"), true));
         // No peer address: unknown.
-        assert_eq!(resolve_client(None, std::iter::empty(), &trusted, Some(&gw)), (None, false));
+        assert_eq!(
+            resolve_client(None, std::iter::empty(), &trusted, Some(&gw)),
+            (None, false)
+        );
     }
 }
