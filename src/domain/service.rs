@@ -127,9 +127,6 @@ pub struct ServiceKeySpec {
     pub allowed_cidrs: Vec<String>,
 }
 
-/// The most CIDRs one service key may list.
-pub const MAX_ALLOWED_CIDRS: usize = 64;
-
 impl From<db::models::ServiceKey> for ServiceKeyInfo {
     fn from(k: db::models::ServiceKey) -> Self {
         ServiceKeyInfo {
@@ -1053,7 +1050,7 @@ impl Authd {
             p.require(Role::Admin)?;
         }
         let name = validate::label("name", &spec.name)?;
-        let allowed_cidrs = allowed_cidrs(&spec.allowed_cidrs)?;
+        let allowed_cidrs = validate::cidrs("allowed_cidrs", &spec.allowed_cidrs)?;
         let key = opaque::new_service_key();
         let hash = HashedToken::of(&key);
         let now = self.now();
@@ -1157,44 +1154,6 @@ fn count_throttled(e: &Error) {
     if matches!(e, Error::ResourceExhausted { .. }) {
         count_login("throttled");
     }
-}
-
-/// Validates a service key's `allowed_cidrs` (IPs or CIDRs) and normalizes them (`10.1.2.3/8` is
-/// stored as `10.0.0.0/8`, a bare IP as a /32 or /128; duplicates dropped).
-fn allowed_cidrs(input: &[String]) -> Result<Vec<String>> {
-    if input.len() > MAX_ALLOWED_CIDRS {
-        return Err(Error::invalid(format!(
-            "allowed_cidrs may list at most {MAX_ALLOWED_CIDRS} networks"
-        )));
-    }
-    let mut out: Vec<String> = Vec::with_capacity(input.len());
-    for (i, raw) in input.iter().enumerate() {
-        let s = raw.trim();
-        let net = s
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
-            .map_err(|_| {
-                let shown = audit::sanitize(s, 64);
-                Error::invalid(format!(
-                    "allowed_cidrs[{i}]: {shown:?} is not an IP address or CIDR network"
-                ))
-            })?;
-        let net = match net {
-            ipnet::IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
-                Some(v4) if v6.prefix_len() >= 96 => ipnet::IpNet::V4(
-                    ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_err(Error::internal)?,
-                ),
-                _ => net,
-            },
-            _ => net,
-        }
-        .trunc()
-        .to_string();
-        if !out.contains(&net) {
-            out.push(net);
-        }
-    }
-    Ok(out)
 }
 
 /// Maps a uniqueness conflict on users to ALREADY_EXISTS.

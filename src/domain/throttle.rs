@@ -175,8 +175,11 @@ impl IpRateLimiter {
 #[derive(Debug)]
 pub struct ProxyKeyBudget {
     per_minute: u32,
-    buckets: Arc<Mutex<HashMap<Uuid, Bucket>>>,
+    buckets: Buckets,
 }
+
+/// Proxy key id -> its bucket.
+type Buckets = Arc<Mutex<HashMap<Uuid, Bucket>>>;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -189,7 +192,7 @@ struct Bucket {
 #[derive(Debug)]
 #[must_use]
 pub struct ProxyReservation {
-    key: Option<(Uuid, Arc<Mutex<HashMap<Uuid, Bucket>>>)>,
+    key: Option<(Uuid, Buckets)>,
     capacity: f64,
 }
 

@@ -110,6 +110,47 @@ pub fn label(field: &str, raw: &str) -> Result<String> {
     person_name(field, n)
 }
 
+/// The most networks a list of CIDRs (a service key's `allowed_cidrs`) may hold.
+pub const MAX_CIDRS: usize = 64;
+
+/// A list of IPs or CIDR networks, normalized: `10.1.2.3/8` becomes `10.0.0.0/8`, a bare IP a /32
+/// or /128, an IPv4-mapped IPv6 network its IPv4 form; duplicates are dropped.
+pub fn cidrs(field: &str, input: &[String]) -> Result<Vec<String>> {
+    if input.len() > MAX_CIDRS {
+        return Err(Error::invalid(format!(
+            "{field} may list at most {MAX_CIDRS} networks"
+        )));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(input.len());
+    for (i, raw) in input.iter().enumerate() {
+        let s = raw.trim();
+        let net = s
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                let shown: String = s.chars().filter(|c| !c.is_control()).take(64).collect();
+                Error::invalid(format!(
+                    "{field}[{i}]: {shown:?} is not an IP address or CIDR network"
+                ))
+            })?;
+        let net = match net {
+            ipnet::IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
+                Some(v4) if v6.prefix_len() >= 96 => {
+                    ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, ipnet::IpNet::V4)
+                }
+                _ => net,
+            },
+            ipnet::IpNet::V4(_) => net,
+        }
+        .trunc()
+        .to_string();
+        if !out.contains(&net) {
+            out.push(net);
+        }
+    }
+    Ok(out)
+}
+
 /// A required UUID field.
 pub fn uuid(field: &str, raw: &str) -> Result<Uuid> {
     if raw.is_empty() {
