@@ -266,10 +266,10 @@ async fn a_gateway_key_names_its_users_addresses_and_is_not_throttled_as_one_cli
     // No trusted proxies: only the key makes authd believe the header.
     let srv = TestServer::start_with(|c| c.rate_limit_per_ip = 5).await;
     let admin = srv.admin_session().await;
-    let key = create_key(&srv, &admin.access_token, true, &["127.0.0.0/8"])
+    let created = create_key(&srv, &admin.access_token, true, &["127.0.0.0/8"])
         .await
-        .unwrap()
-        .key;
+        .unwrap();
+    let key = created.key.clone();
     // The key is listed with its options.
     let listed = srv
         .auth()
@@ -285,7 +285,21 @@ async fn a_gateway_key_names_its_users_addresses_and_is_not_throttled_as_one_cli
     assert!(listed[0].trusted_proxy);
     assert_eq!(listed[0].allowed_cidrs, vec!["127.0.0.0/8".to_owned()]);
 
-    // 100 users register and log in through the gateway, 20 at a time, each from its own address.
+    // First the gateway's own address spends its bucket of 5 (the admin's login took one)...
+    let own = (0..6).map(|_| {
+        let srv = &srv;
+        async move {
+            srv.auth()
+                .await
+                .login(login_email(&unique_email(), WRONG))
+                .await
+        }
+    });
+    let seen = codes(join_all(own).await);
+    assert_eq!(count(&seen, "Unauthenticated"), 4, "{seen:?}");
+    assert_eq!(count(&seen, "ResourceExhausted"), 2, "{seen:?}");
+    // ...yet 100 users register and log in through the gateway, 20 at a time, each from its own
+    // address.
     let users: Vec<(String, String)> = (0..100)
         .map(|i| {
             let ip = if i % 2 == 0 {
@@ -367,20 +381,22 @@ async fn a_gateway_key_names_its_users_addresses_and_is_not_throttled_as_one_cli
         .await
         .unwrap();
     assert!(audit_ips(&srv, "LOGOUT").await.contains(ip));
-
-    // The gateway's own address still has its own bucket of 5 (the admin's login took one).
-    let own = (0..6).map(|_| {
-        let srv = &srv;
-        async move {
-            srv.auth()
-                .await
-                .login(login_email(&unique_email(), WRONG))
-                .await
-        }
-    });
-    let seen = codes(join_all(own).await);
-    assert_eq!(count(&seen, "Unauthenticated"), 4, "{seen:?}");
-    assert_eq!(count(&seen, "ResourceExhausted"), 2, "{seen:?}");
+    // Audit events say whose word the address is.
+    #[derive(diesel::QueryableByName)]
+    struct Detail {
+        #[diesel(sql_type = Text)]
+        detail: String,
+    }
+    let details: Vec<Detail> =
+        diesel::sql_query("SELECT detail FROM audit_events WHERE kind = 'LOGIN_SUCCEEDED'")
+            .load(&mut db(&srv).await)
+            .await
+            .unwrap();
+    let via = format!("via proxy key {}", created.id);
+    assert_eq!(
+        details.iter().filter(|d| d.detail.contains(&via)).count(),
+        100
+    );
 }
 
 #[tokio::test]
@@ -557,6 +573,36 @@ async fn a_proxy_keys_failure_budget_refuses_once_spent_by_concurrent_guesses() 
     login(PASSWORD, "198.51.100.77".into()).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_password_checks_through_a_proxy_key_share_its_budget() {
+    let srv = TestServer::start_with(|c| c.proxy_key_max_failures_per_minute = 3).await;
+    let admin = srv.admin_session().await;
+    let key = create_key(&srv, &admin.access_token, true, &[])
+        .await
+        .unwrap()
+        .key;
+    let (_, pair) = srv.user_session().await;
+    let calls = (0..8).map(|i| {
+        let (srv, key, token) = (&srv, &key, &pair.access_token);
+        async move {
+            let mut r = req(
+                proto::ChangePasswordRequest {
+                    current_password: WRONG.into(),
+                    new_password: OTHER_PASSWORD.into(),
+                },
+                Some(&format!("203.0.113.{i}")),
+                Some(key),
+            );
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            srv.users().await.change_password(r).await
+        }
+    });
+    let seen = codes(join_all(calls).await);
+    assert_eq!(count(&seen, "Unauthenticated"), 3, "{seen:?}");
+    assert_eq!(count(&seen, "ResourceExhausted"), 5, "{seen:?}");
+}
+
 #[tokio::test]
 async fn cli_creates_proxy_keys_with_cidrs() {
     let srv = TestServer::start().await;
@@ -661,7 +707,21 @@ async fn cli_creates_proxy_keys_with_cidrs() {
 #[tokio::test]
 async fn random_service_keys_cost_no_query_and_spend_the_per_ip_limit() {
     let srv = TestServer::start_with(|c| c.rate_limit_per_ip = 10).await;
-    let (_, pair) = srv.user_session().await;
+    // A session made without the API, so the bucket of 127.0.0.1 is full.
+    let email = unique_email();
+    let account = authd::domain::service::NewAccount {
+        email: email.clone(),
+        password: PASSWORD.into(),
+        ..Default::default()
+    };
+    let nobody = authd::domain::ClientInfo::default();
+    let role = authd::domain::Role::User;
+    srv.svc
+        .create_account(account, role, None, &nobody, "test")
+        .await
+        .unwrap();
+    let id = authd::domain::service::LoginIdentifier::Email(email);
+    let pair = srv.svc.login(Some(id), PASSWORD, &nobody).await.unwrap();
     // Every connection of the pool is taken: a key check that needed the database would wait for
     // one (AUTHD_DB_TIMEOUT) and fail UNAVAILABLE.
     srv.svc.sync_views().await.unwrap();
@@ -692,9 +752,8 @@ async fn random_service_keys_cost_no_query_and_spend_the_per_ip_limit() {
     });
     let seen = codes(join_all(calls).await);
     drop(held);
-    // 10 per minute, of which Register and Login of the fixture took 2.
-    assert_eq!(count(&seen, "Unauthenticated"), 8, "{seen:?}");
-    assert_eq!(count(&seen, "ResourceExhausted"), 22, "{seen:?}");
+    assert_eq!(count(&seen, "Unauthenticated"), 10, "{seen:?}");
+    assert_eq!(count(&seen, "ResourceExhausted"), 20, "{seen:?}");
 }
 
 #[tokio::test]
