@@ -167,6 +167,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cidrs_are_normalized_idempotently() {
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let out = cidrs(
+            "c",
+            &v(&[
+                "10.1.2.3/8",
+                " 192.0.2.7",
+                "2001:db8::1/32",
+                "::ffff:10.9.0.0/112",
+                "10.0.0.0/8",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            v(&["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "10.9.0.0/16"])
+        );
+        assert_eq!(cidrs("c", &out).unwrap(), out);
+        assert!(cidrs("c", &v(&["10.0.0.0/33"])).is_err());
+        assert!(cidrs("c", &v(&["\u{0}nope"])).is_err());
+        assert!(cidrs("c", &vec!["10.0.0.1".to_owned(); MAX_CIDRS + 1]).is_err());
+        assert!(cidrs("c", &[]).unwrap().is_empty());
+    }
+
+    #[test]
     fn emails() {
         assert_eq!(
             email("  Alice@Example.COM ").ok(),
