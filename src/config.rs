@@ -22,7 +22,8 @@
 //! | `AUTHD_AUDIT_RETENTION` | `--audit-retention` | `90d` |
 //! | `AUTHD_LOGIN_MAX_FAILURES` | `--login-max-failures` | `5` (per identifier and client: IPv4 address or IPv6 /64) |
 //! | `AUTHD_LOGIN_MAX_FAILURES_PER_HOUR` | `--login-max-failures-per-hour` | `100` (per identifier; past it one check per doubling slot) |
-//! | `AUTHD_RATE_LIMIT_PER_IP` | `--rate-limit-per-ip` | `60` (requests per minute; `0` = off) |
+//! | `AUTHD_RATE_LIMIT_PER_IP` | `--rate-limit-per-ip` | `60` (requests per minute per IPv4 address or IPv6 /64; `0` = off) |
+//! | `AUTHD_PROXY_KEY_MAX_FAILURES_PER_MINUTE` | `--proxy-key-max-failures-per-minute` | `600` (failed password checks per proxy service key, per replica; `0` = off) |
 //! | `AUTHD_TRUSTED_PROXIES` | `--trusted-proxies` | empty (comma-separated IPs or CIDRs) |
 //! | `AUTHD_MIN_PASSWORD_SCORE` | `--min-password-score` | `3` (zxcvbn score, 0-4) |
 //! | `AUTHD_REQUEST_TIMEOUT` | `--request-timeout` | `10s` |
@@ -163,6 +164,17 @@ pub struct Config {
     )]
     pub rate_limit_per_ip: u32,
 
+    /// Password checks per minute that may fail through one proxy service key (a gateway that
+    /// names its users' addresses), per replica; past it, checks through that key are refused.
+    /// 0 turns the budget off.
+    #[arg(
+        long,
+        env = "AUTHD_PROXY_KEY_MAX_FAILURES_PER_MINUTE",
+        default_value_t = 600,
+        global = true
+    )]
+    pub proxy_key_max_failures_per_minute: u32,
+
     /// Peers whose `x-forwarded-for` is believed: comma-separated IPs or CIDRs.
     #[arg(long, env = "AUTHD_TRUSTED_PROXIES", default_value = "", hide_default_value = true, value_parser = parse_trusted_proxies, global = true)]
     pub trusted_proxies: TrustedProxies,
@@ -297,6 +309,7 @@ impl Config {
             login_max_failures: 5,
             login_max_failures_per_hour: 100,
             rate_limit_per_ip: 60,
+            proxy_key_max_failures_per_minute: 600,
             trusted_proxies: TrustedProxies::default(),
             min_password_score: 3,
             request_timeout: Duration::from_secs(10),
@@ -463,6 +476,10 @@ mod tests {
         assert_eq!(c.login_max_failures, f.login_max_failures);
         assert_eq!(c.login_max_failures_per_hour, f.login_max_failures_per_hour);
         assert_eq!(c.rate_limit_per_ip, f.rate_limit_per_ip);
+        assert_eq!(
+            c.proxy_key_max_failures_per_minute,
+            f.proxy_key_max_failures_per_minute
+        );
         assert_eq!(c.min_password_score, f.min_password_score);
         assert_eq!(c.request_timeout, f.request_timeout);
         assert_eq!(c.key_publish_delay, f.key_publish_delay);

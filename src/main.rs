@@ -85,6 +85,13 @@ enum ServiceKeysCommand {
     Create {
         /// A label for the calling service.
         name: String,
+        /// A gateway's key: callers presenting it may name their end user's address in
+        /// x-forwarded-for (used for limits, throttling, sessions and audit).
+        #[arg(long)]
+        trusted_proxy: bool,
+        /// An IP or CIDR the key may be used from (repeatable); none = anywhere.
+        #[arg(long = "allowed-cidr", value_name = "CIDR")]
+        allowed_cidrs: Vec<String>,
     },
 }
 
@@ -166,8 +173,17 @@ fn main() -> ExitCode {
                 eprintln!("new signing key {kid} signs from {activate_time}");
                 Ok(())
             }
-            Command::ServiceKeys(ServiceKeysCommand::Create { name }) => {
-                let (id, key) = server::create_service_key(config, &name).await?;
+            Command::ServiceKeys(ServiceKeysCommand::Create {
+                name,
+                trusted_proxy,
+                allowed_cidrs,
+            }) => {
+                let spec = authd::domain::service::ServiceKeySpec {
+                    name,
+                    trusted_proxy,
+                    allowed_cidrs,
+                };
+                let (id, key) = server::create_service_key(config, &spec).await?;
                 eprintln!("service key {id} created; this is the only time the key is shown:");
                 println!("{key}");
                 Ok(())

@@ -681,17 +681,19 @@ pub async fn rotate_signing_key(
     result
 }
 
-/// `authd service-keys create NAME`: creates a key directly in the database; returns the key.
+/// `authd service-keys create NAME [--trusted-proxy] [--allowed-cidr CIDR]...`: creates a key
+/// directly in the database; returns its id and the key. Running servers use it after their next
+/// poll of the service-key view (within 250 ms).
 pub async fn create_service_key(
     config: Config,
-    name: &str,
+    spec: &domain::service::ServiceKeySpec,
 ) -> Result<(String, String), StartError> {
     let config = Arc::new(config);
     let database = Database::open(&config).await?;
     let result = async {
         let svc = start_service(config.clone(), database.url(), Arc::new(SystemClock)).await?;
         let client = domain::ClientInfo::new(None, "authd-cli");
-        let (info, key) = svc.create_service_key(None, name, &client).await?;
+        let (info, key) = svc.create_service_key_with(None, spec, &client).await?;
         svc.pool().close();
         Ok((info.id.to_string(), key))
     }

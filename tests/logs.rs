@@ -628,6 +628,7 @@ async fn logs_never_contain_secrets() {
         .create_service_key(with_bearer(
             proto::CreateServiceKeyRequest {
                 name: "billing".into(),
+                ..Default::default()
             },
             &admin.access_token,
         ))

@@ -413,6 +413,9 @@ async fn service_key(url: &str) -> String {
         "service-keys create: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Running replicas see a key created by the CLI at their next poll of the service-key view
+    // (every 250 ms); give them ample time.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 

@@ -222,6 +222,7 @@ fn main() -> std::io::Result<()> {
             "create-service-key",
             proto::CreateServiceKeyRequest {
                 name: "billing".into(),
+                ..Default::default()
             }
             .encode_to_vec(),
         ),

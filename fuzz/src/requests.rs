@@ -235,6 +235,14 @@ impl Checked for proto::ValidateTokenRequest {
 impl Checked for proto::CreateServiceKeyRequest {
     fn check(&self) {
         label("name", &self.name);
+        if let Ok(nets) = validate::cidrs("allowed_cidrs", &self.allowed_cidrs) {
+            assert!(nets.len() <= validate::MAX_CIDRS && nets.len() <= self.allowed_cidrs.len());
+            assert_eq!(
+                validate::cidrs("allowed_cidrs", &nets).ok().as_ref(),
+                Some(&nets),
+                "CIDR normalization must be idempotent"
+            );
+        }
     }
 }
 

@@ -438,6 +438,7 @@ async fn create_key(
         let mut auth = auth.clone();
         let mut req = with_timeout(CreateServiceKeyRequest {
             name: name.to_owned(),
+            ..Default::default()
         });
         req.metadata_mut().insert("authorization", bearer.clone());
         async move { auth.create_service_key(req).await.map(|r| r.into_inner()) }

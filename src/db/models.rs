@@ -162,6 +162,10 @@ pub struct ServiceKey {
     pub create_time: DateTime<Utc>,
     pub last_use_time: Option<DateTime<Utc>>,
     pub revoke_time: Option<DateTime<Utc>>,
+    /// May name the end user's address in `x-forwarded-for`.
+    pub trusted_proxy: bool,
+    /// Networks the key may be used from (normalized CIDRs); empty = anywhere.
+    pub allowed_cidrs: Vec<String>,
 }
 
 #[derive(Debug, Insertable)]
@@ -172,6 +176,8 @@ pub struct NewServiceKey<'a> {
     pub key_hash: &'a [u8],
     pub creator_id: Option<Uuid>,
     pub create_time: DateTime<Utc>,
+    pub trusted_proxy: bool,
+    pub allowed_cidrs: &'a [String],
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

@@ -73,6 +73,8 @@ diesel::table! {
         create_time -> Timestamptz,
         last_use_time -> Nullable<Timestamptz>,
         revoke_time -> Nullable<Timestamptz>,
+        trusted_proxy -> Bool,
+        allowed_cidrs -> Array<Text>,
     }
 }
 

@@ -20,20 +20,6 @@ pub async fn insert(
         .await?)
 }
 
-/// The unrevoked key with this hash.
-pub async fn find_active_by_hash(
-    conn: &mut AsyncPgConnection,
-    hash: &[u8],
-) -> Result<Option<ServiceKey>, DbError> {
-    Ok(service_keys::table
-        .filter(service_keys::key_hash.eq(hash))
-        .filter(service_keys::revoke_time.is_null())
-        .select(ServiceKey::as_select())
-        .first(conn)
-        .await
-        .optional()?)
-}
-
 /// Unrevoked keys, oldest first.
 pub async fn list_active(conn: &mut AsyncPgConnection) -> Result<Vec<ServiceKey>, DbError> {
     Ok(service_keys::table

@@ -223,6 +223,7 @@ impl Authd {
         }
         let presented = password::presented_password("current_password", password_input)?;
         let key = throttle::reauth_key(user_id);
+        let budget = self.proxy_budget().reserve(client.proxy_key, self.now())?;
         let client_key = client.key_string();
         let (reservation, user) = {
             let mut conn = self.conn().await?;
@@ -256,12 +257,14 @@ impl Authd {
             }
         };
         if ok {
+            drop(budget);
             let known = throttle::account_keys(user.id, &user.email, user.username.as_deref());
             reservation
                 .succeeded(&mut *self.conn().await?, &known, self.now())
                 .await?;
             Ok(user)
         } else {
+            budget.failed();
             reservation.failed();
             Err(Error::Unauthenticated(AuthFailure::BadCredentials))
         }

@@ -110,7 +110,11 @@ pub async fn record(
     e: AuditEntry<'_>,
 ) -> Result<(), DbError> {
     let ip = e.client.ip_string();
-    let detail = sanitize(&e.detail, MAX_DETAIL_CHARS);
+    let mut detail = sanitize(&e.detail, MAX_DETAIL_CHARS);
+    // The address is the one a gateway named: record whose word it is.
+    if let Some(key) = e.client.proxy_key {
+        detail.push_str(&format!("; via proxy key {key}"));
+    }
     audit::insert(
         conn,
         &NewAuditEvent {

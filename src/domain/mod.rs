@@ -159,6 +159,10 @@ impl Principal {
 pub struct ClientInfo {
     pub ip: Option<IpAddr>,
     pub user_agent: String,
+    /// The proxy service key this call came through, when a gateway presented one from an address
+    /// it may be used from (`ip` is then the end user's address, named by the gateway). Password
+    /// checks of such calls count against the key's failure budget.
+    pub proxy_key: Option<Uuid>,
 }
 
 /// Limits on stored client info.
@@ -203,7 +207,17 @@ impl ClientInfo {
             .filter(|c| !c.is_control())
             .take(MAX_USER_AGENT_CHARS)
             .collect();
-        Self { ip, user_agent }
+        Self {
+            ip,
+            user_agent,
+            proxy_key: None,
+        }
+    }
+
+    /// The same client, reached through proxy key `key`.
+    pub fn via_proxy_key(mut self, key: Option<Uuid>) -> Self {
+        self.proxy_key = key;
+        self
     }
 
     pub fn ip_string(&self) -> String {

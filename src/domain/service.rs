@@ -1,6 +1,7 @@
 //! [`Authd`]: the operations of the service (accounts, sessions, tokens, service keys) over the pool,
 //! the keyring, the password hasher and the injected clock.
 
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -11,11 +12,11 @@ use super::audit::{self, AuditEntry, AuditKind};
 use super::keystore::{KeyStore, MasterKey};
 use super::opaque::{self, HashedToken, MAX_OPAQUE_BYTES};
 use super::password::{self, PasswordHasher};
-use super::throttle::{self, IpRateLimiter};
+use super::throttle::{self, IpRateLimiter, ProxyKeyBudget};
 use super::tokens::{
     self, AccessClaims, Keyring, PublicJwk, TokenCache, TokenError, VerifiedToken,
 };
-use super::views::Views;
+use super::views::{ServiceKeyEntry, Views};
 use super::{AuthFailure, ClientInfo, Error, Principal, Result, Role, validate};
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -113,6 +114,19 @@ pub struct ServiceKeyInfo {
     pub creator_id: Option<Uuid>,
     pub create_time: DateTime<Utc>,
     pub last_use_time: Option<DateTime<Utc>>,
+    pub trusted_proxy: bool,
+    pub allowed_cidrs: Vec<String>,
+}
+
+/// What CreateServiceKey (and the CLI) asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceKeySpec {
+    /// A label for the calling service.
+    pub name: String,
+    /// A gateway's key: may name the end user's address in `x-forwarded-for`.
+    pub trusted_proxy: bool,
+    /// IPs or CIDRs the key may be used from; empty = anywhere.
+    pub allowed_cidrs: Vec<String>,
 }
 
 impl From<db::models::ServiceKey> for ServiceKeyInfo {
@@ -123,6 +137,8 @@ impl From<db::models::ServiceKey> for ServiceKeyInfo {
             creator_id: k.creator_id,
             create_time: k.create_time,
             last_use_time: k.last_use_time,
+            trusted_proxy: k.trusted_proxy,
+            allowed_cidrs: k.allowed_cidrs,
         }
     }
 }
@@ -139,6 +155,7 @@ pub struct Authd {
     /// Keys [`audit::identifier_digest`].
     audit_secret: Vec<u8>,
     rate_limiter: IpRateLimiter,
+    proxy_budget: ProxyKeyBudget,
     views: Views,
     token_cache: TokenCache,
 }
@@ -175,6 +192,7 @@ impl Authd {
         }
         let keystore = KeyStore::new(master);
         let rate_limiter = IpRateLimiter::new(config.rate_limit_per_ip);
+        let proxy_budget = ProxyKeyBudget::new(config.proxy_key_max_failures_per_minute);
         let hasher = PasswordHasher::from_config(&config).await?;
         let mut conn = db::conn(&pool).await?;
         keystore.ensure_signing_key(&mut conn, now).await?;
@@ -198,6 +216,7 @@ impl Authd {
             refresh_secret,
             audit_secret,
             rate_limiter,
+            proxy_budget,
             views,
             token_cache,
         }))
@@ -262,6 +281,11 @@ impl Authd {
         if let Err(e) = undone {
             tracing::warn!(error = %e, "an unchecked password reservation stays counted");
         }
+    }
+
+    /// The failure budget of proxy service keys.
+    pub(super) fn proxy_budget(&self) -> &ProxyKeyBudget {
+        &self.proxy_budget
     }
 
     /// Forgets idle per-IP rate-limit buckets (call periodically).
@@ -459,6 +483,12 @@ impl Authd {
                 throttle::login_key("username", &u.trim().to_lowercase())
             }
         };
+        // A gateway's proxy key has a budget of failed checks (see `throttle`); reserved before
+        // bcrypt, given back unless the password turns out wrong.
+        let budget = self
+            .proxy_budget
+            .reserve(client.proxy_key, self.now())
+            .inspect_err(count_throttled)?;
         // Reserved (and counted as a failure) before bcrypt runs: see `throttle`.
         let client_key = client.key_string();
         let (reservation, user) = {
@@ -505,6 +535,11 @@ impl Authd {
                 return Err(e);
             }
         };
+        if ok {
+            drop(budget);
+        } else {
+            budget.failed();
+        }
         if ok {
             let known = match &user {
                 Some(u) if u.active => {
@@ -911,32 +946,33 @@ impl Authd {
         })
     }
 
-    /// Authenticates a service key (`x-api-key`).
-    pub async fn authenticate_service_key(&self, key: Option<&str>) -> Result<Uuid> {
+    /// Authenticates a service key (`x-api-key`) presented from `source` (the caller's address as
+    /// `AUTHD_TRUSTED_PROXIES` resolve it). Answered from the in-memory view alone: a key it does not
+    /// hold (unknown, revoked, or created on another replica since the last poll, 250 ms ago at
+    /// most) is refused without a database query. A refused key, or one used from outside its
+    /// `allowed_cidrs`, takes a token from the caller's per-IP rate limit, so guessing keys is as
+    /// slow as any other abuse from one address.
+    pub async fn authenticate_service_key(
+        &self,
+        key: Option<&str>,
+        source: Option<IpAddr>,
+    ) -> Result<Uuid> {
         let key = key
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .ok_or(Error::Unauthenticated(AuthFailure::ServiceKeyMissing))?;
-        if key.len() > MAX_OPAQUE_BYTES {
-            return Err(Error::Unauthenticated(AuthFailure::ServiceKeyInvalid));
-        }
         self.views.check_fresh()?;
-        let hash = HashedToken::of(key);
-        let entry = match self.views.service_key(&hash) {
-            Some(entry) => entry,
-            // Not in the view: perhaps created on another replica (or by the CLI) since the last
-            // poll. Unknown keys cost a query, as every key did before the view existed.
-            None => {
-                let row =
-                    service_keys::find_active_by_hash(&mut *self.conn().await?, hash.as_bytes())
-                        .await?
-                        .ok_or(Error::Unauthenticated(AuthFailure::ServiceKeyInvalid))?;
-                Views::entry_from_row(row)
-            }
-        };
-        if !entry.matches(&hash) {
+        let entry = (key.len() <= MAX_OPAQUE_BYTES)
+            .then(|| HashedToken::of(key))
+            .and_then(|hash| {
+                self.views
+                    .service_key(&hash)
+                    .filter(|e| e.matches(&hash) && e.allows(source))
+            });
+        let Some(entry) = entry else {
+            self.rate_limiter.check(source)?;
             return Err(Error::Unauthenticated(AuthFailure::ServiceKeyInvalid));
-        }
+        };
         let now = self.now();
         let debounce = chrono::Duration::seconds(SERVICE_KEY_TOUCH_SECS);
         if entry.claim_touch(now, debounce) {
@@ -955,16 +991,37 @@ impl Authd {
         Ok(entry.id)
     }
 
+    /// The unrevoked proxy service key (`trusted_proxy`) presented as `x-api-key`, from the in-memory
+    /// view (no database query). `None` for anything else: no key, an unknown or revoked key, a key
+    /// that is not a proxy key, or a view that may be stale (the key may have been revoked). The
+    /// caller checks the key's `allowed_cidrs` against the address the key was presented from.
+    pub fn proxy_key(&self, key: Option<&str>) -> Option<Arc<ServiceKeyEntry>> {
+        let key = key.map(str::trim).filter(|k| !k.is_empty())?;
+        if key.len() > MAX_OPAQUE_BYTES || self.views.check_fresh().is_err() {
+            return None;
+        }
+        let hash = HashedToken::of(key);
+        self.views
+            .service_key(&hash)
+            .filter(|e| e.trusted_proxy && e.matches(&hash))
+    }
+
     /// ValidateToken: the caller first (a verified client certificate, or a service key; unless
     /// `AUTHD_VALIDATE_REQUIRE_KEY=false`), then the token.
-    pub async fn validate_token(&self, caller: Caller<'_>, token: &str) -> Result<Introspection> {
+    /// `source` is the caller's address (see [`Authd::authenticate_service_key`]).
+    pub async fn validate_token(
+        &self,
+        caller: Caller<'_>,
+        source: Option<IpAddr>,
+        token: &str,
+    ) -> Result<Introspection> {
         if self.config.validate_require_key {
             match caller {
                 Caller::ClientCertificate { subject } => {
                     tracing::debug!(%subject, "ValidateToken caller trusted by its client certificate");
                 }
                 Caller::ServiceKey(key) => {
-                    self.authenticate_service_key(key).await?;
+                    self.authenticate_service_key(key, source).await?;
                 }
             }
         }
@@ -1032,17 +1089,35 @@ impl Authd {
 
     // ----- service keys ----------------------------------------------------------------------------
 
-    /// ADMIN (or the CLI, with no principal): creates a service key. Returns its metadata and the key.
+    /// ADMIN (or the CLI, with no principal): creates a plain service key (see
+    /// [`Authd::create_service_key_with`]).
     pub async fn create_service_key(
         &self,
         actor: Option<&Principal>,
         name: &str,
         client: &ClientInfo,
     ) -> Result<(ServiceKeyInfo, String)> {
+        let spec = ServiceKeySpec {
+            name: name.to_owned(),
+            ..Default::default()
+        };
+        self.create_service_key_with(actor, &spec, client).await
+    }
+
+    /// ADMIN (or the CLI, with no principal): creates a service key, a proxy key if
+    /// `spec.trusted_proxy`. Returns its metadata and the key. It is usable on this replica at once,
+    /// on the others after their next poll of the view.
+    pub async fn create_service_key_with(
+        &self,
+        actor: Option<&Principal>,
+        spec: &ServiceKeySpec,
+        client: &ClientInfo,
+    ) -> Result<(ServiceKeyInfo, String)> {
         if let Some(p) = actor {
             p.require(Role::Admin)?;
         }
-        let name = validate::label("name", name)?;
+        let name = validate::label("name", &spec.name)?;
+        let allowed_cidrs = validate::cidrs("allowed_cidrs", &spec.allowed_cidrs)?;
         let key = opaque::new_service_key();
         let hash = HashedToken::of(&key);
         let now = self.now();
@@ -1052,7 +1127,16 @@ impl Authd {
             key_hash: hash.as_bytes(),
             creator_id: actor.map(|p| p.user_id),
             create_time: now,
+            trusted_proxy: spec.trusted_proxy,
+            allowed_cidrs: &allowed_cidrs,
         };
+        let mut detail = format!("service key {} ({})", new_key.id, name);
+        if spec.trusted_proxy {
+            detail.push_str("; trusted proxy");
+        }
+        if !allowed_cidrs.is_empty() {
+            detail.push_str(&format!("; allowed from {}", allowed_cidrs.join(", ")));
+        }
         let row = self
             .conn()
             .await?
@@ -1060,7 +1144,7 @@ impl Authd {
                 let row = service_keys::insert(conn, &new_key).await?;
                 let entry = AuditEntry::new(AuditKind::ServiceKeyCreated, client)
                     .actor(row.creator_id)
-                    .detail(format!("service key {} ({})", row.id, row.name));
+                    .detail(detail);
                 audit::record(conn, now, entry).await?;
                 Ok(row)
             })

@@ -30,11 +30,22 @@
 //! While refused, no password is checked (no bcrypt work) and the reply is RESOURCE_EXHAUSTED
 //! with `retry-after`.
 //!
-//! **Request rate:** Register, Login and Refresh share a token bucket per client IP of
+//! **Request rate:** Register, Login and Refresh share a token bucket per client of
 //! `AUTHD_RATE_LIMIT_PER_IP` requests per minute (burst of the same size), kept in memory per replica.
+//! A client is a [`ClientKey`]: an IPv4 address, or an IPv6 /64 (one subscriber's allocation, which
+//! it can change at will inside). Failed service-key checks take from the same bucket.
+//!
+//! **Proxy service keys** (a gateway that names its users' addresses in `x-forwarded-for`) get a
+//! failure budget of their own, [`ProxyKeyBudget`]: `AUTHD_PROXY_KEY_MAX_FAILURES_PER_MINUTE`
+//! password checks that may fail, per key, kept in memory per replica. Every password check made
+//! through the key reserves one before bcrypt runs and gives it back if the password was right, so
+//! concurrent guesses get no more checks than sequential ones, and a stolen key cannot multiply
+//! guesses by inventing client addresses.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
@@ -43,7 +54,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use uuid::Uuid;
 
-use super::{Error, Result};
+use super::{ClientKey, Error, Result};
 use crate::db::DbError;
 use crate::db::throttle::{self as db, Guard};
 
@@ -231,9 +242,9 @@ impl Reservation {
     }
 }
 
-/// The per-IP token bucket of Register, Login and Refresh.
+/// The per-client token bucket of Register, Login and Refresh (keyed by [`ClientKey`]).
 pub struct IpRateLimiter {
-    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    limiter: Option<DefaultKeyedRateLimiter<ClientKey>>,
 }
 
 impl std::fmt::Debug for IpRateLimiter {
@@ -253,13 +264,14 @@ impl IpRateLimiter {
         }
     }
 
-    /// Takes one token for `ip`, or refuses with the time until the next one.
+    /// Takes one token for the client of `ip` (its address, or its IPv6 /64), or refuses with the
+    /// time until the next one.
     pub fn check(&self, ip: Option<IpAddr>) -> Result<()> {
         let (Some(limiter), Some(ip)) = (&self.limiter, ip) else {
             return Ok(());
         };
         limiter
-            .check_key(&ip)
+            .check_key(&ClientKey::of(ip))
             .map_err(|not_until| Error::ResourceExhausted {
                 message: "too many requests from this address; retry later".into(),
                 retry_after: Some(not_until.wait_time_from(DefaultClock::default().now())),
@@ -272,6 +284,95 @@ impl IpRateLimiter {
             l.retain_recent();
             l.shrink_to_fit();
         }
+    }
+}
+
+/// The failure budget of proxy service keys (see the module docs): a token bucket per key of
+/// `per_minute` tokens, refilled continuously, on the injected clock.
+#[derive(Debug)]
+pub struct ProxyKeyBudget {
+    per_minute: u32,
+    buckets: Buckets,
+}
+
+/// Proxy key id -> its bucket.
+type Buckets = Arc<Mutex<HashMap<Uuid, Bucket>>>;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: DateTime<Utc>,
+}
+
+/// A password check's place in its proxy key's budget. Dropping it gives the place back (the check
+/// did not fail, or never ran); [`ProxyReservation::failed`] keeps it spent.
+#[derive(Debug)]
+#[must_use]
+pub struct ProxyReservation {
+    key: Option<(Uuid, Buckets)>,
+    capacity: f64,
+}
+
+impl ProxyReservation {
+    /// The check failed: the place stays used.
+    pub fn failed(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for ProxyReservation {
+    fn drop(&mut self) {
+        if let Some((id, buckets)) = self.key.take() {
+            let mut map = buckets.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(b) = map.get_mut(&id) {
+                b.tokens = (b.tokens + 1.0).min(self.capacity);
+            }
+        }
+    }
+}
+
+impl ProxyKeyBudget {
+    /// `per_minute == 0` turns the budget off.
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            buckets: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Reserves a password check made through proxy key `key` (none: not through a proxy key), or
+    /// refuses with RESOURCE_EXHAUSTED and the time until the budget has room again.
+    pub fn reserve(&self, key: Option<Uuid>, now: DateTime<Utc>) -> Result<ProxyReservation> {
+        let capacity = f64::from(self.per_minute);
+        let (Some(id), true) = (key, self.per_minute > 0) else {
+            return Ok(ProxyReservation {
+                key: None,
+                capacity,
+            });
+        };
+        let per_ms = capacity / 60_000.0;
+        let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let b = map.entry(id).or_insert(Bucket {
+            tokens: capacity,
+            at: now,
+        });
+        let elapsed_ms = (now - b.at).num_milliseconds().max(0) as f64;
+        b.tokens = (b.tokens + elapsed_ms * per_ms).min(capacity);
+        b.at = b.at.max(now);
+        if b.tokens < 1.0 {
+            let wait_ms = ((1.0 - b.tokens) / per_ms).ceil();
+            return Err(Error::ResourceExhausted {
+                message:
+                    "this proxy key's budget of failed password checks is used up; retry later"
+                        .into(),
+                retry_after: Some(StdDuration::from_millis(wait_ms as u64)),
+            });
+        }
+        b.tokens -= 1.0;
+        Ok(ProxyReservation {
+            key: Some((id, self.buckets.clone())),
+            capacity,
+        })
     }
 }
 
@@ -370,5 +471,45 @@ mod tests {
         // Another address has its own bucket; 0 turns the limit off.
         assert!(l.check(Some(IpAddr::from([127, 0, 0, 2]))).is_ok());
         assert!(IpRateLimiter::new(0).check(ip).is_ok());
+    }
+
+    #[test]
+    fn rate_limiter_keys_ipv6_by_64() {
+        let l = IpRateLimiter::new(2);
+        let a = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert!(l.check(a("2001:db8:1:2::1")).is_ok());
+        assert!(l.check(a("2001:db8:1:2:ffff::9")).is_ok());
+        assert!(l.check(a("2001:db8:1:2:abcd::1")).is_err());
+        assert!(l.check(a("2001:db8:1:3::1")).is_ok());
+    }
+
+    #[test]
+    fn proxy_budget_refunds_successes_and_refills_with_time() {
+        let budget = ProxyKeyBudget::new(3);
+        let key = Some(Uuid::new_v4());
+        let t0 = Utc::now();
+        // Right passwords give their place back.
+        for _ in 0..10 {
+            drop(budget.reserve(key, t0).unwrap());
+        }
+        for _ in 0..3 {
+            budget.reserve(key, t0).unwrap().failed();
+        }
+        match budget.reserve(key, t0) {
+            Err(Error::ResourceExhausted {
+                retry_after: Some(d),
+                ..
+            }) => assert!(d <= StdDuration::from_secs(20) && d > StdDuration::ZERO),
+            other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+        }
+        // Other keys, and calls through no key, are unaffected; 3 per minute = one per 20 s.
+        assert!(budget.reserve(Some(Uuid::new_v4()), t0).is_ok());
+        assert!(budget.reserve(None, t0).is_ok());
+        assert!(budget.reserve(key, t0 + Duration::seconds(19)).is_err());
+        budget
+            .reserve(key, t0 + Duration::seconds(21))
+            .unwrap()
+            .failed();
+        assert!(ProxyKeyBudget::new(0).reserve(key, t0).is_ok());
     }
 }

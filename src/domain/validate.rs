@@ -110,6 +110,47 @@ pub fn label(field: &str, raw: &str) -> Result<String> {
     person_name(field, n)
 }
 
+/// The most networks a list of CIDRs (a service key's `allowed_cidrs`) may hold.
+pub const MAX_CIDRS: usize = 64;
+
+/// A list of IPs or CIDR networks, normalized: `10.1.2.3/8` becomes `10.0.0.0/8`, a bare IP a /32
+/// or /128, an IPv4-mapped IPv6 network its IPv4 form; duplicates are dropped.
+pub fn cidrs(field: &str, input: &[String]) -> Result<Vec<String>> {
+    if input.len() > MAX_CIDRS {
+        return Err(Error::invalid(format!(
+            "{field} may list at most {MAX_CIDRS} networks"
+        )));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(input.len());
+    for (i, raw) in input.iter().enumerate() {
+        let s = raw.trim();
+        let net = s
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                let shown: String = s.chars().filter(|c| !c.is_control()).take(64).collect();
+                Error::invalid(format!(
+                    "{field}[{i}]: {shown:?} is not an IP address or CIDR network"
+                ))
+            })?;
+        let net = match net {
+            ipnet::IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
+                Some(v4) if v6.prefix_len() >= 96 => {
+                    ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, ipnet::IpNet::V4)
+                }
+                _ => net,
+            },
+            ipnet::IpNet::V4(_) => net,
+        }
+        .trunc()
+        .to_string();
+        if !out.contains(&net) {
+            out.push(net);
+        }
+    }
+    Ok(out)
+}
+
 /// A required UUID field.
 pub fn uuid(field: &str, raw: &str) -> Result<Uuid> {
     if raw.is_empty() {
@@ -124,6 +165,31 @@ pub fn uuid(field: &str, raw: &str) -> Result<Uuid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidrs_are_normalized_idempotently() {
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let out = cidrs(
+            "c",
+            &v(&[
+                "10.1.2.3/8",
+                " 192.0.2.7",
+                "2001:db8::1/32",
+                "::ffff:10.9.0.0/112",
+                "10.0.0.0/8",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            v(&["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "10.9.0.0/16"])
+        );
+        assert_eq!(cidrs("c", &out).unwrap(), out);
+        assert!(cidrs("c", &v(&["10.0.0.0/33"])).is_err());
+        assert!(cidrs("c", &v(&["\u{0}nope"])).is_err());
+        assert!(cidrs("c", &vec!["10.0.0.1".to_owned(); MAX_CIDRS + 1]).is_err());
+        assert!(cidrs("c", &[]).unwrap().is_empty());
+    }
 
     #[test]
     fn emails() {

@@ -6,9 +6,11 @@
 //! - **sessions:** the `session_revocations` tombstones written by trigger (migration
 //!   `000004_revocation_view`) since the last poll's watermark, a transaction-id horizon that no
 //!   tombstone can appear behind (see [`crate::db::sessions::revocations_since`]);
-//! - **service keys:** the whole (small) set of unrevoked keys. A key missing from the view is looked
-//!   up in the database (it may have been created elsewhere since the last poll), so only
-//!   revocation, not creation, waits for a poll.
+//! - **service keys:** the whole (small) set of unrevoked keys, new ones included. The view is the
+//!   only place a presented key is looked up: a key it does not hold is refused without a database
+//!   query, so random keys cost nothing but a hash. A key created on another replica (or by the CLI)
+//!   is therefore usable here after the next poll (within [`SYNC_INTERVAL`]); one created on this
+//!   replica at once.
 //!
 //! **Why polling rather than LISTEN/NOTIFY:** a notification is lost while the listening
 //! connection is down, so a listener must poll to catch up anyway, and must still prove that it is
@@ -26,11 +28,13 @@
 //! margin, after which none of its access tokens can still verify.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use ipnet::IpNet;
 use uuid::Uuid;
 
 use super::opaque::HashedToken;
@@ -53,9 +57,19 @@ pub struct ServiceKeyEntry {
     hash: Vec<u8>,
     /// The last use recorded in the database (unix seconds; `i64::MIN` = never).
     last_use: AtomicI64,
+    /// A gateway's key: may name the end user's address in `x-forwarded-for`.
+    pub trusted_proxy: bool,
+    /// Where the key may be used from; empty = anywhere.
+    pub allowed_cidrs: Vec<IpNet>,
 }
 
 impl ServiceKeyEntry {
+    /// Whether the key may be used from `source` (the caller's address).
+    pub fn allows(&self, source: Option<IpAddr>) -> bool {
+        self.allowed_cidrs.is_empty()
+            || source.is_some_and(|ip| self.allowed_cidrs.iter().any(|n| n.contains(&ip)))
+    }
+
     /// Constant-time comparison with the presented key's hash.
     pub fn matches(&self, presented: &HashedToken) -> bool {
         presented.matches(&self.hash)
@@ -146,30 +160,33 @@ impl Views {
         let old = self.keys();
         let map: KeyMap = rows
             .into_iter()
-            .map(|k| {
+            .filter_map(|k| {
                 let recorded = k.last_use_time.map_or(i64::MIN, |t| t.timestamp());
                 let known = old
                     .get(&k.key_hash)
                     .map_or(i64::MIN, |e| e.last_use.load(Ordering::Relaxed));
+                // Stored CIDRs were validated on creation. Should one not parse, the key is left out
+                // of the view (refused everywhere) rather than allowed from anywhere.
+                let Ok(allowed_cidrs) = k
+                    .allowed_cidrs
+                    .iter()
+                    .map(|c| c.parse::<IpNet>())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                else {
+                    tracing::warn!(key_id = %k.id, "service key has an unreadable allowed_cidrs entry; refused");
+                    return None;
+                };
                 let entry = ServiceKeyEntry {
                     id: k.id,
                     hash: k.key_hash.clone(),
                     last_use: AtomicI64::new(recorded.max(known)),
+                    trusted_proxy: k.trusted_proxy,
+                    allowed_cidrs,
                 };
-                (k.key_hash, Arc::new(entry))
+                Some((k.key_hash, Arc::new(entry)))
             })
             .collect();
         *self.service_keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
-    }
-
-    /// An entry for a key found in the database between polls. It is not added to the view: a
-    /// concurrent revocation could otherwise be undone until the next poll.
-    pub fn entry_from_row(row: crate::db::models::ServiceKey) -> Arc<ServiceKeyEntry> {
-        Arc::new(ServiceKeyEntry {
-            id: row.id,
-            hash: row.key_hash,
-            last_use: AtomicI64::new(row.last_use_time.map_or(i64::MIN, |t| t.timestamp())),
-        })
     }
 
     fn keys(&self) -> Arc<KeyMap> {
@@ -242,6 +259,8 @@ mod tests {
             id: Uuid::nil(),
             hash: vec![0; 32],
             last_use: AtomicI64::new(i64::MIN),
+            trusted_proxy: false,
+            allowed_cidrs: Vec::new(),
         };
         let t0 = Utc::now();
         let minute = chrono::Duration::seconds(60);

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{authorization, caller, client_info, role_to_proto, timestamp};
+use super::{authorization, caller, client_address, client_info, role_to_proto, timestamp};
 use crate::domain::Authd;
-use crate::domain::service::{LoginIdentifier, NewAccount, TokenPair};
+use crate::domain::service::{LoginIdentifier, NewAccount, ServiceKeySpec, TokenPair};
 use crate::proto;
 use crate::proto::auth_service_server::AuthService;
 use crate::proto::login_request::Identifier;
@@ -42,7 +42,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
-        let client = client_info(&req, &self.svc.config().trusted_proxies);
+        let client = client_info(&req, &self.svc);
         let r = req.into_inner();
         let account = self
             .svc
@@ -66,7 +66,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::LoginRequest>,
     ) -> Result<Response<proto::TokenPair>, Status> {
-        let client = client_info(&req, &self.svc.config().trusted_proxies);
+        let client = client_info(&req, &self.svc);
         let r = req.into_inner();
         let identifier = r.identifier.map(|i| match i {
             Identifier::Email(e) => LoginIdentifier::Email(e),
@@ -80,7 +80,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::RefreshRequest>,
     ) -> Result<Response<proto::TokenPair>, Status> {
-        let client = client_info(&req, &self.svc.config().trusted_proxies);
+        let client = client_info(&req, &self.svc);
         let pair = self
             .svc
             .refresh(&req.into_inner().refresh_token, &client)
@@ -92,7 +92,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::LogoutRequest>,
     ) -> Result<Response<proto::LogoutResponse>, Status> {
-        let client = client_info(&req, &self.svc.config().trusted_proxies);
+        let client = client_info(&req, &self.svc);
         if req.get_ref().refresh_token.is_empty() {
             let p = self.svc.authenticate(authorization(req.metadata())).await?;
             self.svc.logout_session(&p, &client).await?;
@@ -111,7 +111,7 @@ impl AuthService for AuthApi {
         let p = self.svc.authenticate(authorization(req.metadata())).await?;
         let revoked_sessions = self
             .svc
-            .logout_all(&p, &client_info(&req, &self.svc.config().trusted_proxies))
+            .logout_all(&p, &client_info(&req, &self.svc))
             .await?;
         Ok(Response::new(proto::LogoutAllResponse { revoked_sessions }))
     }
@@ -120,9 +120,14 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::ValidateTokenRequest>,
     ) -> Result<Response<proto::ValidateTokenResponse>, Status> {
+        let source = client_address(&req, &self.svc.config().trusted_proxies);
         let answer = self
             .svc
-            .validate_token(caller(&req, self.svc.config()), &req.get_ref().access_token)
+            .validate_token(
+                caller(&req, self.svc.config()),
+                source,
+                &req.get_ref().access_token,
+            )
             .await?;
         let resp = match answer {
             None => proto::ValidateTokenResponse::default(),
@@ -165,13 +170,16 @@ impl AuthService for AuthApi {
         req: Request<proto::CreateServiceKeyRequest>,
     ) -> Result<Response<proto::CreateServiceKeyResponse>, Status> {
         let p = self.svc.authenticate(authorization(req.metadata())).await?;
+        let client = client_info(&req, &self.svc);
+        let r = req.into_inner();
+        let spec = ServiceKeySpec {
+            name: r.name,
+            trusted_proxy: r.trusted_proxy,
+            allowed_cidrs: r.allowed_cidrs,
+        };
         let (info, key) = self
             .svc
-            .create_service_key(
-                Some(&p),
-                &req.get_ref().name,
-                &client_info(&req, &self.svc.config().trusted_proxies),
-            )
+            .create_service_key_with(Some(&p), &spec, &client)
             .await?;
         Ok(Response::new(proto::CreateServiceKeyResponse {
             id: info.id.to_string(),
@@ -196,6 +204,8 @@ impl AuthService for AuthApi {
                 create_time: Some(timestamp(k.create_time)),
                 last_use_time: k.last_use_time.map(timestamp),
                 creator_id: k.creator_id.map(|c| c.to_string()).unwrap_or_default(),
+                trusted_proxy: k.trusted_proxy,
+                allowed_cidrs: k.allowed_cidrs,
             })
             .collect();
         Ok(Response::new(proto::ListServiceKeysResponse { keys }))
@@ -219,11 +229,7 @@ impl AuthService for AuthApi {
     ) -> Result<Response<proto::RevokeServiceKeyResponse>, Status> {
         let p = self.svc.authenticate(authorization(req.metadata())).await?;
         self.svc
-            .revoke_service_key(
-                &p,
-                &req.get_ref().id,
-                &client_info(&req, &self.svc.config().trusted_proxies),
-            )
+            .revoke_service_key(&p, &req.get_ref().id, &client_info(&req, &self.svc))
             .await?;
         Ok(Response::new(proto::RevokeServiceKeyResponse {}))
     }

@@ -42,7 +42,7 @@ impl UserService for UserApi {
         req: Request<proto::UpdateMeRequest>,
     ) -> Result<Response<proto::User>, Status> {
         let p = self.caller(&req).await?;
-        let client = client_info(&req, &self.svc.config().trusted_proxies);
+        let client = client_info(&req, &self.svc);
         let r = req.into_inner();
         let upd = ProfileUpdate {
             username: r.username,
@@ -61,7 +61,7 @@ impl UserService for UserApi {
         req: Request<proto::ChangePasswordRequest>,
     ) -> Result<Response<proto::ChangePasswordResponse>, Status> {
         let p = self.caller(&req).await?;
-        let client = client_info(&req, &self.svc.config().trusted_proxies);
+        let client = client_info(&req, &self.svc);
         let r = req.into_inner();
         let revoked_sessions = self
             .svc
@@ -77,7 +77,7 @@ impl UserService for UserApi {
         req: Request<proto::DeleteMeRequest>,
     ) -> Result<Response<proto::DeleteMeResponse>, Status> {
         let p = self.caller(&req).await?;
-        let client = client_info(&req, &self.svc.config().trusted_proxies);
+        let client = client_info(&req, &self.svc);
         self.svc
             .delete_me(&p, &req.get_ref().password, &client)
             .await?;
@@ -112,7 +112,7 @@ impl UserService for UserApi {
         req: Request<proto::RevokeMySessionRequest>,
     ) -> Result<Response<proto::RevokeMySessionResponse>, Status> {
         let p = self.caller(&req).await?;
-        let client = client_info(&req, &self.svc.config().trusted_proxies);
+        let client = client_info(&req, &self.svc);
         self.svc
             .revoke_my_session(&p, &req.get_ref().session_id, &client)
             .await?;
@@ -160,7 +160,7 @@ impl UserService for UserApi {
         req: Request<proto::RevokeUserSessionsRequest>,
     ) -> Result<Response<proto::RevokeUserSessionsResponse>, Status> {
         let p = self.caller(&req).await?;
-        let client = client_info(&req, &self.svc.config().trusted_proxies);
+        let client = client_info(&req, &self.svc);
         let revoked_sessions = self
             .svc
             .revoke_user_sessions(&p, &req.get_ref().user_id, &client)
@@ -175,7 +175,7 @@ impl UserService for UserApi {
         req: Request<proto::CreateUserRequest>,
     ) -> Result<Response<proto::User>, Status> {
         let p = self.caller(&req).await?;
-        let client = client_info(&req, &self.svc.config().trusted_proxies);
+        let client = client_info(&req, &self.svc);
         let r = req.into_inner();
         let input = NewAccount {
             email: r.email,
@@ -196,7 +196,7 @@ impl UserService for UserApi {
         req: Request<proto::UpdateUserRequest>,
     ) -> Result<Response<proto::User>, Status> {
         let p = self.caller(&req).await?;
-        let client = client_info(&req, &self.svc.config().trusted_proxies);
+        let client = client_info(&req, &self.svc);
         let r = req.into_inner();
         let upd = AdminUpdate {
             email: r.email,
@@ -216,7 +216,7 @@ impl UserService for UserApi {
         req: Request<proto::DeleteUserRequest>,
     ) -> Result<Response<proto::DeleteUserResponse>, Status> {
         let p = self.caller(&req).await?;
-        let client = client_info(&req, &self.svc.config().trusted_proxies);
+        let client = client_info(&req, &self.svc);
         self.svc
             .delete_user(&p, &req.get_ref().user_id, &client)
             .await?;

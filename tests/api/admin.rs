@@ -2133,6 +2133,7 @@ async fn deleting_an_admin_keeps_the_service_keys_they_created() {
         .create_service_key(with_bearer(
             proto::CreateServiceKeyRequest {
                 name: "billing".into(),
+                ..Default::default()
             },
             other.token(),
         ))
@@ -3610,6 +3611,7 @@ async fn admin_actions_are_audited_with_the_actor() {
         .create_service_key(req(
             proto::CreateServiceKeyRequest {
                 name: "audited".into(),
+                ..Default::default()
             },
             a,
         ))

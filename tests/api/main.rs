@@ -7,6 +7,7 @@
 mod cluster;
 mod common;
 
+mod addresses;
 mod admin;
 mod auth_flows;
 mod bcrypt_pool;

@@ -1368,7 +1368,15 @@ async fn every_string_field_has_a_maximum_length() {
     );
 
     // CreateServiceKey: name 100 characters.
-    let key_named = |n: String| with_bearer(proto::CreateServiceKeyRequest { name: n }, at);
+    let key_named = |n: String| {
+        with_bearer(
+            proto::CreateServiceKeyRequest {
+                name: n,
+                ..Default::default()
+            },
+            at,
+        )
+    };
     auth.create_service_key(key_named("k".repeat(100)))
         .await
         .expect("a 100-character name");

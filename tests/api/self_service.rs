@@ -1164,6 +1164,7 @@ async fn delete_me_keeps_the_service_keys_the_admin_created() {
         .create_service_key(with_bearer(
             proto::CreateServiceKeyRequest {
                 name: "billing".into(),
+                ..Default::default()
             },
             &leaving.access_token,
         ))
@@ -2356,6 +2357,7 @@ async fn audit_log_never_contains_passwords_tokens_or_keys() {
         .create_service_key(with_bearer(
             proto::CreateServiceKeyRequest {
                 name: "audited".into(),
+                ..Default::default()
             },
             &admin.access_token,
         ))

@@ -418,6 +418,7 @@ async fn validate_token_requires_a_service_key() {
         .create_service_key(with_bearer(
             proto::CreateServiceKeyRequest {
                 name: "soon revoked".into(),
+                ..Default::default()
             },
             &admin.access_token,
         ))
@@ -1309,7 +1310,10 @@ async fn create_key(
     bearer: Option<&str>,
     name: &str,
 ) -> Result<proto::CreateServiceKeyResponse, Status> {
-    let msg = proto::CreateServiceKeyRequest { name: name.into() };
+    let msg = proto::CreateServiceKeyRequest {
+        name: name.into(),
+        ..Default::default()
+    };
     let req = match bearer {
         Some(t) => with_bearer(msg, t),
         None => Request::new(msg),

@@ -1,0 +1,3 @@
+ALTER TABLE service_keys
+    DROP COLUMN allowed_cidrs,
+    DROP COLUMN trusted_proxy;
