@@ -99,6 +99,12 @@ pub struct Views {
     retention: chrono::Duration,
 }
 
+impl Default for Views {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Views {
     /// Empty views, stale until the first [`Views::sync`].
     pub fn new() -> Self {
