@@ -555,7 +555,7 @@ pub async fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'stat
 
 /// Log targets held at INFO whatever `AUTHD_LOG` asks for: at DEBUG `tokio_postgres` logs every
 /// query's parameters, which include password hashes and, without a master key, the signing keys
-/// and the refresh-token secret.
+/// and server secrets.
 pub const SECRET_LEAKING_LOG_TARGETS: [&str; 1] = ["tokio_postgres::query"];
 
 /// The log filter for `directives` (`AUTHD_LOG`, `EnvFilter` syntax; `info` if it does not

@@ -171,7 +171,7 @@ impl Authd {
             .transpose()?;
         if master.is_none() {
             tracing::warn!(
-                "AUTHD_MASTER_KEY is not set: signing keys and the refresh-token secret are stored \
+                "AUTHD_MASTER_KEY is not set: signing keys and server secrets are stored \
                  unencrypted in the database"
             );
         }
