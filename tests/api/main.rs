@@ -12,6 +12,7 @@ mod auth_flows;
 mod bcrypt_pool;
 mod fast_path;
 mod keys;
+mod refresh_rules;
 mod security;
 mod self_service;
 mod smoke;
