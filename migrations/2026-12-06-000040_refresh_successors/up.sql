@@ -14,19 +14,21 @@ ALTER TABLE sessions ADD COLUMN rotate_ip text NULL;
 CREATE INDEX sessions_replay_until_idx ON sessions (replay_until) WHERE replay_until IS NOT NULL;
 
 -- The latest `exp` of any access token issued for the session (login, refresh, grace replay). A
--- tombstone is kept until then. Sessions from before this migration get the latest an access token
--- of theirs can carry: access tokens never outlive the session's idle or absolute expiry.
-ALTER TABLE sessions ADD COLUMN access_expire_time timestamptz NULL;
-UPDATE sessions SET access_expire_time = LEAST(idle_expire_time, expire_time);
-ALTER TABLE sessions ALTER COLUMN access_expire_time SET NOT NULL;
+-- tombstone is kept until then. Access tokens never outlive the session's idle or absolute expiry,
+-- so the tombstone takes the least of the three: sessions from before this migration, and sessions
+-- written by a replica of the previous version during a rolling upgrade, keep the default
+-- 'infinity' and so get the latest exp a token of theirs can carry. (A constant default adds the
+-- column without rewriting the table.)
+ALTER TABLE sessions ADD COLUMN access_expire_time timestamptz NOT NULL DEFAULT 'infinity';
 
 -- Tombstones: kept (in the database and in every replica's view) until `keep_until`, the latest
--- exp of the session's access tokens, whatever the replicas' own token lifetimes.
+-- exp of the session's access tokens, whatever the replicas' own token lifetimes. Existing ones
+-- are kept for the day the database kept them at least before, or until their session's last token
+-- can have expired if that is sooner.
 ALTER TABLE session_revocations ADD COLUMN keep_until timestamptz NULL;
-UPDATE session_revocations r SET keep_until = GREATEST(
+UPDATE session_revocations r SET keep_until = LEAST(
     r.revoke_time + interval '1 day',
-    COALESCE((SELECT LEAST(s.idle_expire_time, s.expire_time) FROM sessions s WHERE s.id = r.session_id),
-             r.revoke_time));
+    (SELECT LEAST(s.idle_expire_time, s.expire_time) FROM sessions s WHERE s.id = r.session_id));
 ALTER TABLE session_revocations ALTER COLUMN keep_until SET NOT NULL;
 CREATE INDEX session_revocations_keep_until ON session_revocations (keep_until);
 
@@ -34,7 +36,8 @@ CREATE OR REPLACE FUNCTION authd_session_revoked() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO session_revocations (session_id, revoke_time, keep_until)
-        VALUES (NEW.id, NEW.revoke_time, NEW.access_expire_time);
+        VALUES (NEW.id, NEW.revoke_time,
+                LEAST(NEW.access_expire_time, NEW.idle_expire_time, NEW.expire_time));
     RETURN NULL;
 END
 $$;
@@ -43,7 +46,7 @@ CREATE OR REPLACE FUNCTION authd_session_deleted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO session_revocations (session_id, revoke_time, keep_until)
-        VALUES (OLD.id, now(), OLD.access_expire_time);
+        VALUES (OLD.id, now(), LEAST(OLD.access_expire_time, OLD.idle_expire_time, OLD.expire_time));
     RETURN NULL;
 END
 $$;

@@ -137,15 +137,20 @@ pub async fn extend_access(
 
 /// Forgets what grace replays of rotations made before `now - grace` needed (the sealed successor,
 /// the window's end, the rotating address). Returns how many sessions it cleared.
-pub async fn clear_replays(conn: &mut AsyncPgConnection, now: DateTime<Utc>) -> Result<usize, DbError> {
-    Ok(diesel::update(sessions::table.filter(sessions::replay_until.lt(now)))
-        .set((
-            sessions::replay_box.eq(None::<Vec<u8>>),
-            sessions::replay_until.eq(None::<DateTime<Utc>>),
-            sessions::rotate_ip.eq(None::<String>),
-        ))
-        .execute(conn)
-        .await?)
+pub async fn clear_replays(
+    conn: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+) -> Result<usize, DbError> {
+    Ok(
+        diesel::update(sessions::table.filter(sessions::replay_until.lt(now)))
+            .set((
+                sessions::replay_box.eq(None::<Vec<u8>>),
+                sessions::replay_until.eq(None::<DateTime<Utc>>),
+                sessions::rotate_ip.eq(None::<String>),
+            ))
+            .execute(conn)
+            .await?,
+    )
 }
 
 /// Revokes one session if it is not revoked yet. Returns whether it was.
@@ -368,7 +373,9 @@ impl QueryFragment<Pg> for RotateUnspent<'_> {
         out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
         out.push_sql(", idle_expire_time = LEAST(");
         out.push_bind_param::<Timestamptz, _>(&self.r.idle_expire_time)?;
-        out.push_sql(", s.expire_time), access_expire_time = GREATEST(s.access_expire_time, LEAST(");
+        out.push_sql(
+            ", s.expire_time), access_expire_time = GREATEST(s.access_expire_time, LEAST(",
+        );
         out.push_bind_param::<Timestamptz, _>(&self.r.access_expire_time)?;
         out.push_sql(", ");
         out.push_bind_param::<Timestamptz, _>(&self.r.idle_expire_time)?;

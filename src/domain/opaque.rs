@@ -91,7 +91,8 @@ impl ReplayBox {
     fn cipher(spent: &str) -> ChaCha20Poly1305 {
         let mut key = [0u8; 32];
         // 32 bytes is far below HKDF-SHA256's limit of 255 × 32, so expand cannot fail.
-        let _ = Hkdf::<Sha256>::new(Some(REPLAY_SALT), spent.as_bytes()).expand(REPLAY_INFO, &mut key);
+        let _ =
+            Hkdf::<Sha256>::new(Some(REPLAY_SALT), spent.as_bytes()).expand(REPLAY_INFO, &mut key);
         ChaCha20Poly1305::new(&key.into())
     }
 
@@ -150,9 +151,16 @@ mod tests {
         let spent = new_refresh_token();
         let next = new_refresh_token();
         let sealed = ReplayBox::seal(&spent, &next);
-        assert_eq!(ReplayBox::open(&spent, &sealed).as_deref(), Some(next.as_str()));
+        assert_eq!(
+            ReplayBox::open(&spent, &sealed).as_deref(),
+            Some(next.as_str())
+        );
         // Nothing readable in the stored bytes, and a fresh nonce each time.
-        assert!(!sealed.windows(8).any(|w| next.as_bytes().windows(8).any(|n| n == w)));
+        assert!(
+            !sealed
+                .windows(8)
+                .any(|w| next.as_bytes().windows(8).any(|n| n == w))
+        );
         assert_ne!(sealed, ReplayBox::seal(&spent, &next));
         // Any other token (even the successor itself, or the spent token's stored hash): no.
         assert!(ReplayBox::open(&next, &sealed).is_none());

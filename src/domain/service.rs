@@ -709,7 +709,7 @@ impl Authd {
     ) -> Replay {
         let window = match (&session.replay_box, session.replay_until) {
             (Some(sealed), Some(until))
-                if token.generation + 1 == session.generation && now <= until =>
+                if token.generation.checked_add(1) == Some(session.generation) && now <= until =>
             {
                 Some(sealed)
             }

@@ -284,18 +284,27 @@ mod tests {
         assert!(v.has_ended(long) && v.has_ended(short));
         // 330 s later (past a 1 s replica's old retention of ttl + leeway + 300 s): the long one stays.
         v.apply(vec![], t0 + secs(330));
-        assert!(v.has_ended(long), "tombstone dropped before the token's exp");
+        assert!(
+            v.has_ended(long),
+            "tombstone dropped before the token's exp"
+        );
         assert!(!v.has_ended(short), "past its keep_until and the retention");
         // Until its exp, plus the leeway and the margin (302 s), at every trim.
         for at in [600, 899, 1100, 1190] {
             v.apply(vec![], t0 + secs(at));
             assert!(v.has_ended(long), "dropped at t0 + {at} s");
         }
-        v.apply(vec![], t0 + secs(900) + v.retention() + secs(TRIM_INTERVAL_SECS));
+        v.apply(
+            vec![],
+            t0 + secs(900) + v.retention() + secs(TRIM_INTERVAL_SECS),
+        );
         assert!(!v.has_ended(long), "kept forever");
         // A later tombstone of the same session never shortens the earlier one.
         let s = Uuid::new_v4();
-        v.apply(vec![(s, t0 + secs(5000)), (s, t0 + secs(10))], t0 + secs(4000));
+        v.apply(
+            vec![(s, t0 + secs(5000)), (s, t0 + secs(10))],
+            t0 + secs(4000),
+        );
         v.apply(vec![], t0 + secs(4000 + TRIM_INTERVAL_SECS));
         assert!(v.has_ended(s));
     }

@@ -80,7 +80,12 @@ async fn race_refresh(
         set.spawn(async move {
             barrier.wait().await;
             client
-                .refresh(from_ip(proto::RefreshRequest { refresh_token: token }, &ip))
+                .refresh(from_ip(
+                    proto::RefreshRequest {
+                        refresh_token: token,
+                    },
+                    &ip,
+                ))
                 .await
                 .map(|r| r.into_inner())
         });
@@ -98,7 +103,12 @@ async fn race_logout(srv: &TestServer, tokens: Vec<String>, ip: &str) -> Vec<Res
         set.spawn(async move {
             barrier.wait().await;
             client
-                .logout(from_ip(proto::LogoutRequest { refresh_token: token }, &ip))
+                .logout(from_ip(
+                    proto::LogoutRequest {
+                        refresh_token: token,
+                    },
+                    &ip,
+                ))
                 .await
                 .map(|_| ())
         });
@@ -195,7 +205,9 @@ async fn a_grace_replay_from_the_spending_client_gets_the_successor_and_is_audit
     let srv = TestServer::start_with(behind_proxy).await;
     let (a, a2) = ("198.51.100.7", "2001:db8:1:2::1");
     let p0 = session_from(&srv, a).await;
-    let p1 = refresh_from(&srv, &p0.refresh_token, a).await.expect("rotate");
+    let p1 = refresh_from(&srv, &p0.refresh_token, a)
+        .await
+        .expect("rotate");
     assert_ne!(p1.refresh_token, p0.refresh_token);
 
     let again = refresh_from(&srv, &p0.refresh_token, a)
@@ -216,7 +228,9 @@ async fn a_grace_replay_from_the_spending_client_gets_the_successor_and_is_audit
 
     // An IPv6 client is the /64: another address of the same /64 is the same client.
     let q0 = session_from(&srv, a2).await;
-    let q1 = refresh_from(&srv, &q0.refresh_token, a2).await.expect("rotate");
+    let q1 = refresh_from(&srv, &q0.refresh_token, a2)
+        .await
+        .expect("rotate");
     let again = refresh_from(&srv, &q0.refresh_token, "2001:db8:1:2:ffff::9")
         .await
         .expect("a replay from the same /64");
@@ -224,14 +238,18 @@ async fn a_grace_replay_from_the_spending_client_gets_the_successor_and_is_audit
     let replayed = events(&srv.url, "REFRESH_REPLAYED").await;
     assert_eq!(replayed.len(), 2);
     assert!(
-        replayed[1].detail.contains("replayed from 2001:db8:1:2:ffff::9")
+        replayed[1]
+            .detail
+            .contains("replayed from 2001:db8:1:2:ffff::9")
             && replayed[1].detail.contains("spent by 2001:db8:1:2::1"),
         "{:?}",
         replayed[1].detail
     );
 
     // The session lives on: the successor rotates normally.
-    let p2 = refresh_from(&srv, &p1.refresh_token, a).await.expect("rotate");
+    let p2 = refresh_from(&srv, &p1.refresh_token, a)
+        .await
+        .expect("rotate");
     assert!(is_valid(&srv, &p2.access_token).await);
 }
 
@@ -240,7 +258,9 @@ async fn a_grace_replay_from_another_client_is_reuse_and_revokes_the_session() {
     let srv = TestServer::start_with(behind_proxy).await;
     let (a, b) = ("198.51.100.7", "203.0.113.50");
     let p0 = session_from(&srv, a).await;
-    let p1 = refresh_from(&srv, &p0.refresh_token, a).await.expect("rotate");
+    let p1 = refresh_from(&srv, &p0.refresh_token, a)
+        .await
+        .expect("rotate");
     assert!(is_valid(&srv, &p1.access_token).await);
 
     // Inside the grace window, from another address: no successor, and the session is revoked.
@@ -249,7 +269,10 @@ async fn a_grace_replay_from_another_client_is_reuse_and_revokes_the_session() {
         Code::Unauthenticated,
     );
     assert!(!err.message().contains("rt_"), "{err:?}");
-    assert!(!is_valid(&srv, &p1.access_token).await, "the session's access token stops validating");
+    assert!(
+        !is_valid(&srv, &p1.access_token).await,
+        "the session's access token stops validating"
+    );
     assert!(!is_valid(&srv, &p0.access_token).await);
     expect_code(
         refresh_from(&srv, &p1.refresh_token, a).await,
@@ -262,7 +285,10 @@ async fn a_grace_replay_from_another_client_is_reuse_and_revokes_the_session() {
     );
     let row = session_row(&srv.url, &p0.session_id).await;
     assert!(row.revoke_time.is_some());
-    assert!(row.replay_box.is_none(), "a revoked session keeps no sealed successor");
+    assert!(
+        row.replay_box.is_none(),
+        "a revoked session keeps no sealed successor"
+    );
 
     let reuse = events(&srv.url, "REFRESH_REUSE_DETECTED").await;
     assert_eq!(reuse.len(), 1, "{reuse:?}");
@@ -295,7 +321,9 @@ async fn without_the_client_binding_another_client_gets_the_successor_audited() 
     .await;
     let (a, b) = ("198.51.100.7", "203.0.113.50");
     let p0 = session_from(&srv, a).await;
-    let p1 = refresh_from(&srv, &p0.refresh_token, a).await.expect("rotate");
+    let p1 = refresh_from(&srv, &p0.refresh_token, a)
+        .await
+        .expect("rotate");
     let again = refresh_from(&srv, &p0.refresh_token, b)
         .await
         .expect("AUTHD_REFRESH_REPLAY_SAME_CLIENT=false: a replay from anywhere");
@@ -329,13 +357,18 @@ async fn twenty_concurrent_refreshes_from_one_client_rotate_once_and_share_the_s
         .collect();
     let successor = &pairs[0].refresh_token;
     assert_ne!(successor, &p0.refresh_token);
-    assert!(pairs.iter().all(|p| &p.refresh_token == successor), "one successor");
+    assert!(
+        pairs.iter().all(|p| &p.refresh_token == successor),
+        "one successor"
+    );
     let row = session_row(&srv.url, &p0.session_id).await;
     assert_eq!(row.generation, 1, "exactly one rotation");
     assert_eq!(row.tokens, 2, "the first token and one successor");
     assert_eq!(events(&srv.url, "REFRESH_REPLAYED").await.len(), 19);
     assert!(events(&srv.url, "REFRESH_REUSE_DETECTED").await.is_empty());
-    refresh_from(&srv, successor, a).await.expect("the successor rotates");
+    refresh_from(&srv, successor, a)
+        .await
+        .expect("the successor rotates");
 }
 
 // ----- 4b: random successors, sealed for the grace window only -------------------------------------
@@ -345,7 +378,9 @@ async fn successors_are_random_and_nothing_readable_stays_after_the_window() {
     let srv = TestServer::start_with(behind_proxy).await;
     let a = "198.51.100.7";
     let p0 = session_from(&srv, a).await;
-    let p1 = refresh_from(&srv, &p0.refresh_token, a).await.expect("rotate");
+    let p1 = refresh_from(&srv, &p0.refresh_token, a)
+        .await
+        .expect("rotate");
 
     // No server secret derives successors any more.
     let secrets: i64 = diesel::sql_query(
@@ -359,10 +394,14 @@ async fn successors_are_random_and_nothing_readable_stays_after_the_window() {
 
     // Inside the window the row holds the successor sealed, never in the clear.
     let row = session_row(&srv.url, &p0.session_id).await;
-    let sealed = row.replay_box.expect("a sealed successor inside the window");
+    let sealed = row
+        .replay_box
+        .expect("a sealed successor inside the window");
     let plain = p1.refresh_token.as_bytes();
     assert!(
-        !sealed.windows(12).any(|w| plain.windows(12).any(|p| p == w)),
+        !sealed
+            .windows(12)
+            .any(|w| plain.windows(12).any(|p| p == w)),
         "the successor is readable in the database"
     );
     assert_eq!(row.rotate_ip.as_deref(), Some(a));
@@ -380,14 +419,24 @@ async fn successors_are_random_and_nothing_readable_stays_after_the_window() {
         },
     )
     .await;
-    let p2 = refresh_from(&srv, &p1.refresh_token, a).await.expect("rotate");
-    assert!(session_row(&srv.url, &p0.session_id).await.replay_box.is_some());
+    let p2 = refresh_from(&srv, &p1.refresh_token, a)
+        .await
+        .expect("rotate");
+    assert!(
+        session_row(&srv.url, &p0.session_id)
+            .await
+            .replay_box
+            .is_some()
+    );
     // The next rotation replaces the box: it opens only for p1, no longer for p0.
     expect_code(
         refresh_from(&srv, &p0.refresh_token, a).await,
         Code::Unauthenticated,
     );
-    assert!(!is_valid(&srv, &p2.access_token).await, "two generations back is reuse");
+    assert!(
+        !is_valid(&srv, &p2.access_token).await,
+        "two generations back is reuse"
+    );
 }
 
 #[derive(diesel::QueryableByName)]
@@ -401,7 +450,9 @@ async fn a_replay_after_the_window_is_reuse_even_from_the_spending_client() {
     let srv = TestServer::start_with(behind_proxy).await;
     let a = "198.51.100.7";
     let p0 = session_from(&srv, a).await;
-    let p1 = refresh_from(&srv, &p0.refresh_token, a).await.expect("rotate");
+    let p1 = refresh_from(&srv, &p0.refresh_token, a)
+        .await
+        .expect("rotate");
     // Just past the window, before any sweep could run: the row's window end decides.
     srv.clock.advance(ChronoDuration::milliseconds(5_001));
     expect_code(
@@ -427,7 +478,10 @@ async fn a_revoked_token_stays_invalid_on_a_short_ttl_replica_until_its_exp() {
     let issued = a.clock.now();
     let (_, pair) = a.user_session().await;
     assert_eq!(pair.expires_in, 900);
-    assert!(is_valid(&d, &pair.access_token).await, "valid on D, and now in D's cache");
+    assert!(
+        is_valid(&d, &pair.access_token).await,
+        "valid on D, and now in D's cache"
+    );
     // A second session, revoked the same way, whose token D never saw.
     let (_, unseen) = a.user_session().await;
 
@@ -445,9 +499,11 @@ async fn a_revoked_token_stays_invalid_on_a_short_ttl_replica_until_its_exp() {
         })
         .await
         .expect("logout on A");
-    wait_until("D sees the revocation", StdDuration::from_secs(5), || async {
-        !is_valid(&d, &pair.access_token).await
-    })
+    wait_until(
+        "D sees the revocation",
+        StdDuration::from_secs(5),
+        || async { !is_valid(&d, &pair.access_token).await },
+    )
     .await;
 
     // Past D's own TTL and its former retention, before the token's exp (900 s): still invalid,
@@ -458,9 +514,18 @@ async fn a_revoked_token_stays_invalid_on_a_short_ttl_replica_until_its_exp() {
         // Polls with the new time (each may trim the view); the background poll runs too.
         d.svc.sync_views().await.expect("poll");
         d.svc.sync_views().await.expect("poll");
-        assert!(!is_valid(&d, &pair.access_token).await, "valid again on D at +{step} s");
-        assert!(!is_valid(&d, &unseen.access_token).await, "unseen token valid on D at +{step} s");
-        assert!(!is_valid(&a, &pair.access_token).await, "valid again on A at +{step} s");
+        assert!(
+            !is_valid(&d, &pair.access_token).await,
+            "valid again on D at +{step} s"
+        );
+        assert!(
+            !is_valid(&d, &unseen.access_token).await,
+            "unseen token valid on D at +{step} s"
+        );
+        assert!(
+            !is_valid(&a, &pair.access_token).await,
+            "valid again on A at +{step} s"
+        );
     }
     // A replica started now (empty cache and view) agrees.
     let fresh = TestServer::start_on(d.config.clone(), d.clock.clone()).await;
