@@ -135,8 +135,9 @@ pub async fn extend_access(
     Ok(())
 }
 
-/// Forgets what grace replays of rotations made before `now - grace` needed (the sealed successor,
-/// the window's end, the rotating address). Returns how many sessions it cleared.
+/// Forgets what grace replays needed (the sealed successor, the window's end, the rotating address)
+/// on every session whose window ended before `now`. Returns how many it cleared. The partial index
+/// `sessions_replay_until_idx` holds only sessions inside a window, so this reads nothing else.
 pub async fn clear_replays(
     conn: &mut AsyncPgConnection,
     now: DateTime<Utc>,

@@ -159,8 +159,8 @@ enum Replay {
 }
 
 impl Authd {
-    /// Loads (or on first start creates) the shared signing key and refresh secret, and prepares the
-    /// password hasher. Migrations must have run.
+    /// Loads (or on first start creates) the shared signing key, and prepares the password hasher.
+    /// Migrations must have run.
     pub async fn init(pool: Pool, config: Arc<Config>, clock: SharedClock) -> Result<Arc<Self>> {
         let now = clock.now();
         let master = config
@@ -510,7 +510,6 @@ impl Authd {
             (now + chrono_duration(self.config.refresh_token_ttl)).min(expire_time);
         let ip = client.ip_string();
         let new_session = NewSession {
-            access_expire_time: self.access_expire_time(now, idle_expire_time),
             id: session_id,
             user_id: user.id,
             generation: 0,
@@ -520,6 +519,7 @@ impl Authd {
             expire_time,
             user_agent: &client.user_agent,
             ip_address: &ip,
+            access_expire_time: self.access_expire_time(now, idle_expire_time),
         };
         let new_token = NewRefreshToken {
             token_hash: token_hash.as_bytes(),
