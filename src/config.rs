@@ -457,6 +457,7 @@ mod tests {
         assert_eq!(c.refresh_token_ttl, f.refresh_token_ttl);
         assert_eq!(c.session_max_lifetime, f.session_max_lifetime);
         assert_eq!(c.refresh_reuse_grace, f.refresh_reuse_grace);
+        assert!(c.refresh_replay_same_client && f.refresh_replay_same_client);
         assert_eq!(c.bcrypt_cost, f.bcrypt_cost);
         assert_eq!(c.bcrypt_concurrency, f.bcrypt_concurrency);
         assert_eq!(c.bcrypt_queue, f.bcrypt_queue);
