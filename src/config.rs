@@ -9,6 +9,7 @@
 //! | `AUTHD_REFRESH_TOKEN_TTL` | `--refresh-token-ttl` | `7d` (idle lifetime of a session) |
 //! | `AUTHD_SESSION_MAX_LIFETIME` | `--session-max-lifetime` | `30d` (absolute lifetime) |
 //! | `AUTHD_REFRESH_REUSE_GRACE` | `--refresh-reuse-grace` | `5s` (`0` = strict) |
+//! | `AUTHD_REFRESH_REPLAY_SAME_CLIENT` | `--refresh-replay-same-client` | `true` (a grace replay is honoured only from the client, address or IPv6 /64, that spent the token) |
 //! | `AUTHD_BCRYPT_COST` | `--bcrypt-cost` | `12` (4-31) |
 //! | `AUTHD_BCRYPT_CONCURRENCY` | `--bcrypt-concurrency` | `0` = the cores available to the process (bcrypt threads) |
 //! | `AUTHD_BCRYPT_QUEUE` | `--bcrypt-queue` | unset = 8 × the bcrypt threads (jobs that may wait for one; `0` = none) |
@@ -89,6 +90,12 @@ pub struct Config {
     /// How long a just-spent refresh token may be presented again and get the same successor. 0 = strict.
     #[arg(long, env = "AUTHD_REFRESH_REUSE_GRACE", default_value = "5s", value_parser = parse_duration, global = true)]
     pub refresh_reuse_grace: Duration,
+
+    /// Honour a grace replay of a just-spent refresh token only from the client (IPv4 address, or
+    /// IPv6 /64) whose refresh spent it; from any other client it is reuse and revokes the session.
+    /// `false` honours replays from anywhere (for clients that hop networks mid-refresh).
+    #[arg(long, env = "AUTHD_REFRESH_REPLAY_SAME_CLIENT", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub refresh_replay_same_client: bool,
 
     /// bcrypt cost for new password hashes (4-31).
     #[arg(long, env = "AUTHD_BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31), global = true)]
@@ -296,6 +303,7 @@ impl Config {
             refresh_token_ttl: Duration::from_secs(7 * 86400),
             session_max_lifetime: Duration::from_secs(30 * 86400),
             refresh_reuse_grace: Duration::from_secs(5),
+            refresh_replay_same_client: true,
             bcrypt_cost: 12,
             bcrypt_concurrency: 0,
             bcrypt_queue: None,
@@ -465,6 +473,7 @@ mod tests {
         assert_eq!(c.refresh_token_ttl, f.refresh_token_ttl);
         assert_eq!(c.session_max_lifetime, f.session_max_lifetime);
         assert_eq!(c.refresh_reuse_grace, f.refresh_reuse_grace);
+        assert!(c.refresh_replay_same_client && f.refresh_replay_same_client);
         assert_eq!(c.bcrypt_cost, f.bcrypt_cost);
         assert_eq!(c.bcrypt_concurrency, f.bcrypt_concurrency);
         assert_eq!(c.bcrypt_queue, f.bcrypt_queue);

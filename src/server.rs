@@ -36,6 +36,9 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often expired audit events and long-ended sessions are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often the sealed successors of refresh-token grace replays are cleared once their window
+/// is over.
+const REPLAY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the signing keys are re-read, so a rotation on any replica is picked up.
 pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// Header blocks larger than this are refused by HTTP/2 itself; the gRPC limit on metadata
@@ -192,6 +195,7 @@ pub async fn serve(
         stop_rx.clone(),
     ));
     let pruner = tokio::spawn(prune_loop(svc.clone(), stop_rx.clone()));
+    let sweeper = tokio::spawn(replay_sweep_loop(svc.clone(), stop_rx.clone()));
     let syncer = tokio::spawn(view_sync_loop(svc.clone(), stop_rx.clone()));
     let reloader = tokio::spawn(key_reload_loop(svc.clone(), stop_rx));
     // AUTHD_HEALTH_LISTEN: the same health service (same statuses), in plaintext, nothing else.
@@ -243,6 +247,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = monitor.await;
     let _ = pruner.await;
+    let _ = sweeper.await;
     let _ = reloader.await;
     let _ = syncer.await;
     if let Some(task) = health_only
@@ -435,6 +440,27 @@ async fn prune_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Clears, every [`REPLAY_SWEEP_INTERVAL`], what grace replays of refresh tokens needed once their
+/// window is over (issue F, 4b: nothing of a successor stays in the database after it). One indexed
+/// UPDATE (a partial index holds only the sessions inside a window); every replica does it.
+async fn replay_sweep_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REPLAY_SWEEP_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        match svc.clear_replays().await {
+            Ok(_) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "clearing expired refresh replays failed; will retry");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Polls the revocation and service-key views every [`views::SYNC_INTERVAL`] (see
 /// [`crate::domain::views`]). A failure is logged once per outage; while polls fail the views go
 /// stale and token checks fail closed.
@@ -529,7 +555,7 @@ pub async fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'stat
 
 /// Log targets held at INFO whatever `AUTHD_LOG` asks for: at DEBUG `tokio_postgres` logs every
 /// query's parameters, which include password hashes and, without a master key, the signing keys
-/// and the refresh-token secret.
+/// and server secrets.
 pub const SECRET_LEAKING_LOG_TARGETS: [&str; 1] = ["tokio_postgres::query"];
 
 /// The log filter for `directives` (`AUTHD_LOG`, `EnvFilter` syntax; `info` if it does not

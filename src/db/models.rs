@@ -51,6 +51,15 @@ pub struct Session {
     pub revoke_reason: Option<String>,
     pub user_agent: String,
     pub ip_address: String,
+    /// The current refresh token sealed under the one it replaced, during that one's grace window
+    /// (see `domain::opaque::ReplayBox`); NULL otherwise.
+    pub replay_box: Option<Vec<u8>>,
+    /// End of the grace window of the last rotation.
+    pub replay_until: Option<DateTime<Utc>>,
+    /// Address of the client whose refresh made the last rotation (during the window).
+    pub rotate_ip: Option<String>,
+    /// The latest `exp` of any access token issued for this session; its tombstone lasts until then.
+    pub access_expire_time: DateTime<Utc>,
 }
 
 #[derive(Debug, Insertable)]
@@ -65,6 +74,7 @@ pub struct NewSession<'a> {
     pub expire_time: DateTime<Utc>,
     pub user_agent: &'a str,
     pub ip_address: &'a str,
+    pub access_expire_time: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

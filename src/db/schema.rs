@@ -29,6 +29,10 @@ diesel::table! {
         revoke_reason -> Nullable<Text>,
         user_agent -> Text,
         ip_address -> Text,
+        replay_box -> Nullable<Bytea>,
+        replay_until -> Nullable<Timestamptz>,
+        rotate_ip -> Nullable<Text>,
+        access_expire_time -> Timestamptz,
     }
 }
 

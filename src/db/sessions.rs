@@ -60,39 +60,98 @@ pub async fn find_by_refresh_hash(
         .optional()?)
 }
 
+/// What a rotation writes besides the successor's hash: the session's new idle expiry and the `exp`
+/// of the access token issued with it (both capped by the session's absolute expiry), and, when a
+/// grace window is on, the successor sealed for a replay (see `domain::opaque::ReplayBox`) with the
+/// window's end and the rotating client's address.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation<'a> {
+    pub successor_hash: &'a [u8],
+    pub now: DateTime<Utc>,
+    pub idle_expire_time: DateTime<Utc>,
+    pub access_expire_time: DateTime<Utc>,
+    pub replay_box: Option<&'a [u8]>,
+    pub replay_until: Option<DateTime<Utc>>,
+    pub rotate_ip: &'a str,
+}
+
 /// Spends the current refresh token and records its successor. Call inside the transaction that
 /// took [`lock_by_refresh_hash`].
 pub async fn rotate(
     conn: &mut AsyncPgConnection,
     session: &Session,
     spent_hash: &[u8],
-    successor_hash: &[u8],
-    now: DateTime<Utc>,
-    idle_expire_time: DateTime<Utc>,
+    r: &Rotation<'_>,
 ) -> Result<Session, DbError> {
     let next_generation = session.generation + 1;
     diesel::update(refresh_tokens::table.find(spent_hash))
-        .set(refresh_tokens::spend_time.eq(now))
+        .set(refresh_tokens::spend_time.eq(r.now))
         .execute(conn)
         .await?;
     diesel::insert_into(refresh_tokens::table)
         .values(&NewRefreshToken {
-            token_hash: successor_hash,
+            token_hash: r.successor_hash,
             session_id: session.id,
             generation: next_generation,
-            create_time: now,
+            create_time: r.now,
         })
         .execute(conn)
         .await?;
+    let idle_expire_time = r.idle_expire_time.min(session.expire_time);
+    let access_expire_time = r
+        .access_expire_time
+        .min(idle_expire_time)
+        .max(session.access_expire_time);
     Ok(diesel::update(sessions::table.find(session.id))
         .set((
             sessions::generation.eq(next_generation),
-            sessions::last_use_time.eq(now),
+            sessions::last_use_time.eq(r.now),
             sessions::idle_expire_time.eq(idle_expire_time),
+            sessions::access_expire_time.eq(access_expire_time),
+            sessions::replay_box.eq(r.replay_box),
+            sessions::replay_until.eq(r.replay_until),
+            sessions::rotate_ip.eq(r.replay_box.map(|_| r.rotate_ip)),
         ))
         .returning(Session::as_returning())
         .get_result(conn)
         .await?)
+}
+
+/// After a grace replay issued an access token expiring at `exp`: the session's tombstone, should
+/// it be revoked, must last until then. Call inside the transaction that locked the session.
+pub async fn extend_access(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    exp: DateTime<Utc>,
+) -> Result<(), DbError> {
+    diesel::update(
+        sessions::table
+            .find(id)
+            .filter(sessions::access_expire_time.lt(exp)),
+    )
+    .set(sessions::access_expire_time.eq(exp))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Forgets what grace replays needed (the sealed successor, the window's end, the rotating address)
+/// on every session whose window ended before `now`. Returns how many it cleared. The partial index
+/// `sessions_replay_until_idx` holds only sessions inside a window, so this reads nothing else.
+pub async fn clear_replays(
+    conn: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+) -> Result<usize, DbError> {
+    Ok(
+        diesel::update(sessions::table.filter(sessions::replay_until.lt(now)))
+            .set((
+                sessions::replay_box.eq(None::<Vec<u8>>),
+                sessions::replay_until.eq(None::<DateTime<Utc>>),
+                sessions::rotate_ip.eq(None::<String>),
+            ))
+            .execute(conn)
+            .await?,
+    )
 }
 
 /// Revokes one session if it is not revoked yet. Returns whether it was.
@@ -110,6 +169,9 @@ pub async fn revoke(
     .set((
         sessions::revoke_time.eq(now),
         sessions::revoke_reason.eq(reason),
+        sessions::replay_box.eq(None::<Vec<u8>>),
+        sessions::replay_until.eq(None::<DateTime<Utc>>),
+        sessions::rotate_ip.eq(None::<String>),
     ))
     .execute(conn)
     .await?;
@@ -242,21 +304,19 @@ pub struct Rotated {
 
 /// The normal refresh in one statement (one round trip, one commit, a plan prepared once per
 /// connection): if `presented` is the unspent token of a live session, spend it, record its
-/// successor and move the session to the next generation. The `FOR UPDATE` re-checks the row
-/// after waiting for a concurrent refresh or logout, so exactly one caller rotates; every other
-/// outcome (replay, reuse, dead) returns `None` and is left to the locking slow path.
+/// successor, move the session to the next generation and write the rest of the [`Rotation`]. The
+/// `FOR UPDATE` re-checks the row after waiting for a concurrent refresh or logout, so exactly one
+/// caller rotates; every other outcome (replay, reuse, dead) returns `None` and is left to the
+/// locking slow path.
 pub async fn rotate_unspent(
     conn: &mut AsyncPgConnection,
     presented: &[u8],
-    successor: &[u8],
-    now: DateTime<Utc>,
-    idle_expire_time: DateTime<Utc>,
+    rotation: &Rotation<'_>,
 ) -> Result<Option<Rotated>, DbError> {
     Ok(RotateUnspent {
         presented,
-        successor,
-        now,
-        idle_expire_time,
+        r: *rotation,
+        rotate_ip: rotation.replay_box.map(|_| rotation.rotate_ip),
     }
     .get_result(conn)
     .await
@@ -265,9 +325,8 @@ pub async fn rotate_unspent(
 
 struct RotateUnspent<'a> {
     presented: &'a [u8],
-    successor: &'a [u8],
-    now: DateTime<Utc>,
-    idle_expire_time: DateTime<Utc>,
+    r: Rotation<'a>,
+    rotate_ip: Option<&'a str>,
 }
 
 /// The statement-cache identity of [`RotateUnspent`] (the query itself borrows its binds).
@@ -292,34 +351,47 @@ impl QueryFragment<Pg> for RotateUnspent<'_> {
         );
         out.push_bind_param::<Bytea, _>(&self.presented)?;
         out.push_sql(" AND rt.spend_time IS NULL AND s.revoke_time IS NULL AND s.expire_time > ");
-        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
         out.push_sql(" AND s.idle_expire_time > ");
-        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
         out.push_sql(
             " FOR UPDATE OF rt, s), \
              spent AS (UPDATE refresh_tokens t SET spend_time = ",
         );
-        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
         out.push_sql(
             " FROM cur WHERE t.token_hash = cur.token_hash RETURNING t.session_id), \
              successor AS (INSERT INTO refresh_tokens (token_hash, session_id, generation, create_time) \
                SELECT ",
         );
-        out.push_bind_param::<Bytea, _>(&self.successor)?;
+        out.push_bind_param::<Bytea, _>(&self.r.successor_hash)?;
         out.push_sql(", cur.session_id, cur.generation + 1, ");
-        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
         out.push_sql(
             " FROM cur), \
              sess AS (UPDATE sessions s SET generation = cur.generation + 1, last_use_time = ",
         );
-        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
         out.push_sql(", idle_expire_time = LEAST(");
-        out.push_bind_param::<Timestamptz, _>(&self.idle_expire_time)?;
+        out.push_bind_param::<Timestamptz, _>(&self.r.idle_expire_time)?;
         out.push_sql(
-            ", s.expire_time) FROM cur WHERE s.id = cur.session_id RETURNING s.*) \
+            ", s.expire_time), access_expire_time = GREATEST(s.access_expire_time, LEAST(",
+        );
+        out.push_bind_param::<Timestamptz, _>(&self.r.access_expire_time)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Timestamptz, _>(&self.r.idle_expire_time)?;
+        out.push_sql(", s.expire_time)), replay_box = ");
+        out.push_bind_param::<Nullable<Bytea>, _>(&self.r.replay_box)?;
+        out.push_sql(", replay_until = ");
+        out.push_bind_param::<Nullable<Timestamptz>, _>(&self.r.replay_until)?;
+        out.push_sql(", rotate_ip = ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.rotate_ip)?;
+        out.push_sql(
+            " FROM cur WHERE s.id = cur.session_id RETURNING s.*) \
              SELECT sess.id, sess.user_id, sess.generation, sess.create_time, sess.last_use_time, \
                sess.idle_expire_time, sess.expire_time, sess.revoke_time, sess.revoke_reason, \
-               sess.user_agent, sess.ip_address, \
+               sess.user_agent, sess.ip_address, sess.replay_box, sess.replay_until, sess.rotate_ip, \
+               sess.access_expire_time, \
                u.email AS user_email, u.username AS user_username, u.role AS user_role, \
                u.active AS user_active \
              FROM sess JOIN users u ON u.id = sess.user_id",
@@ -330,10 +402,11 @@ impl QueryFragment<Pg> for RotateUnspent<'_> {
 
 // ----- the revocation view -------------------------------------------------------------------
 
-/// One poll of `session_revocations` (see the migration `000004_revocation_view`).
+/// One poll of `session_revocations` (see the migrations `000004_revocation_view` and
+/// `000040_refresh_successors`).
 #[derive(Debug, Default)]
 pub struct RevocationBatch {
-    /// Sessions that ended, with when.
+    /// Sessions that ended, with how long their tombstones last (their access tokens' latest `exp`).
     pub ended: Vec<(Uuid, DateTime<Utc>)>,
     /// The next poll's watermark: the xmin of this poll's snapshot. Every transaction below it had
     /// finished when the snapshot was taken, so no tombstone below it can still appear; rows at or
@@ -341,7 +414,7 @@ pub struct RevocationBatch {
     pub watermark: i64,
 }
 
-/// Tombstones written at or after `watermark` (a transaction id; 0 reads all) and revoked after
+/// Tombstones written at or after `watermark` (a transaction id; 0 reads all) and kept until after
 /// `since`, in one statement whose snapshot also yields the next watermark.
 pub async fn revocations_since(
     conn: &mut AsyncPgConnection,
@@ -352,20 +425,20 @@ pub async fn revocations_since(
     let mut batch = RevocationBatch::default();
     for r in rows {
         batch.watermark = r.horizon;
-        if let (Some(id), Some(at)) = (r.session_id, r.revoke_time) {
-            batch.ended.push((id, at));
+        if let (Some(id), Some(until)) = (r.session_id, r.keep_until) {
+            batch.ended.push((id, until));
         }
     }
     Ok(batch)
 }
 
-/// Forgets tombstones of sessions revoked before `before`.
+/// Forgets tombstones kept until before `before`.
 pub async fn prune_revocations(
     conn: &mut AsyncPgConnection,
     before: DateTime<Utc>,
 ) -> Result<usize, DbError> {
     Ok(
-        diesel::sql_query("DELETE FROM session_revocations WHERE revoke_time < $1")
+        diesel::sql_query("DELETE FROM session_revocations WHERE keep_until < $1")
             .bind::<Timestamptz, _>(before)
             .execute(conn)
             .await?,
@@ -379,7 +452,7 @@ struct RevocationRow {
     #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
     session_id: Option<Uuid>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
-    revoke_time: Option<DateTime<Utc>>,
+    keep_until: Option<DateTime<Utc>>,
 }
 
 #[derive(QueryId)]
@@ -396,12 +469,12 @@ impl QueryFragment<Pg> for RevocationsSince {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         // pg_current_snapshot() is this statement's own snapshot, the one the join reads with.
         out.push_sql(
-            "SELECT h.horizon, r.session_id, r.revoke_time \
+            "SELECT h.horizon, r.session_id, r.keep_until \
              FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon) h \
              LEFT JOIN session_revocations r ON r.xid >= (",
         );
         out.push_bind_param::<BigInt, _>(&self.watermark)?;
-        out.push_sql(")::text::xid8 AND r.revoke_time > ");
+        out.push_sql(")::text::xid8 AND r.keep_until > ");
         out.push_bind_param::<Timestamptz, _>(&self.since)?;
         Ok(())
     }

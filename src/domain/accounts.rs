@@ -760,7 +760,7 @@ impl Authd {
         )
         .await?;
         crate::db::keys::delete_retired(&mut conn, sessions_before).await?;
-        // Tombstones outlive every access token of their session, and a day at least.
+        // Tombstones go a day after the last access token of their session expired.
         let tombstones_before = now - self.views().retention().max(chrono::Duration::days(1));
         sessions::prune_revocations(&mut conn, tombstones_before).await?;
         Ok((events, ended))

@@ -34,6 +34,9 @@ pub enum AuditKind {
     Logout,
     LogoutAll,
     RefreshReuseDetected,
+    /// A just-spent refresh token presented again inside the grace window and honoured (the same
+    /// successor returned); the detail names both the replaying and the spending address.
+    RefreshReplayed,
     PasswordChanged,
     EmailChanged,
     UserCreated,
@@ -52,6 +55,7 @@ impl AuditKind {
             AuditKind::Logout => "LOGOUT",
             AuditKind::LogoutAll => "LOGOUT_ALL",
             AuditKind::RefreshReuseDetected => "REFRESH_REUSE_DETECTED",
+            AuditKind::RefreshReplayed => "REFRESH_REPLAYED",
             AuditKind::PasswordChanged => "PASSWORD_CHANGED",
             AuditKind::EmailChanged => "EMAIL_CHANGED",
             AuditKind::UserCreated => "USER_CREATED",
@@ -194,5 +198,6 @@ mod tests {
             "REFRESH_REUSE_DETECTED"
         );
         assert_eq!(AuditKind::ServiceKeyRevoked.as_str(), "SERVICE_KEY_REVOKED");
+        assert_eq!(AuditKind::RefreshReplayed.as_str(), "REFRESH_REPLAYED");
     }
 }

@@ -1,13 +1,22 @@
 //! Opaque secrets handed to clients (refresh tokens and service keys) and their stored hashes.
 //!
-//! A refresh token is `rt_` plus 256 random bits (base64url); its successor is derived as
-//! `rt_` + base64url(HMAC-SHA256(server secret, predecessor)), so a replica that sees the immediate
-//! predecessor again within the grace window can hand out the same successor without storing it.
-//! A service key is `sk_` plus 256 random bits. Only SHA-256 hashes are stored.
+//! A refresh token is `rt_` plus 256 random bits (base64url), and so is each successor it is
+//! rotated into: nothing, not even the server's secrets, lets anyone compute a live token from an
+//! old one. A service key is `sk_` plus 256 random bits. Only SHA-256 hashes are stored.
+//!
+//! **Grace replays.** A client whose refresh reply was lost presents the just-spent token again
+//! and must get the same successor. For that window only, the session row keeps the successor
+//! sealed in a [`ReplayBox`]: ChaCha20-Poly1305 under a key derived with HKDF-SHA256 from the
+//! *spent token itself* (fixed salt and info), with a random nonce. The database holds only the spent token's SHA-256, from which
+//! the key cannot be derived, so the box opens only for a holder of the spent token, and a
+//! database dump (with or without the server's secrets) yields no live token. The box is cleared
+//! after the window (see `crate::db::sessions::clear_replays`).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use hkdf::Hkdf;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -65,17 +74,61 @@ pub fn new_secret() -> Vec<u8> {
     bytes
 }
 
-/// The deterministic successor of a refresh token under `secret`.
-pub fn successor(secret: &[u8], predecessor: &str) -> String {
-    // HMAC accepts keys of any length, so this cannot fail; fall back to hashing for robustness.
-    let digest: [u8; 32] = match <Hmac<Sha256> as Mac>::new_from_slice(secret) {
-        Ok(mut mac) => {
-            mac.update(predecessor.as_bytes());
-            mac.finalize().into_bytes().into()
+/// HKDF salt of the replay-box key (a fixed, public domain separator).
+const REPLAY_SALT: &[u8] = b"authd refresh-token replay box v1";
+/// HKDF info of the replay-box key.
+const REPLAY_INFO: &[u8] = b"chacha20poly1305 key";
+/// Associated data of every box. The key, derived from the spent token, already ties a box to the
+/// one token row (and so the one session) whose holder can open it.
+const REPLAY_AAD: &[u8] = b"authd refresh successor";
+const REPLAY_NONCE_LEN: usize = 12;
+
+/// The successor of a spent refresh token, sealed under a key only the spent token yields (see the
+/// module docs). Stored as the nonce followed by the ciphertext.
+pub struct ReplayBox;
+
+impl ReplayBox {
+    fn cipher(spent: &str) -> ChaCha20Poly1305 {
+        let mut key = [0u8; 32];
+        // 32 bytes is far below HKDF-SHA256's limit of 255 × 32, so expand cannot fail.
+        let _ =
+            Hkdf::<Sha256>::new(Some(REPLAY_SALT), spent.as_bytes()).expand(REPLAY_INFO, &mut key);
+        ChaCha20Poly1305::new(&key.into())
+    }
+
+    /// Seals `successor` under `spent`.
+    pub fn seal(spent: &str, successor: &str) -> Vec<u8> {
+        let mut nonce = [0u8; REPLAY_NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let payload = Payload {
+            msg: successor.as_bytes(),
+            aad: REPLAY_AAD,
+        };
+        // ChaCha20-Poly1305 encryption fails only for messages of hundreds of GiB.
+        let ct = Self::cipher(spent)
+            .encrypt(&Nonce::from(nonce), payload)
+            .unwrap_or_default();
+        [nonce.as_slice(), &ct].concat()
+    }
+
+    /// Opens a box sealed by [`ReplayBox::seal`]; `None` for any other token, row or bytes.
+    pub fn open(spent: &str, sealed: &[u8]) -> Option<String> {
+        if sealed.len() <= REPLAY_NONCE_LEN {
+            return None;
         }
-        Err(_) => Sha256::digest([secret, predecessor.as_bytes()].concat()).into(),
-    };
-    format!("{REFRESH_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(digest))
+        let (nonce, ct) = sealed.split_at(REPLAY_NONCE_LEN);
+        let nonce: [u8; REPLAY_NONCE_LEN] = nonce.try_into().ok()?;
+        let plain = Self::cipher(spent)
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ct,
+                    aad: REPLAY_AAD,
+                },
+            )
+            .ok()?;
+        String::from_utf8(plain).ok()
+    }
 }
 
 #[cfg(test)]
@@ -94,11 +147,31 @@ mod tests {
     }
 
     #[test]
-    fn successor_is_deterministic_and_keyed() {
-        let t = new_refresh_token();
-        assert_eq!(successor(b"k1", &t), successor(b"k1", &t));
-        assert_ne!(successor(b"k1", &t), successor(b"k2", &t));
-        assert_ne!(successor(b"k1", &t), t);
+    fn replay_boxes_open_only_with_the_spent_token() {
+        let spent = new_refresh_token();
+        let next = new_refresh_token();
+        let sealed = ReplayBox::seal(&spent, &next);
+        assert_eq!(
+            ReplayBox::open(&spent, &sealed).as_deref(),
+            Some(next.as_str())
+        );
+        // Nothing readable in the stored bytes, and a fresh nonce each time.
+        assert!(
+            !sealed
+                .windows(8)
+                .any(|w| next.as_bytes().windows(8).any(|n| n == w))
+        );
+        assert_ne!(sealed, ReplayBox::seal(&spent, &next));
+        // Any other token (even the successor itself, or the spent token's stored hash): no.
+        assert!(ReplayBox::open(&next, &sealed).is_none());
+        let hash = URL_SAFE_NO_PAD.encode(HashedToken::of(&spent).as_bytes());
+        assert!(ReplayBox::open(&hash, &sealed).is_none());
+        assert!(ReplayBox::open(&new_refresh_token(), &sealed).is_none());
+        let mut tampered = sealed.clone();
+        tampered[20] ^= 1;
+        assert!(ReplayBox::open(&spent, &tampered).is_none());
+        assert!(ReplayBox::open(&spent, &sealed[..12]).is_none());
+        assert!(ReplayBox::open(&spent, b"").is_none());
     }
 
     #[test]

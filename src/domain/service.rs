@@ -10,21 +10,19 @@ use uuid::Uuid;
 
 use super::audit::{self, AuditEntry, AuditKind};
 use super::keystore::{KeyStore, MasterKey};
-use super::opaque::{self, HashedToken, MAX_OPAQUE_BYTES};
+use super::opaque::{self, HashedToken, MAX_OPAQUE_BYTES, ReplayBox};
 use super::password::{self, PasswordHasher};
 use super::throttle::{self, IpRateLimiter, ProxyKeyBudget};
 use super::tokens::{
     self, AccessClaims, Keyring, PublicJwk, TokenCache, TokenError, VerifiedToken,
 };
 use super::views::{ServiceKeyEntry, Views};
-use super::{AuthFailure, ClientInfo, Error, Principal, Result, Role, validate};
+use super::{AuthFailure, ClientInfo, ClientKey, Error, Principal, Result, Role, validate};
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::db::models::{NewRefreshToken, NewServiceKey, NewSession, Session};
+use crate::db::models::{NewRefreshToken, NewServiceKey, NewSession, RefreshToken, Session};
 use crate::db::{self, DbError, Pool, service_keys, sessions, users};
 
-/// Name of the server secret that keys refresh-token successors.
-const REFRESH_SECRET: &str = "refresh_token_hmac";
 /// Name of the server secret that keys the audit digests of unknown login identifiers.
 const AUDIT_SECRET: &str = "audit_identifier_hmac";
 /// `last_use_time` of a service key is written at most this often.
@@ -151,7 +149,6 @@ pub struct Authd {
     hasher: PasswordHasher,
     keystore: KeyStore,
     keyring: RwLock<Arc<Keyring>>,
-    refresh_secret: Vec<u8>,
     /// Keys [`audit::identifier_digest`].
     audit_secret: Vec<u8>,
     rate_limiter: IpRateLimiter,
@@ -173,9 +170,18 @@ enum RefreshOutcome {
     Dead,
 }
 
+/// What a spent refresh token presented again gets (see [`Authd::judge_replay`]).
+enum Replay {
+    /// The immediate predecessor inside its grace window, from a client it may come from: the
+    /// current successor, and who spent the token.
+    Honoured { successor: String, spender: String },
+    /// Anything else is reuse; the text says why, for the audit event.
+    Reuse(String),
+}
+
 impl Authd {
-    /// Loads (or on first start creates) the shared signing key, refresh and audit secrets, and
-    /// prepares the password hasher. Migrations must have run.
+    /// Loads (or on first start creates) the shared signing key and the audit secret, and prepares
+    /// the password hasher. Migrations must have run.
     pub async fn init(pool: Pool, config: Arc<Config>, clock: SharedClock) -> Result<Arc<Self>> {
         let now = clock.now();
         let master = config
@@ -186,7 +192,7 @@ impl Authd {
             .transpose()?;
         if master.is_none() {
             tracing::warn!(
-                "AUTHD_MASTER_KEY is not set: signing keys and the refresh-token secret are stored \
+                "AUTHD_MASTER_KEY is not set: signing keys and server secrets are stored \
                  unencrypted in the database"
             );
         }
@@ -199,9 +205,8 @@ impl Authd {
         // A fresh "now": a replica starting at the same moment may have created the first key (active
         // from its own "now") after ours was taken; with ours the key would not be active yet.
         let keyring = keystore.load_keyring(&mut conn, clock.now()).await?;
-        let refresh_secret = keystore.secret(&mut conn, REFRESH_SECRET, now).await?;
         let audit_secret = keystore.secret(&mut conn, AUDIT_SECRET, now).await?;
-        let views = Views::new(config.access_token_ttl);
+        let views = Views::new();
         let token_cache = TokenCache::new(config.token_cache_size);
         views.sync(&mut conn, clock.now()).await?;
         drop(conn);
@@ -213,7 +218,6 @@ impl Authd {
             hasher,
             keystore,
             keyring: RwLock::new(Arc::new(keyring)),
-            refresh_secret,
             audit_secret,
             rate_limiter,
             proxy_budget,
@@ -617,6 +621,7 @@ impl Authd {
             expire_time,
             user_agent: &client.user_agent,
             ip_address: &ip,
+            access_expire_time: self.access_expire_time(now, idle_expire_time),
         };
         let new_token = NewRefreshToken {
             token_hash: token_hash.as_bytes(),
@@ -668,7 +673,11 @@ impl Authd {
         Ok(())
     }
 
-    /// Rotates a refresh token (see the module docs of `opaque` for the successor rule).
+    /// Rotates a refresh token into a random successor (see the module docs of `opaque`). A spent
+    /// token presented again is reuse and revokes the session, except the immediate predecessor
+    /// inside `AUTHD_REFRESH_REUSE_GRACE`, from the client that spent it (unless
+    /// `AUTHD_REFRESH_REPLAY_SAME_CLIENT=false`): that replay gets the current successor, audited
+    /// as REFRESH_REPLAYED.
     pub async fn refresh(&self, refresh_token: &str, client: &ClientInfo) -> Result<TokenPair> {
         self.rate_limiter.check(client.ip)?;
         let refresh_token = refresh_token.trim();
@@ -681,25 +690,28 @@ impl Authd {
             )));
         }
         let presented = HashedToken::of(refresh_token);
-        let successor = opaque::successor(&self.refresh_secret, refresh_token);
+        let successor = opaque::new_refresh_token();
         let successor_hash = HashedToken::of(&successor);
         let now = self.now();
-        let idle = chrono_duration(self.config.refresh_token_ttl);
         let grace = chrono_duration(self.config.refresh_reuse_grace);
+        // Only a holder of the token being spent can open this (see `opaque::ReplayBox`).
+        let replay_box =
+            (grace > chrono::Duration::zero()).then(|| ReplayBox::seal(refresh_token, &successor));
+        let ip = client.ip_string();
+        let rotation = sessions::Rotation {
+            successor_hash: successor_hash.as_bytes(),
+            now,
+            idle_expire_time: now + chrono_duration(self.config.refresh_token_ttl),
+            access_expire_time: now + chrono_duration(self.config.access_token_ttl),
+            replay_box: replay_box.as_deref(),
+            replay_until: replay_box.as_ref().map(|_| now + grace),
+            rotate_ip: &ip,
+        };
 
         let mut conn = self.conn().await?;
         // The normal case in one statement; replays, reuse and dead tokens take the slow path.
         let rotated = conn
-            .guarded(async |c| {
-                sessions::rotate_unspent(
-                    c,
-                    presented.as_bytes(),
-                    successor_hash.as_bytes(),
-                    now,
-                    now + idle,
-                )
-                .await
-            })
+            .guarded(async |c| sessions::rotate_unspent(c, presented.as_bytes(), &rotation).await)
             .await?;
         if let Some(r) = rotated {
             drop(conn);
@@ -727,33 +739,34 @@ impl Authd {
                 {
                     return Ok(RefreshOutcome::Dead);
                 }
-                match token.spend_time {
-                    None => {
-                        let idle_expire = (now + idle).min(session.expire_time);
-                        let s = sessions::rotate(
-                            conn,
-                            &session,
-                            presented.as_bytes(),
-                            successor_hash.as_bytes(),
-                            now,
-                            idle_expire,
-                        )
-                        .await?;
-                        Ok(RefreshOutcome::Rotated(s, successor))
-                    }
-                    Some(spent)
-                        if grace > chrono::Duration::zero()
-                            && token.generation + 1 == session.generation
-                            && now - spent <= grace =>
-                    {
+                if token.spend_time.is_none() {
+                    let s =
+                        sessions::rotate(conn, &session, presented.as_bytes(), &rotation).await?;
+                    return Ok(RefreshOutcome::Rotated(s, successor));
+                }
+                match self.judge_replay(&token, &session, refresh_token, client, now) {
+                    Replay::Honoured { successor, spender } => {
+                        let exp = self.access_expire_time(now, session_end(&session));
+                        sessions::extend_access(conn, session.id, exp).await?;
+                        let entry = AuditEntry::new(AuditKind::RefreshReplayed, client)
+                            .user(session.user_id)
+                            .detail(format!(
+                                "session {}; generation {} replayed from {} within the grace \
+                                 window; spent by {}",
+                                session.id,
+                                token.generation,
+                                show_ip(&ip),
+                                show_ip(&spender)
+                            ));
+                        audit::record(conn, now, entry).await?;
                         Ok(RefreshOutcome::Replayed(session, successor))
                     }
-                    Some(_) => {
+                    Replay::Reuse(why) => {
                         sessions::revoke(conn, session.id, now, "refresh_token_reuse").await?;
                         let entry = AuditEntry::new(AuditKind::RefreshReuseDetected, client)
                             .user(session.user_id)
                             .detail(format!(
-                                "session {} revoked; generation {} presented, current {}",
+                                "session {} revoked; generation {} presented, current {}{why}",
                                 session.id, token.generation, session.generation
                             ));
                         audit::record(conn, now, entry).await?;
@@ -784,6 +797,53 @@ impl Authd {
         self.token_pair(TokenSubject::of(&user), &session, token, now)
     }
 
+    /// Whether `spent` (the spent refresh token `token` of the live, locked `session`), presented
+    /// again by `client`, is an honoured grace replay: the immediate predecessor of the current
+    /// token, inside the window the rotating replica recorded, whose sealed successor it opens, from
+    /// the client (address, or IPv6 /64) that spent it unless that binding is off.
+    fn judge_replay(
+        &self,
+        token: &RefreshToken,
+        session: &Session,
+        spent: &str,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Replay {
+        let window = match (&session.replay_box, session.replay_until) {
+            (Some(sealed), Some(until))
+                if token.generation.checked_add(1) == Some(session.generation) && now <= until =>
+            {
+                Some(sealed)
+            }
+            _ => None,
+        };
+        let Some(successor) = window.and_then(|sealed| ReplayBox::open(spent, sealed)) else {
+            return Replay::Reuse(String::new());
+        };
+        let spender = session.rotate_ip.clone().unwrap_or_default();
+        let spender_key = spender.parse().ok().map(ClientKey::of);
+        if self.config.refresh_replay_same_client && spender_key != client.key() {
+            return Replay::Reuse(format!(
+                "; replayed within the grace window from {}, but spent by {}",
+                show_ip(&client.ip_string()),
+                show_ip(&spender)
+            ));
+        }
+        Replay::Honoured { successor, spender }
+    }
+
+    /// Clears what grace replays needed once their windows are over (the background sweep, every
+    /// second): after the window nothing of a successor stays in the database, even sealed.
+    pub async fn clear_replays(&self) -> Result<usize> {
+        Ok(sessions::clear_replays(&mut *self.conn().await?, self.now()).await?)
+    }
+
+    /// The `exp` of an access token issued at `now` for a session whose refresh token lasts until
+    /// `session_end`: the token never outlives its session (the revocation view relies on that).
+    fn access_expire_time(&self, now: DateTime<Utc>, session_end: DateTime<Utc>) -> DateTime<Utc> {
+        (now + chrono_duration(self.config.access_token_ttl)).min(session_end)
+    }
+
     /// Signs an access token for `session` and pairs it with `refresh_token`. The access token never
     /// outlives the session's idle or absolute expiry (the revocation view relies on that).
     fn token_pair(
@@ -793,8 +853,8 @@ impl Authd {
         refresh_token: String,
         now: DateTime<Utc>,
     ) -> Result<TokenPair> {
-        let refresh_end = session.idle_expire_time.min(session.expire_time);
-        let exp = (now + chrono_duration(self.config.access_token_ttl)).min(refresh_end);
+        let refresh_end = session_end(session);
+        let exp = self.access_expire_time(now, refresh_end);
         let claims = AccessClaims {
             iss: self.config.issuer.clone(),
             aud: self.config.audience.clone(),
@@ -825,6 +885,8 @@ impl Authd {
         refresh_token: &str,
         client: &ClientInfo,
     ) -> Result<()> {
+        // Like Refresh, an anonymous call that costs a lookup: it shares the per-IP rate limit.
+        self.rate_limiter.check(client.ip)?;
         let refresh_token = refresh_token.trim();
         if refresh_token.len() > MAX_OPAQUE_BYTES {
             return Err(Error::invalid(format!(
@@ -1208,6 +1270,16 @@ impl<'a> TokenSubject<'a> {
             username: user.username.as_deref(),
         }
     }
+}
+
+/// When a session's refresh token stops working: its idle or its absolute expiry.
+fn session_end(session: &Session) -> DateTime<Utc> {
+    session.idle_expire_time.min(session.expire_time)
+}
+
+/// An address for an audit detail (`unknown` when the transport did not give one).
+fn show_ip(ip: &str) -> &str {
+    if ip.is_empty() { "unknown" } else { ip }
 }
 
 /// Counts a login decision in `authd_logins_total{result}`: success, failure (wrong password or

@@ -24,8 +24,14 @@
 //! **This replica's own changes** are visible at once: whoever revokes a session or a key here calls
 //! [`Views::sync`] right after committing.
 //!
-//! A session stays in the view for [`Views::retention`]: the access-token lifetime plus leeway and a
-//! margin, after which none of its access tokens can still verify.
+//! **How long a tombstone lasts.** A revoked token must never validate again before its own `exp`,
+//! whatever the replicas' settings: replicas with different `AUTHD_ACCESS_TOKEN_TTL` share one
+//! database, and a token issued by a long-TTL replica may be cached (verified) by a short-TTL one.
+//! So the session row records the latest `exp` of any access token issued for it (at login, at
+//! every refresh and grace replay, by whichever replica issued it), the revocation trigger copies it
+//! into the tombstone as `keep_until`, and every replica keeps the tombstone until `keep_until` plus
+//! [`Views::retention`] (the verification leeway and a clock-skew margin), never by its own TTL.
+//! Trimming runs on the injected clock.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -45,9 +51,10 @@ use crate::db::{self, DbError, service_keys, sessions};
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 /// How old the last successful poll may be before token checks fail closed.
 pub const MAX_STALENESS: Duration = Duration::from_secs(3);
-/// How often sessions past their retention are dropped from memory.
-const TRIM_INTERVAL: Duration = Duration::from_secs(30);
-/// Extra time a tombstone is kept beyond the longest access-token lifetime (clock skew).
+/// How often (on the injected clock) tombstones past their retention are dropped from memory.
+const TRIM_INTERVAL_SECS: i64 = 30;
+/// Extra time a tombstone is kept beyond the `exp` of its session's last access token (clock skew
+/// between the replicas).
 const RETENTION_MARGIN_SECS: i64 = 300;
 
 /// An unrevoked service key.
@@ -93,7 +100,7 @@ type KeyMap = HashMap<Vec<u8>, Arc<ServiceKeyEntry>>;
 /// See the module docs.
 #[derive(Debug)]
 pub struct Views {
-    /// Session id -> when it ended.
+    /// Ended session id -> the latest `exp` of its access tokens (the tombstone's `keep_until`).
     ended: RwLock<HashMap<Uuid, DateTime<Utc>>>,
     /// The next poll's watermark; the lock also serializes polls.
     watermark: tokio::sync::Mutex<i64>,
@@ -101,31 +108,35 @@ pub struct Views {
     created: Instant,
     /// When the last successful poll began (nanoseconds after `created`; 0 = never).
     synced_at: AtomicU64,
-    /// When the view was last trimmed (nanoseconds after `created`).
-    trimmed_at: AtomicU64,
+    /// When the view was last trimmed (unix seconds on the injected clock).
+    trimmed_at: AtomicI64,
     retention: chrono::Duration,
 }
 
+impl Default for Views {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Views {
-    /// Empty views, stale until the first [`Views::sync`]. `access_token_ttl` sets the retention.
-    pub fn new(access_token_ttl: Duration) -> Self {
-        let ttl_secs = i64::try_from(access_token_ttl.as_secs()).unwrap_or(i64::MAX / 2);
+    /// Empty views, stale until the first [`Views::sync`].
+    pub fn new() -> Self {
         Self {
             ended: RwLock::new(HashMap::new()),
             watermark: tokio::sync::Mutex::new(0),
             service_keys: RwLock::new(Arc::new(HashMap::new())),
             created: Instant::now(),
             synced_at: AtomicU64::new(0),
-            trimmed_at: AtomicU64::new(0),
+            trimmed_at: AtomicI64::new(i64::MIN),
             retention: chrono::Duration::seconds(
-                ttl_secs
-                    .saturating_add(super::tokens::LEEWAY_SECS)
-                    .saturating_add(RETENTION_MARGIN_SECS),
+                super::tokens::LEEWAY_SECS.saturating_add(RETENTION_MARGIN_SECS),
             ),
         }
     }
 
-    /// How long an ended session is remembered; tombstones older than this may be deleted.
+    /// How long a tombstone is kept past its `keep_until` (the `exp` of its session's last access
+    /// token): the verification leeway plus a clock-skew margin. Tombstones older than that may go.
     pub fn retention(&self) -> chrono::Duration {
         self.retention
     }
@@ -138,22 +149,29 @@ impl Views {
     ) -> std::result::Result<(), DbError> {
         let began = self.elapsed_nanos();
         let mut watermark = self.watermark.lock().await;
-        let since = now - self.retention;
-        let batch = sessions::revocations_since(conn, *watermark, since).await?;
+        let batch = sessions::revocations_since(conn, *watermark, now - self.retention).await?;
         let keys = service_keys::list_active(conn).await?;
-        {
-            let mut ended = self.ended.write().unwrap_or_else(|e| e.into_inner());
-            ended.extend(batch.ended);
-            let trimmed = self.trimmed_at.load(Ordering::Relaxed);
-            if began.saturating_sub(trimmed) >= TRIM_INTERVAL.as_nanos() as u64 {
-                ended.retain(|_, at| *at > since);
-                self.trimmed_at.store(began, Ordering::Relaxed);
-            }
-        }
+        self.apply(batch.ended, now);
         *watermark = (*watermark).max(batch.watermark);
         self.replace_keys(keys);
         self.synced_at.fetch_max(began.max(1), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Adds tombstones (session, keep until), and every [`TRIM_INTERVAL_SECS`] of the clock drops
+    /// those kept until more than [`Views::retention`] before `now`.
+    fn apply(&self, tombstones: Vec<(Uuid, DateTime<Utc>)>, now: DateTime<Utc>) {
+        let mut ended = self.ended.write().unwrap_or_else(|e| e.into_inner());
+        for (id, until) in tombstones {
+            let kept = ended.entry(id).or_insert(until);
+            *kept = (*kept).max(until);
+        }
+        let now_s = now.timestamp();
+        if now_s.saturating_sub(self.trimmed_at.load(Ordering::Relaxed)) >= TRIM_INTERVAL_SECS {
+            let cutoff = now - self.retention;
+            ended.retain(|_, until| *until > cutoff);
+            self.trimmed_at.store(now_s, Ordering::Relaxed);
+        }
     }
 
     fn replace_keys(&self, rows: Vec<crate::db::models::ServiceKey>) {
@@ -245,7 +263,7 @@ mod tests {
 
     #[test]
     fn stale_until_synced() {
-        let v = Views::new(Duration::from_secs(900));
+        let v = Views::new();
         assert!(v.age().is_none());
         assert!(matches!(v.check_fresh(), Err(Error::Unavailable(_))));
         v.synced_at
@@ -270,9 +288,43 @@ mod tests {
         assert!(e.claim_touch(t0 + minute, minute));
     }
 
+    /// Issue F, item 5: a tombstone lasts until its session's last access token expires, however
+    /// long ago it was revoked and whatever this replica's own token lifetime is.
     #[test]
-    fn retention_covers_the_token_lifetime() {
-        let v = Views::new(Duration::from_secs(900));
-        assert!(v.retention() > chrono::Duration::seconds(900 + super::super::tokens::LEEWAY_SECS));
+    fn tombstones_last_until_the_sessions_last_token_expires() {
+        let v = Views::new();
+        let t0 = Utc::now();
+        let secs = chrono::Duration::seconds;
+        // A session whose last token (issued by a 15-minute replica) expires at t0 + 900 s, and one
+        // whose last token expired at t0 + 1 s.
+        let long = Uuid::new_v4();
+        let short = Uuid::new_v4();
+        v.apply(vec![(long, t0 + secs(900)), (short, t0 + secs(1))], t0);
+        assert!(v.has_ended(long) && v.has_ended(short));
+        // 330 s later (past a 1 s replica's old retention of ttl + leeway + 300 s): the long one stays.
+        v.apply(vec![], t0 + secs(330));
+        assert!(
+            v.has_ended(long),
+            "tombstone dropped before the token's exp"
+        );
+        assert!(!v.has_ended(short), "past its keep_until and the retention");
+        // Until its exp, plus the leeway and the margin (302 s), at every trim.
+        for at in [600, 899, 1100, 1190] {
+            v.apply(vec![], t0 + secs(at));
+            assert!(v.has_ended(long), "dropped at t0 + {at} s");
+        }
+        v.apply(
+            vec![],
+            t0 + secs(900) + v.retention() + secs(TRIM_INTERVAL_SECS),
+        );
+        assert!(!v.has_ended(long), "kept forever");
+        // A later tombstone of the same session never shortens the earlier one.
+        let s = Uuid::new_v4();
+        v.apply(
+            vec![(s, t0 + secs(5000)), (s, t0 + secs(10))],
+            t0 + secs(4000),
+        );
+        v.apply(vec![], t0 + secs(4000 + TRIM_INTERVAL_SECS));
+        assert!(v.has_ended(s));
     }
 }

@@ -14,6 +14,7 @@ mod bcrypt_pool;
 mod bootstrap;
 mod fast_path;
 mod keys;
+mod refresh_rules;
 mod security;
 mod self_service;
 mod smoke;
