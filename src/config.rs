@@ -33,6 +33,7 @@
 //! | `AUTHD_LOG_FORMAT` | `--log-format` | `text` (or `json`) |
 //! | `AUTHD_SHUTDOWN_DELAY` | `--shutdown-delay` | `5s` (readiness off, then new connections refused) |
 //! | `AUTHD_SHUTDOWN_GRACE` | `--shutdown-grace` | `30s` (in-flight calls may finish) |
+//! | `AUTHD_HANDSHAKE_TIMEOUT` | `--handshake-timeout` | `10s` (TLS handshake, HTTP/2 preface or HTTP/1 request headers of a new connection; `0` = no limit) |
 //! | `AUTHD_TLS_CERT` | `--tls-cert` | unset (PEM certificate chain; with `AUTHD_TLS_KEY` turns on TLS) |
 //! | `AUTHD_TLS_KEY` | `--tls-key` | unset (PEM private key) |
 //! | `AUTHD_TLS_CLIENT_CA` | `--tls-client-ca` | unset (PEM CA that verifies client certificates) |
@@ -201,6 +202,12 @@ pub struct Config {
     #[arg(long, env = "AUTHD_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration, global = true)]
     pub shutdown_grace: Duration,
 
+    /// A new connection that has not finished its TLS handshake, its HTTP/2 preface (and first
+    /// SETTINGS frame) or its first HTTP/1 request headers this long after it was accepted is
+    /// closed. Applies to every listener. 0 = no limit.
+    #[arg(long, env = "AUTHD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub handshake_timeout: Duration,
+
     /// PEM certificate chain of the gRPC listener; with AUTHD_TLS_KEY it turns on TLS.
     #[arg(long, env = "AUTHD_TLS_CERT", global = true)]
     pub tls_cert: Option<PathBuf>,
@@ -304,6 +311,7 @@ impl Config {
             log_format: "text".into(),
             shutdown_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -466,6 +474,7 @@ mod tests {
         assert!(c.trusted_proxies.is_empty() && c.master_key.is_none());
         assert_eq!(c.shutdown_delay, f.shutdown_delay);
         assert_eq!(c.shutdown_grace, f.shutdown_grace);
+        assert_eq!(c.handshake_timeout, f.handshake_timeout);
         assert_eq!(c.log_format, f.log_format);
         assert_eq!(c.token_cache_size, f.token_cache_size);
         assert!(c.http_listen.is_none() && c.health_listen.is_none() && !c.grpc_web);

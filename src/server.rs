@@ -24,7 +24,6 @@ use crate::proto;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
 use crate::transport::{self, Transport};
-use tonic::transport::server::TcpIncoming;
 
 /// Largest request message the server decodes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -203,6 +202,7 @@ pub async fn serve(
         tokio::spawn(transport::serve_health(
             listener,
             tonic::service::Routes::new(health_service.clone()),
+            svc.config().handshake_timeout,
             async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             },
@@ -235,9 +235,12 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(auth)
         .add_service(users)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            let _ = accepting.wait_for(|stop| *stop).await;
-        });
+        .serve_with_incoming_shutdown(
+            transport.incoming(listener, svc.config().handshake_timeout),
+            async move {
+                let _ = accepting.wait_for(|stop| *stop).await;
+            },
+        );
     let timings = DrainTimings::from_config(svc.config());
     let result = drain(server, shutdown, &readiness, stop_accepting, timings).await;
     let _ = stop_tx.send(true);
@@ -492,12 +495,6 @@ pub fn http2_limits<L>(builder: Server<L>) -> Server<L> {
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
         .tcp_nodelay(true)
-}
-
-/// Accepted connections with TCP_NODELAY. (`Server::tcp_nodelay` applies only to listeners tonic
-/// binds itself; without it, Nagle's algorithm and delayed ACKs stall small replies by ~40 ms.)
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Raises the soft limit on open files to the hard limit: every client connection is a file

@@ -26,8 +26,6 @@ use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
 use crate::config::Config;
 
-/// A TLS handshake that takes longer than this is dropped.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long browsers may cache a CORS preflight answer.
 pub const CORS_MAX_AGE: Duration = Duration::from_secs(600);
 
@@ -186,6 +184,13 @@ impl Transport {
         self.web.is_some()
     }
 
+    /// The accepted connections of the gRPC listener: plaintext ones must send their opening
+    /// within `AUTHD_HANDSHAKE_TIMEOUT`; with TLS, tonic bounds the TLS handshake by it instead
+    /// (the bytes seen here are encrypted).
+    pub fn incoming(&self, listener: TcpListener, handshake_timeout: Duration) -> Incoming {
+        Incoming::new(listener, self.tls.is_none().then_some(handshake_timeout))
+    }
+
     /// `server` with TLS (if configured) and HTTP/1.1 (for gRPC-Web, if on).
     pub fn configure<L>(&self, server: Server<L>) -> Result<Server<L>, ConfigError> {
         let mut server = server.accept_http1(self.web.is_some());
@@ -249,9 +254,11 @@ fn load_tls(config: &Config) -> Result<Option<Tls>, ConfigError> {
 
     let cert_pem = read_pem("AUTHD_TLS_CERT", cert, PemKind::Certificates)?;
     let key_pem = read_pem("AUTHD_TLS_KEY", key, PemKind::PrivateKey)?;
-    let mut tls_config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, key_pem))
-        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+    // A TLS handshake that takes longer than AUTHD_HANDSHAKE_TIMEOUT is dropped.
+    if !config.handshake_timeout.is_zero() {
+        tls_config = tls_config.timeout(config.handshake_timeout);
+    }
     if let Some(ca) = ca {
         let ca_pem = read_pem("AUTHD_TLS_CLIENT_CA", ca, PemKind::Certificates)?;
         tls_config = tls_config
@@ -487,12 +494,285 @@ where
 pub async fn serve_health(
     listener: TcpListener,
     routes: Routes,
+    handshake_timeout: Duration,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     crate::server::http2_limits(Server::builder())
         .add_routes(routes)
-        .serve_with_incoming_shutdown(crate::server::incoming(listener), stop)
+        .serve_with_incoming_shutdown(Incoming::new(listener, Some(handshake_timeout)), stop)
         .await
+}
+
+// ----- Handshake deadline ---------------------------------------------------------------------------
+
+/// The HTTP/2 connection preface every client sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The length of an HTTP/2 frame header.
+const H2_FRAME_HEADER: usize = 9;
+
+/// How far a connection has come towards its first request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// Reading the first bytes: `n` of them match the HTTP/2 preface so far.
+    Start { n: usize },
+    /// HTTP/2: the preface is complete; `header` bytes of the first frame's header seen, whose
+    /// length is `len` so far.
+    H2Frame { header: usize, len: usize },
+    /// HTTP/2: `left` bytes of the first frame's payload still to come.
+    H2Payload { left: usize },
+    /// HTTP/1: the last bytes seen matched `n` bytes of `\r\n\r\n`.
+    H1 { n: usize },
+    /// The preface and first SETTINGS frame, or the first request's headers, have arrived.
+    Done,
+}
+
+impl Opening {
+    /// Feeds the next bytes read from the client.
+    fn feed(&mut self, bytes: &[u8]) {
+        const CRLFCRLF: &[u8; 4] = b"\r\n\r\n";
+        for (i, &b) in bytes.iter().enumerate() {
+            *self = match *self {
+                Opening::Start { n } if b == H2_PREFACE[n] => {
+                    if n + 1 == H2_PREFACE.len() {
+                        Opening::H2Frame { header: 0, len: 0 }
+                    } else {
+                        Opening::Start { n: n + 1 }
+                    }
+                }
+                // Not HTTP/2: an HTTP/1 request line and headers. Rescan what was read so far.
+                Opening::Start { n } => {
+                    let mut h1 = Opening::H1 { n: 0 };
+                    h1.feed(&H2_PREFACE[..n]);
+                    h1.feed(&[b]);
+                    h1
+                }
+                Opening::H2Frame { header, len } => {
+                    let len = if header < 3 {
+                        (len << 8) | usize::from(b)
+                    } else {
+                        len
+                    };
+                    match header + 1 {
+                        H2_FRAME_HEADER if len == 0 => Opening::Done,
+                        H2_FRAME_HEADER => Opening::H2Payload { left: len },
+                        header => Opening::H2Frame { header, len },
+                    }
+                }
+                Opening::H2Payload { left } => {
+                    let rest = bytes.len() - i;
+                    if rest >= left {
+                        *self = Opening::Done;
+                        return;
+                    }
+                    *self = Opening::H2Payload { left: left - rest };
+                    return;
+                }
+                Opening::H1 { n } => {
+                    if b == CRLFCRLF[n] {
+                        if n + 1 == CRLFCRLF.len() {
+                            Opening::Done
+                        } else {
+                            Opening::H1 { n: n + 1 }
+                        }
+                    } else if b == b'\r' {
+                        Opening::H1 { n: 1 }
+                    } else {
+                        Opening::H1 { n: 0 }
+                    }
+                }
+                Opening::Done => return,
+            };
+        }
+    }
+}
+
+/// A connection that must complete its opening (the HTTP/2 preface and first SETTINGS frame, or the
+/// first HTTP/1 request's headers) before a deadline. Past it, reads and writes fail with
+/// `TimedOut`, so the HTTP server closes the connection. After the opening, it is a plain
+/// pass-through.
+pub struct HandshakeDeadline<IO> {
+    io: IO,
+    /// `None` once the opening is complete (or with no limit).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    opening: Opening,
+}
+
+impl<IO> HandshakeDeadline<IO> {
+    /// `io` must complete its opening within `timeout` (`None` or zero: no limit).
+    pub fn new(io: IO, timeout: Option<Duration>) -> Self {
+        Self {
+            io,
+            deadline: timeout
+                .filter(|t| !t.is_zero())
+                .map(|t| Box::pin(tokio::time::sleep(t))),
+            opening: Opening::Start { n: 0 },
+        }
+    }
+
+    /// Err(TimedOut) once the deadline has passed without a complete opening.
+    fn check(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        let expired = self
+            .deadline
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+        if expired {
+            tracing::debug!("closing a connection that did not finish its opening in time");
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no complete HTTP/2 preface or HTTP/1 request headers in time",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HandshakeDeadline<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.deadline.is_none() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        this.check(cx)?;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            this.opening.feed(&buf.filled()[before..]);
+            if this.opening == Opening::Done {
+                this.deadline = None;
+            }
+        }
+        polled
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HandshakeDeadline<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for HandshakeDeadline<IO>
+{
+    type ConnectInfo = IO::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+/// After an accept error that is not about one connection (e.g. out of file descriptors), the
+/// accept loop waits this long before trying again, instead of spinning or stopping the server.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The accepted connections of a listener, with TCP_NODELAY and a [`HandshakeDeadline`].
+/// (`Server::tcp_nodelay` applies only to listeners tonic binds itself; without it, Nagle's
+/// algorithm and delayed ACKs stall small replies by ~40 ms.)
+pub struct Incoming {
+    listener: TcpListener,
+    handshake_timeout: Option<Duration>,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Incoming {
+    /// Connections of `listener` that must complete their opening within `handshake_timeout`
+    /// (`None`: no limit; for a TLS listener, whose bytes here are encrypted, tonic bounds the
+    /// handshake instead).
+    pub fn new(listener: TcpListener, handshake_timeout: Option<Duration>) -> Self {
+        Self {
+            listener,
+            handshake_timeout,
+            backoff: None,
+        }
+    }
+
+    fn poll_accept(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<(
+        HandshakeDeadline<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )> {
+        loop {
+            if let Some(backoff) = &mut self.backoff {
+                std::task::ready!(backoff.as_mut().poll(cx));
+                self.backoff = None;
+            }
+            match std::task::ready!(self.listener.poll_accept(cx)) {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Poll::Ready((
+                        HandshakeDeadline::new(stream, self.handshake_timeout),
+                        addr,
+                    ));
+                }
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a connection; retrying shortly");
+                    self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_ERROR_BACKOFF)));
+                }
+            }
+        }
+    }
+}
+
+/// Accept errors that concern only the one connection.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::Interrupted
+            | std::io::ErrorKind::WouldBlock
+    )
+}
+
+impl tokio_stream::Stream for Incoming {
+    type Item = std::io::Result<HandshakeDeadline<tokio::net::TcpStream>>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_accept(cx).map(|(io, _)| Some(Ok(io)))
+    }
+}
+
+impl axum::serve::Listener for Incoming {
+    type Io = HandshakeDeadline<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
+    }
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
 }
 
 /// A name for a verified client certificate, for logs: `CN=<common name>` of its subject, or

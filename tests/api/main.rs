@@ -10,6 +10,7 @@ mod common;
 mod admin;
 mod auth_flows;
 mod bcrypt_pool;
+mod connections;
 mod fast_path;
 mod keys;
 mod security;

@@ -1,0 +1,134 @@
+//! Connections: clients that open a connection and never finish its opening are closed after
+//! `AUTHD_HANDSHAKE_TIMEOUT`, on every listener, while normal clients keep working.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("local addr")
+}
+
+/// Connects to `addr`, waiting for the listener to be bound (the side listeners start with the
+/// server, in the background).
+async fn connect(addr: SocketAddr) -> TcpStream {
+    for _ in 0..200 {
+        if let Ok(conn) = TcpStream::connect(addr).await {
+            return conn;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
+
+/// How long a test waits for the server to close a connection; far above the 1 s timeout.
+const CLOSE_WITHIN: Duration = Duration::from_secs(30);
+
+/// Opens a connection, writes `opening`, and returns whether the server closed it (EOF or a reset)
+/// within [`CLOSE_WITHIN`]. Whatever the server writes before closing (its HTTP/2 SETTINGS) is
+/// read and ignored.
+async fn closed_by_server(addr: SocketAddr, opening: &[u8]) -> bool {
+    let mut conn = connect(addr).await;
+    conn.write_all(opening).await.expect("write");
+    let read_to_end = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(CLOSE_WITHIN, read_to_end)
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_their_opening_are_closed() {
+    let http = free_port();
+    let health = free_port();
+    let srv = TestServer::start_with(|c| {
+        c.handshake_timeout = Duration::from_secs(1);
+        c.http_listen = Some(http);
+        c.health_listen = Some(health);
+        c.grpc_web = true;
+    })
+    .await;
+
+    let openings: [(&str, &[u8]); 4] = [
+        ("nothing", b""),
+        ("half an HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\n"),
+        (
+            "the preface, half a SETTINGS frame",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03",
+        ),
+        (
+            "unfinished HTTP/1 headers",
+            b"GET /livez HTTP/1.1\r\nHost: x\r\n",
+        ),
+    ];
+    // Several at once on each listener, as a flood would open them.
+    let mut checks = Vec::new();
+    for (listener, addr) in [("gRPC", srv.addr), ("HTTP", http), ("health", health)] {
+        for (what, opening) in openings {
+            for _ in 0..5 {
+                checks.push(tokio::spawn(async move {
+                    (listener, what, closed_by_server(addr, opening).await)
+                }));
+            }
+        }
+    }
+    // Meanwhile normal clients are served on every listener.
+    drop(connect(health).await);
+    let mut health_client = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{health}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    health_client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health listener answers");
+    let (user, _) = srv.user_session().await;
+    assert!(!user.id.is_empty());
+    let mut livez = connect(http).await;
+    livez
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    livez.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    for check in checks {
+        let (listener, what, closed) = check.await.unwrap();
+        assert!(
+            closed,
+            "{listener} listener kept a connection that sent {what}"
+        );
+    }
+
+    // A connection that completed its opening is not cut by the timeout: a client that connected
+    // before, and stayed idle for longer than the timeout, still works.
+    let channel = srv.channel().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut health_on_main = tonic_health::pb::health_client::HealthClient::new(channel);
+    health_on_main
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("an idle HTTP/2 connection outlives the handshake timeout");
+    srv.stop().await;
+}
