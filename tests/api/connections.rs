@@ -132,3 +132,121 @@ async fn connections_that_never_finish_their_opening_are_closed() {
         .expect("an idle HTTP/2 connection outlives the handshake timeout");
     srv.stop().await;
 }
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+async fn count(conn: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {
+    use diesel_async::RunQueryDsl;
+    let rows: Vec<Count> = diesel::sql_query(sql).load(conn).await.expect(sql);
+    rows[0].n
+}
+
+/// Sessions ever opened to the current database, once PostgreSQL's statistics have settled
+/// (backends report them at most once a second).
+async fn sessions_opened(conn: &mut diesel_async::AsyncPgConnection) -> i64 {
+    let sql =
+        "SELECT sessions::bigint AS n FROM pg_stat_database WHERE datname = current_database()";
+    let mut last = -1;
+    for _ in 0..20 {
+        use diesel_async::SimpleAsyncConnection;
+        conn.batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        let n = count(conn, sql).await;
+        if n == last {
+            return n;
+        }
+        last = n;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_calls_give_their_database_connection_back() {
+    use diesel_async::AsyncConnection;
+    const CALLS: usize = 200;
+    let srv = TestServer::start().await;
+    let email = unique_email();
+    srv.register(&email, PASSWORD).await;
+    let mut refresh_tokens = Vec::new();
+    for batch in 0..CALLS / 20 {
+        let mut logins = Vec::new();
+        for _ in 0..20 {
+            let mut auth = srv.auth().await;
+            let email = email.clone();
+            logins.push(tokio::spawn(async move {
+                auth.login(login_email(&email, PASSWORD))
+                    .await
+                    .expect("login")
+                    .into_inner()
+                    .refresh_token
+            }));
+        }
+        for l in logins {
+            refresh_tokens.push(l.await.unwrap());
+        }
+        assert_eq!(refresh_tokens.len(), (batch + 1) * 20);
+    }
+
+    let mut pg = diesel_async::AsyncPgConnection::establish(&srv.url)
+        .await
+        .expect("connect to the test database");
+    let before = sessions_opened(&mut pg).await;
+
+    // Logouts with 1-4 ms deadlines, 20 at a time: many are cancelled inside their transaction.
+    let channel = srv.channel().await;
+    let mut calls = Vec::new();
+    for (i, token) in refresh_tokens.into_iter().enumerate() {
+        let mut auth = authd::proto::auth_service_client::AuthServiceClient::new(channel.clone());
+        calls.push(tokio::spawn(async move {
+            let mut req = tonic::Request::new(authd::proto::LogoutRequest {
+                refresh_token: token,
+            });
+            req.set_timeout(Duration::from_millis(1 + (i % 4) as u64));
+            auth.logout(req).await.map(|_| ()).map_err(|s| s.code())
+        }));
+        if calls.len() == 20 {
+            for c in calls.drain(..) {
+                let _ = c.await.unwrap();
+            }
+        }
+    }
+    for c in calls {
+        let _ = c.await.unwrap();
+    }
+
+    // No session is left inside a transaction (the rollbacks run in the background, bounded).
+    let mut open = -1;
+    for _ in 0..100 {
+        open = count(
+            &mut pg,
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+             AND state LIKE 'idle in transaction%'",
+        )
+        .await;
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(open, 0, "sessions left idle in a transaction");
+
+    // The server still answers, with its pool.
+    let (user, _) = srv.user_session().await;
+    assert!(!user.id.is_empty());
+
+    // Cancelled calls did not cost a new connection each: at most the pool's size were opened
+    // (the pool may not have been full before).
+    let opened = sessions_opened(&mut pg).await - before;
+    assert!(
+        opened <= i64::from(srv.config.db_pool_size),
+        "{opened} database connections opened for {CALLS} cancelled calls (pool size {})",
+        srv.config.db_pool_size
+    );
+    srv.stop().await;
+}
