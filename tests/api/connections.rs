@@ -250,3 +250,86 @@ async fn cancelled_calls_give_their_database_connection_back() {
     );
     srv.stop().await;
 }
+
+/// Opens a Watch of `service` and returns its stream.
+async fn watch(
+    channel: &tonic::transport::Channel,
+    service: &str,
+) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("Watch {service:?}: {s:?}"))
+        .into_inner()
+}
+
+/// Every status the stream sends until it ends; `Err` if it ends with an error.
+async fn statuses_until_end(
+    mut stream: tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+) -> Result<Vec<i32>, tonic::Status> {
+    let mut seen = Vec::new();
+    while let Some(r) = stream.message().await? {
+        seen.push(r.status);
+    }
+    Ok(seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_health_watches() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    const SERVING: i32 = ServingStatus::Serving as i32;
+    const NOT_SERVING: i32 = ServingStatus::NotServing as i32;
+    const UNKNOWN: i32 = ServingStatus::ServiceUnknown as i32;
+    const GRACE: Duration = Duration::from_secs(60);
+
+    let srv = TestServer::start_with(|c| c.shutdown_grace = GRACE).await;
+    let channel = srv.channel().await;
+
+    // An unknown service: SERVICE_UNKNOWN, and the stream stays open.
+    let mut unknown = watch(&channel, "no.such.Service").await;
+    assert_eq!(
+        unknown.message().await.unwrap().map(|r| r.status),
+        Some(UNKNOWN)
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), unknown.message())
+            .await
+            .is_err(),
+        "the Watch of an unknown service ended"
+    );
+
+    let mut open = Vec::new();
+    for service in ["", "auth.v1.AuthService", "auth.v1.UserService", "liveness"] {
+        let mut stream = watch(&channel, service).await;
+        assert_eq!(
+            stream.message().await.unwrap().map(|r| r.status),
+            Some(SERVING),
+            "{service:?}"
+        );
+        open.push((service, tokio::spawn(statuses_until_end(stream))));
+    }
+    let unknown = tokio::spawn(statuses_until_end(unknown));
+
+    let started = std::time::Instant::now();
+    srv.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took < GRACE / 2,
+        "shutdown with open Watches took {took:?} (grace {GRACE:?})"
+    );
+
+    for (service, stream) in open {
+        let rest = stream.await.unwrap().expect("the Watch ends cleanly");
+        if service == "liveness" {
+            assert!(rest.is_empty(), "liveness got {rest:?}");
+        } else {
+            assert_eq!(rest, vec![NOT_SERVING], "{service:?}");
+        }
+    }
+    assert_eq!(
+        unknown.await.unwrap().expect("ends cleanly"),
+        Vec::<i32>::new()
+    );
+}
