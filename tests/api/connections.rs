@@ -333,3 +333,98 @@ async fn shutdown_ends_open_health_watches() {
         Vec::<i32>::new()
     );
 }
+
+/// A request body of fixed bytes.
+struct Fixed(Option<bytes::Bytes>);
+
+impl http_body::Body for Fixed {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// The grpc-status of a response: in its headers (trailers-only) or in its trailers.
+async fn grpc_status(response: http::Response<tonic::body::Body>) -> Option<(String, String)> {
+    use http_body::Body as _;
+    let (parts, body) = response.into_parts();
+    let from = |h: &http::HeaderMap| {
+        h.get("grpc-status").map(|s| {
+            (
+                s.to_str().unwrap_or_default().to_owned(),
+                h.get("grpc-message")
+                    .and_then(|m| m.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+    };
+    if let Some(s) = from(&parts.headers) {
+        return Some(s);
+    }
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        if let Ok(trailers) = frame.ok()?.into_trailers() {
+            return from(&trailers);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_are_invalid_argument() {
+    use tower::ServiceExt as _;
+    let srv = TestServer::start_with(|c| c.grpc_web = true).await;
+
+    // HTTP/2 gRPC: a frame that announces 100 bytes and ends after 3, from 20 callers at once.
+    let channel = srv.channel().await;
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let channel = channel.clone();
+        calls.push(tokio::spawn(async move {
+            let body = bytes::Bytes::from_static(&[0, 0, 0, 0, 100, 0x0a, 0x01, b'x']);
+            let request = http::Request::builder()
+                .method("POST")
+                .uri("/auth.v1.AuthService/Login")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(tonic::body::Body::new(Fixed(Some(body))))
+                .unwrap();
+            let response = channel.oneshot(request).await.expect("an HTTP answer");
+            grpc_status(response).await
+        }));
+    }
+    for call in calls {
+        let (code, message) = call.await.unwrap().expect("a grpc-status");
+        assert_eq!(code, "3", "truncated frame: {message}");
+    }
+
+    // gRPC-Web over HTTP/1.1: a body that is not base64.
+    for content_type in [
+        "application/grpc-web-text",
+        "application/grpc-web-text+proto",
+    ] {
+        let mut conn = TcpStream::connect(srv.addr).await.unwrap();
+        let body = "!!!!not base64!!!!";
+        let request = format!(
+            "POST /auth.v1.AuthService/Login HTTP/1.1\r\nHost: localhost\r\n\
+             content-type: {content_type}\r\nx-grpc-web: 1\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        let lower = answer.to_ascii_lowercase();
+        assert!(lower.starts_with("http/1.1 200"), "{answer}");
+        assert!(
+            lower.contains("grpc-status: 3\r\n"),
+            "bad base64 is not INVALID_ARGUMENT: {answer}"
+        );
+    }
+    srv.stop().await;
+}
