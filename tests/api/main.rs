@@ -13,6 +13,7 @@ mod bcrypt_pool;
 mod connections;
 mod fast_path;
 mod keys;
+mod redaction;
 mod security;
 mod self_service;
 mod smoke;
