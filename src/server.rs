@@ -239,13 +239,21 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(auth)
-        .add_service(users)
-        .serve_with_incoming_shutdown(
-            transport.incoming(listener, svc.config().handshake_timeout),
-            async move {
-                let _ = accepting.wait_for(|stop| *stop).await;
-            },
-        );
+        .add_service(users);
+    let stop = async move {
+        let _ = accepting.wait_for(|stop| *stop).await;
+    };
+    let incoming = transport.incoming(listener, svc.config().handshake_timeout);
+    let server = async move {
+        match incoming {
+            transport::Listener::Plain(incoming) => {
+                server.serve_with_incoming_shutdown(incoming, stop).await
+            }
+            transport::Listener::Tls(incoming) => {
+                server.serve_with_incoming_shutdown(incoming, stop).await
+            }
+        }
+    };
     let timings = DrainTimings::from_config(svc.config());
     let result = drain(server, shutdown, &readiness, stop_accepting, timings).await;
     let _ = stop_tx.send(true);

@@ -16,10 +16,11 @@ use base64::Engine as _;
 use http::{HeaderName, HeaderValue, Method};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
+use tokio_rustls::rustls;
 use tonic::body::Body;
 use tonic::codegen::{Body as HttpBody, Bytes, StdError};
 use tonic::service::Routes;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_web::{GrpcWebLayer, GrpcWebService};
 use tower::Layer;
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
@@ -105,9 +106,7 @@ pub struct Transport {
 
 #[derive(Clone)]
 struct Tls {
-    config: ServerTlsConfig,
-    cert: PathBuf,
-    key: PathBuf,
+    acceptor: tokio_rustls::TlsAcceptor,
     ca: Option<PathBuf>,
     require: bool,
 }
@@ -184,27 +183,24 @@ impl Transport {
         self.web.is_some()
     }
 
-    /// The accepted connections of the gRPC listener: plaintext ones must send their opening
-    /// within `AUTHD_HANDSHAKE_TIMEOUT`; with TLS, tonic bounds the TLS handshake by it instead
-    /// (the bytes seen here are encrypted).
-    pub fn incoming(&self, listener: TcpListener, handshake_timeout: Duration) -> Incoming {
-        Incoming::new(listener, self.tls.is_none().then_some(handshake_timeout))
+    /// The accepted connections of the gRPC listener, plaintext or TLS: each must finish its TLS
+    /// handshake (with TLS) and its opening ([`HandshakeDeadline`]) within `handshake_timeout` of
+    /// being accepted. Serve them with a server from [`Transport::configure`].
+    pub fn incoming(&self, listener: TcpListener, handshake_timeout: Duration) -> Listener {
+        match &self.tls {
+            None => Listener::Plain(Incoming::new(listener, Some(handshake_timeout))),
+            Some(tls) => Listener::Tls(TlsIncoming::new(
+                Incoming::new(listener, None),
+                tls.acceptor.clone(),
+                handshake_timeout,
+            )),
+        }
     }
 
-    /// `server` with TLS (if configured) and HTTP/1.1 (for gRPC-Web, if on).
+    /// `server` with HTTP/1.1 (for gRPC-Web, if on). TLS is not tonic's: [`Transport::incoming`]
+    /// accepts it.
     pub fn configure<L>(&self, server: Server<L>) -> Result<Server<L>, ConfigError> {
-        let mut server = server.accept_http1(self.web.is_some());
-        if let Some(tls) = &self.tls {
-            server = server
-                .tls_config(tls.config.clone())
-                .map_err(|e| ConfigError::Rejected {
-                    cert: tls.cert.clone(),
-                    key: tls.key.clone(),
-                    ca: tls.ca.clone(),
-                    reason: error_chain(&e),
-                })?;
-        }
-        Ok(server)
+        Ok(server.accept_http1(self.web.is_some()))
     }
 
     /// The layer that serves gRPC-Web behind the CORS policy, or passes everything through when
@@ -254,47 +250,75 @@ fn load_tls(config: &Config) -> Result<Option<Tls>, ConfigError> {
 
     let cert_pem = read_pem("AUTHD_TLS_CERT", cert, PemKind::Certificates)?;
     let key_pem = read_pem("AUTHD_TLS_KEY", key, PemKind::PrivateKey)?;
-    let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
-    // A TLS handshake that takes longer than AUTHD_HANDSHAKE_TIMEOUT is dropped.
-    if !config.handshake_timeout.is_zero() {
-        tls_config = tls_config.timeout(config.handshake_timeout);
-    }
-    if let Some(ca) = ca {
-        let ca_pem = read_pem("AUTHD_TLS_CLIENT_CA", ca, PemKind::Certificates)?;
-        tls_config = tls_config
-            .client_ca_root(Certificate::from_pem(ca_pem))
-            .client_auth_optional(!config.tls_require_client_cert);
-    }
-    let tls = Tls {
-        config: tls_config,
+    let ca_pem = ca
+        .map(|ca| read_pem("AUTHD_TLS_CLIENT_CA", ca, PemKind::Certificates))
+        .transpose()?;
+    // Built now, so a key that does not match its certificate (or a CA bundle with no usable
+    // certificate) stops the start-up instead of failing every handshake.
+    let server_config = server_config(
+        &cert_pem,
+        &key_pem,
+        ca_pem.as_deref(),
+        config.tls_require_client_cert,
+    )
+    .map_err(|reason| ConfigError::Rejected {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
         ca: ca.map(Path::to_path_buf),
+        reason,
+    })?;
+    Ok(Some(Tls {
+        acceptor: tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_config)),
+        ca: ca.map(Path::to_path_buf),
         require: config.tls_require_client_cert,
-    };
-    // Build the acceptor once now, so a key that does not match its certificate (or a CA bundle
-    // with no usable certificate) stops the start-up instead of failing every handshake.
-    Server::builder()
-        .tls_config(tls.config.clone())
-        .map_err(|e| ConfigError::Rejected {
-            cert: tls.cert.clone(),
-            key: tls.key.clone(),
-            ca: tls.ca.clone(),
-            reason: error_chain(&e),
-        })?;
-    Ok(Some(tls))
+    }))
 }
 
-/// `e` and its sources, joined with ": " (tonic's own message is only "transport error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+/// The rustls configuration tonic would build from the same files: ring, TLS 1.2 and 1.3, ALPN
+/// `h2`, client certificates verified against `ca_pem` (required, or optional) when given. The
+/// reason of an error never holds the files' contents.
+fn server_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    ca_pem: Option<&[u8]>,
+    require_client_cert: bool,
+) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot parse the certificate chain: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("cannot parse the private key: {e}"))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca_pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let cas = CertificateDer::pem_slice_iter(ca_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("cannot parse the client CA: {e}"))?;
+            roots.add_parsable_certificates(cas);
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                provider,
+            );
+            let verifier = if require_client_cert {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| e.to_string())?)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols.push(b"h2".to_vec());
+    Ok(config)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -600,11 +624,14 @@ pub struct HandshakeDeadline<IO> {
 impl<IO> HandshakeDeadline<IO> {
     /// `io` must complete its opening within `timeout` (`None` or zero: no limit).
     pub fn new(io: IO, timeout: Option<Duration>) -> Self {
+        Self::until(io, deadline_after(timeout))
+    }
+
+    /// `io` must complete its opening by `deadline` (`None`: no limit).
+    pub fn until(io: IO, deadline: Option<tokio::time::Instant>) -> Self {
         Self {
             io,
-            deadline: timeout
-                .filter(|t| !t.is_zero())
-                .map(|t| Box::pin(tokio::time::sleep(t))),
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             opening: Opening::Start { n: 0 },
         }
     }
@@ -690,6 +717,13 @@ impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connecte
     }
 }
 
+/// The deadline `timeout` from now (`None` or zero: none).
+fn deadline_after(timeout: Option<Duration>) -> Option<tokio::time::Instant> {
+    timeout
+        .filter(|t| !t.is_zero())
+        .map(|t| tokio::time::Instant::now() + t)
+}
+
 /// After an accept error that is not about one connection (e.g. out of file descriptors), the
 /// accept loop waits this long before trying again, instead of spinning or stopping the server.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -722,6 +756,15 @@ impl Incoming {
         HandshakeDeadline<tokio::net::TcpStream>,
         std::net::SocketAddr,
     )> {
+        self.poll_accept_tcp(cx)
+            .map(|(stream, addr)| (HandshakeDeadline::new(stream, self.handshake_timeout), addr))
+    }
+
+    /// The next accepted TCP connection, with TCP_NODELAY.
+    fn poll_accept_tcp(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<(tokio::net::TcpStream, std::net::SocketAddr)> {
         loop {
             if let Some(backoff) = &mut self.backoff {
                 std::task::ready!(backoff.as_mut().poll(cx));
@@ -730,10 +773,7 @@ impl Incoming {
             match std::task::ready!(self.listener.poll_accept(cx)) {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    return Poll::Ready((
-                        HandshakeDeadline::new(stream, self.handshake_timeout),
-                        addr,
-                    ));
+                    return Poll::Ready((stream, addr));
                 }
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
@@ -762,6 +802,83 @@ impl tokio_stream::Stream for Incoming {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().poll_accept(cx).map(|(io, _)| Some(Ok(io)))
     }
+}
+
+/// The connections of a TLS listener: each is accepted, its TLS handshake run in a task of its
+/// own, and handed on once the handshake is done, wrapped in a [`HandshakeDeadline`] whose deadline
+/// is the same one the handshake had (accept time + `AUTHD_HANDSHAKE_TIMEOUT`). So a client that
+/// completes TLS and then stalls inside its HTTP/2 preface is closed too.
+pub struct TlsIncoming {
+    tcp: Incoming,
+    acceptor: tokio_rustls::TlsAcceptor,
+    timeout: Duration,
+    handshakes: tokio::task::JoinSet<std::io::Result<TlsConn>>,
+}
+
+/// A TLS connection as [`TlsIncoming`] yields it.
+pub type TlsConn = HandshakeDeadline<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+
+/// At most this many connections are accepted in one poll before finished handshakes are handed on.
+const ACCEPT_BATCH: usize = 32;
+
+impl TlsIncoming {
+    pub fn new(tcp: Incoming, acceptor: tokio_rustls::TlsAcceptor, timeout: Duration) -> Self {
+        Self {
+            tcp,
+            acceptor,
+            timeout,
+            handshakes: tokio::task::JoinSet::new(),
+        }
+    }
+}
+
+impl tokio_stream::Stream for TlsIncoming {
+    type Item = std::io::Result<TlsConn>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let mut more = true;
+        for _ in 0..ACCEPT_BATCH {
+            let Poll::Ready((stream, _)) = this.tcp.poll_accept_tcp(cx) else {
+                more = false;
+                break;
+            };
+            let acceptor = this.acceptor.clone();
+            let deadline = deadline_after(Some(this.timeout));
+            this.handshakes.spawn(async move {
+                let accept = acceptor.accept(stream);
+                let tls = match deadline {
+                    Some(d) => tokio::time::timeout_at(d, accept).await.map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })??,
+                    None => accept.await?,
+                };
+                Ok(HandshakeDeadline::until(tls, deadline))
+            });
+        }
+        loop {
+            match this.handshakes.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Ok(conn)))) => return Poll::Ready(Some(Ok(conn))),
+                Poll::Ready(Some(Ok(Err(e)))) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                }
+                Poll::Ready(Some(Err(_))) => {}
+                // The listener registered the waker, unless a full batch was accepted: then
+                // come back for the rest.
+                Poll::Ready(None) | Poll::Pending => {
+                    if more {
+                        cx.waker().wake_by_ref();
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// The gRPC listener's connections: plaintext, or TLS.
+pub enum Listener {
+    Plain(Incoming),
+    Tls(TlsIncoming),
 }
 
 impl axum::serve::Listener for Incoming {
