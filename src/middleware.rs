@@ -456,6 +456,16 @@ mod tests {
             "Error, decoded message length too large: found 99 bytes, the limit is: 9 bytes",
         );
         assert_eq!(remap(&big).map(|s| s.code()), Some(Code::ResourceExhausted));
+        for client_mistake in [
+            Status::internal("Unexpected EOF decoding stream."),
+            Status::internal("tonic-web: Invalid symbol 33, offset 0."),
+        ] {
+            let remapped = remap(&client_mistake).map(|s| (s.code(), s.message().to_owned()));
+            assert!(
+                matches!(&remapped, Some((Code::InvalidArgument, m)) if m.starts_with("malformed")),
+                "{remapped:?}"
+            );
+        }
         assert!(remap(&Status::internal("internal error")).is_none());
         assert!(remap(&Status::unauthenticated("x")).is_none());
     }

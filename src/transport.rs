@@ -1024,6 +1024,39 @@ mod tests {
         assert!(pem_labels(b"nothing here").unwrap().is_empty());
     }
 
+    /// Feeds `bytes` in pieces of `step` and tells whether the opening completed.
+    fn opened(bytes: &[u8], step: usize) -> bool {
+        let mut o = Opening::Start { n: 0 };
+        for chunk in bytes.chunks(step) {
+            o.feed(chunk);
+        }
+        o == Opening::Done
+    }
+
+    #[test]
+    fn openings() {
+        let settings = b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64";
+        let mut h2 = H2_PREFACE.to_vec();
+        h2.extend_from_slice(settings);
+        let empty_settings = [&H2_PREFACE[..], b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"].concat();
+        let h1 = b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n";
+        for step in [1, 2, 5, 24, 100] {
+            assert!(opened(&h2, step), "h2 in steps of {step}");
+            assert!(
+                opened(&empty_settings, step),
+                "empty SETTINGS in steps of {step}"
+            );
+            assert!(opened(h1, step), "h1 in steps of {step}");
+            assert!(!opened(&h2[..h2.len() - 1], step), "h2 minus a byte");
+            assert!(!opened(&H2_PREFACE[..12], step), "half a preface");
+            assert!(!opened(&h1[..h1.len() - 2], step), "unfinished h1 headers");
+            assert!(!opened(b"", step));
+        }
+        // A request that starts like the preface but is not one is HTTP/1.
+        assert!(opened(b"PRI * HTTP/1.1\r\n\r\n", 3));
+        assert!(!opened(b"GET / HTTP/1.1\r\n\r\r\n", 1));
+    }
+
     #[test]
     fn subject_of_garbage_is_a_fingerprint() {
         assert!(certificate_subject(b"not a certificate").starts_with("sha256:"));
