@@ -138,7 +138,7 @@ pub async fn serve(
     // A connection whose first request headers do not arrive within AUTHD_HANDSHAKE_TIMEOUT is
     // closed (axum sets no header timeout of its own).
     let timeout = state.svc.config().handshake_timeout;
-    let listener = crate::transport::Incoming::new(listener, Some(timeout));
+    let listener = crate::listener::Incoming::new(listener, Some(timeout));
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

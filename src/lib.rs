@@ -22,6 +22,7 @@ pub mod domain;
 pub mod embedded_pg;
 pub mod grpc;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod middleware;
 pub mod server;

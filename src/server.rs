@@ -246,10 +246,10 @@ pub async fn serve(
     let incoming = transport.incoming(listener, svc.config().handshake_timeout);
     let server = async move {
         match incoming {
-            transport::Listener::Plain(incoming) => {
+            crate::listener::Listener::Plain(incoming) => {
                 server.serve_with_incoming_shutdown(incoming, stop).await
             }
-            transport::Listener::Tls(incoming) => {
+            crate::listener::Listener::Tls(incoming) => {
                 server.serve_with_incoming_shutdown(incoming, stop).await
             }
         }
