@@ -251,18 +251,25 @@ pub const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rolls back whatever a cancelled call left on `c` and returns it to the pool; closes it if the
 /// rollback fails or takes longer than [`ROLLBACK_TIMEOUT`]. `ROLLBACK` outside a transaction is
 /// only a warning, so this also just waits for an abandoned statement to end.
-async fn roll_back_abandoned(mut c: PooledConn) {
+async fn roll_back_abandoned(c: PooledConn) {
     use diesel_async::pooled_connection::PoolableConnection;
+    // Should this task be dropped before it finishes (the runtime shutting down), the connection
+    // is closed, never returned with its transaction open.
+    let mut guard = CloseUnlessReleased(Some(c));
+    let Some(c) = guard.0.as_mut() else {
+        return;
+    };
     let rolled_back = tokio::time::timeout(ROLLBACK_TIMEOUT, c.batch_execute("ROLLBACK")).await;
     if let Ok(Ok(())) = rolled_back {
         // The server is outside any transaction now; make diesel's bookkeeping say so too
         // (depth 0, and not "broken" by a BEGIN or COMMIT that was cancelled halfway).
-        *AsyncConnection::transaction_state(&mut *c) =
+        *AsyncConnection::transaction_state(&mut **c) =
             diesel_async::AnsiTransactionManager::default();
         if !c.is_broken() {
             ::metrics::counter!(ABANDONED_METRIC, "outcome" => "rolled_back").increment(1);
             tracing::debug!("rolled back a connection abandoned by a cancelled call");
-            return; // back to the pool
+            drop(guard.0.take()); // back to the pool
+            return;
         }
     }
     ::metrics::counter!(ABANDONED_METRIC, "outcome" => "closed").increment(1);
@@ -270,7 +277,17 @@ async fn roll_back_abandoned(mut c: PooledConn) {
         rolled_back = matches!(rolled_back, Ok(Ok(()))),
         "closing a connection abandoned by a cancelled call"
     );
-    drop(deadpool::managed::Object::take(c));
+}
+
+/// Closes the connection it holds when dropped, unless it was taken out first.
+struct CloseUnlessReleased(Option<PooledConn>);
+
+impl Drop for CloseUnlessReleased {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            drop(deadpool::managed::Object::take(c));
+        }
+    }
 }
 
 /// Counter of connections abandoned inside a transaction or statement, by `outcome`:
