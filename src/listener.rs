@@ -30,8 +30,8 @@ enum Opening {
     H2Payload { left: usize },
     /// HTTP/1: the last bytes seen matched `n` bytes of `\r\n\r\n`.
     H1 { n: usize },
-    /// The preface and first SETTINGS frame, or the first request's headers, have arrived.
-    Done,
+    /// The preface and first SETTINGS frame, or the request's headers (`http1`), have arrived.
+    Done { http1: bool },
 }
 
 impl Opening {
@@ -61,7 +61,7 @@ impl Opening {
                         len
                     };
                     match header + 1 {
-                        H2_FRAME_HEADER if len == 0 => Opening::Done,
+                        H2_FRAME_HEADER if len == 0 => Opening::Done { http1: false },
                         H2_FRAME_HEADER => Opening::H2Payload { left: len },
                         header => Opening::H2Frame { header, len },
                     }
@@ -69,7 +69,7 @@ impl Opening {
                 Opening::H2Payload { left } => {
                     let rest = bytes.len() - i;
                     if rest >= left {
-                        *self = Opening::Done;
+                        *self = Opening::Done { http1: false };
                         return;
                     }
                     *self = Opening::H2Payload { left: left - rest };
@@ -78,7 +78,7 @@ impl Opening {
                 Opening::H1 { n } => {
                     if b == CRLFCRLF[n] {
                         if n + 1 == CRLFCRLF.len() {
-                            Opening::Done
+                            Opening::Done { http1: true }
                         } else {
                             Opening::H1 { n: n + 1 }
                         }
@@ -88,7 +88,7 @@ impl Opening {
                         Opening::H1 { n: 0 }
                     }
                 }
-                Opening::Done => return,
+                Opening::Done { .. } => return,
             };
         }
     }
@@ -103,6 +103,9 @@ pub struct HandshakeDeadline<IO> {
     /// `None` once the opening is complete (or with no limit).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     opening: Opening,
+    /// HTTP/1 only: the headers of every later request on the connection must arrive within
+    /// this long of its first byte, too.
+    each_http1_request: Option<Duration>,
 }
 
 impl<IO> HandshakeDeadline<IO> {
@@ -117,7 +120,16 @@ impl<IO> HandshakeDeadline<IO> {
             io,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             opening: Opening::Start { n: 0 },
+            each_http1_request: None,
         }
+    }
+
+    /// On an HTTP/1 connection, bounds the headers of every later request by `timeout` as well
+    /// (from the request's first byte). Only for listeners whose requests have no bodies, whose
+    /// bytes would be taken for the next request's headers.
+    pub fn each_http1_request(mut self, timeout: Option<Duration>) -> Self {
+        self.each_http1_request = timeout.filter(|t| !t.is_zero());
+        self
     }
 
     /// Err(TimedOut) once the deadline has passed without a complete opening.
@@ -144,15 +156,25 @@ impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HandshakeDeadlin
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.deadline.is_none() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        }
+        // Between two HTTP/1 requests: the next one's first byte starts its deadline.
+        let next_request = match (&this.deadline, this.opening, this.each_http1_request) {
+            (None, Opening::Done { http1: true }, Some(timeout)) => Some(timeout),
+            (None, _, _) => return Pin::new(&mut this.io).poll_read(cx, buf),
+            (Some(_), _, _) => None,
+        };
         this.check(cx)?;
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            this.opening.feed(&buf.filled()[before..]);
-            if this.opening == Opening::Done {
+            let read = &buf.filled()[before..];
+            if let Some(timeout) = next_request
+                && !read.is_empty()
+            {
+                this.opening = Opening::H1 { n: 0 };
+                this.deadline = Some(Box::pin(tokio::time::sleep(timeout)));
+            }
+            this.opening.feed(read);
+            if matches!(this.opening, Opening::Done { .. }) {
                 this.deadline = None;
             }
         }
@@ -218,19 +240,28 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Incoming {
     listener: TcpListener,
     handshake_timeout: Option<Duration>,
+    /// See [`HandshakeDeadline::each_http1_request`].
+    each_http1_request: bool,
     backoff: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Incoming {
     /// Connections of `listener` that must complete their opening within `handshake_timeout`
-    /// (`None`: no limit; for a TLS listener, whose bytes here are encrypted, tonic bounds the
-    /// handshake instead).
+    /// (`None`: no limit, e.g. under [`TlsIncoming`], which sets the deadline after TLS).
     pub fn new(listener: TcpListener, handshake_timeout: Option<Duration>) -> Self {
         Self {
             listener,
             handshake_timeout,
+            each_http1_request: false,
             backoff: None,
         }
+    }
+
+    /// Bounds the headers of every HTTP/1 request by the handshake timeout, not only the first
+    /// one's ([`HandshakeDeadline::each_http1_request`]): for a listener of body-less requests.
+    pub fn each_http1_request(mut self) -> Self {
+        self.each_http1_request = true;
+        self
     }
 
     fn poll_accept(
@@ -240,8 +271,14 @@ impl Incoming {
         HandshakeDeadline<tokio::net::TcpStream>,
         std::net::SocketAddr,
     )> {
-        self.poll_accept_tcp(cx)
-            .map(|(stream, addr)| (HandshakeDeadline::new(stream, self.handshake_timeout), addr))
+        let each = self
+            .each_http1_request
+            .then_some(self.handshake_timeout)
+            .flatten();
+        self.poll_accept_tcp(cx).map(|(stream, addr)| {
+            let io = HandshakeDeadline::new(stream, self.handshake_timeout);
+            (io.each_http1_request(each), addr)
+        })
     }
 
     /// The next accepted TCP connection, with TCP_NODELAY.
@@ -386,7 +423,7 @@ mod tests {
         for chunk in bytes.chunks(step) {
             o.feed(chunk);
         }
-        o == Opening::Done
+        matches!(o, Opening::Done { .. })
     }
 
     #[test]

@@ -34,8 +34,13 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(30);
 /// within [`CLOSE_WITHIN`]. Whatever the server writes before closing (its HTTP/2 SETTINGS) is
 /// read and ignored.
 async fn closed_by_server(addr: SocketAddr, opening: &[u8]) -> bool {
-    let mut conn = connect(addr).await;
-    conn.write_all(opening).await.expect("write");
+    closed_after(connect(addr).await, opening).await
+}
+
+/// Writes `bytes` on `conn` and returns whether the server then closed it within
+/// [`CLOSE_WITHIN`].
+async fn closed_after(mut conn: TcpStream, bytes: &[u8]) -> bool {
+    conn.write_all(bytes).await.expect("write");
     let read_to_end = async {
         let mut buf = [0u8; 1024];
         loop {
@@ -110,6 +115,28 @@ async fn connections_that_never_finish_their_opening_are_closed() {
     let mut answer = String::new();
     livez.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // On the HTTP listener, a later request on a kept-alive connection gets the same bound: two
+    // complete requests are answered, then unfinished headers are cut off.
+    let mut keep_alive = connect(http).await;
+    for _ in 0..2 {
+        keep_alive
+            .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.ends_with(b"ok\n") {
+            let n = keep_alive.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed before the answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+    }
+    assert!(
+        closed_after(keep_alive, b"GET /livez HTTP/1.1\r\nHost: x\r\n").await,
+        "the HTTP listener kept a connection whose second request's headers never ended"
+    );
 
     for check in checks {
         let (listener, what, closed) = check.await.unwrap();
