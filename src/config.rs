@@ -152,7 +152,8 @@ pub struct Config {
     #[arg(long, env = "AUTHD_LOGIN_MAX_FAILURES_PER_HOUR", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub login_max_failures_per_hour: u32,
 
-    /// Register, Login and Refresh requests per minute per client IP (token bucket); 0 turns it off.
+    /// Register, Login, Refresh and Logout-by-refresh-token requests per minute per client IP (token
+    /// bucket); 0 turns it off.
     #[arg(
         long,
         env = "AUTHD_RATE_LIMIT_PER_IP",

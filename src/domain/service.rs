@@ -765,6 +765,8 @@ impl Authd {
         refresh_token: &str,
         client: &ClientInfo,
     ) -> Result<()> {
+        // Anonymous, and a database lookup each: the per-IP limit of Register, Login and Refresh.
+        self.rate_limiter.check(client.ip)?;
         let refresh_token = refresh_token.trim();
         if refresh_token.len() > MAX_OPAQUE_BYTES {
             return Err(Error::invalid(format!(

@@ -455,3 +455,37 @@ async fn malformed_frames_are_invalid_argument() {
     }
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_by_refresh_token_counts_against_the_per_ip_limit() {
+    const LIMIT: u32 = 5;
+    let srv = TestServer::start_with(|c| c.rate_limit_per_ip = LIMIT).await;
+    let channel = srv.channel().await;
+    // 20 at once, with tokens nobody holds: each would cost a database lookup.
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let mut auth = authd::proto::auth_service_client::AuthServiceClient::new(channel.clone());
+        calls.push(tokio::spawn(async move {
+            auth.logout(authd::proto::LogoutRequest {
+                refresh_token: format!("rt_{}", uuid::Uuid::new_v4().simple()),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code())
+        }));
+    }
+    let (mut ok, mut exhausted) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(tonic::Code::ResourceExhausted) => exhausted += 1,
+            Err(code) => panic!("unexpected {code:?}"),
+        }
+    }
+    // The bucket holds LIMIT calls; it refills one every 12 s.
+    assert!(
+        (1..=LIMIT + 1).contains(&ok) && ok + exhausted == 20,
+        "{ok} answered, {exhausted} refused"
+    );
+    srv.stop().await;
+}
