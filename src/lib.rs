@@ -21,6 +21,7 @@ pub mod db;
 pub mod domain;
 pub mod embedded_pg;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod listener;
 pub mod metrics;

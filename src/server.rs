@@ -27,8 +27,7 @@ use crate::transport::{self, Transport};
 
 /// Largest request message the server decodes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// Health service for Kubernetes liveness probes: SERVING while the process is up.
-pub const LIVENESS_SERVICE: &str = "liveness";
+pub use crate::health::LIVENESS_SERVICE;
 /// How often the database is probed for readiness.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one readiness probe may take before the database counts as lost.
@@ -175,13 +174,12 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let (reporter, _) = tonic_health::server::health_reporter();
-    // Drain on `shutdown`: see [`drain`]. The server stops accepting when `stop_accepting` fires,
-    // and so do the health Watch streams end.
+    // Drain on `shutdown`: see [`drain`]. When `stop_accepting` fires, the server stops accepting
+    // and the health Watch streams end.
     let (stop_accepting, mut accepting) = watch::channel(false);
-    let health_service = tonic_health::pb::health_server::HealthServer::new(HealthWatches::new(
-        reporter.clone(),
-        accepting.clone(),
-    ));
+    let health_service = tonic_health::pb::health_server::HealthServer::new(
+        crate::health::HealthWatches::new(reporter.clone(), accepting.clone()),
+    );
     reporter
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
@@ -270,104 +268,6 @@ pub async fn serve(
         let _ = task.await;
     }
     result.map_err(StartError::from)
-}
-
-/// `grpc.health.v1.Health` over tonic-health's statuses, with two changes to its Watch:
-///
-/// - a Watch for an unknown service answers SERVICE_UNKNOWN and stays open (as the health protocol
-///   asks), instead of failing with NOT_FOUND;
-/// - when the drain stops accepting connections (`draining` turns true), every Watch stream ends:
-///   a readiness stream (`""`, the API services) after a last NOT_SERVING, `liveness` and unknown
-///   services without another message. Open Watches (kubelets, load balancers) would otherwise
-///   hold their connections, and the drain, until the grace period ran out.
-#[derive(Clone)]
-pub struct HealthWatches {
-    inner: Arc<tonic_health::server::HealthService>,
-    draining: watch::Receiver<bool>,
-}
-
-impl HealthWatches {
-    pub fn new(reporter: HealthReporter, draining: watch::Receiver<bool>) -> Self {
-        Self {
-            inner: Arc::new(tonic_health::server::HealthService::from_health_reporter(
-                reporter,
-            )),
-            draining,
-        }
-    }
-}
-
-/// The stream type of [`HealthWatches`]' Watch.
-pub type HealthWatchStream = tokio_stream::wrappers::ReceiverStream<
-    Result<tonic_health::pb::HealthCheckResponse, tonic::Status>,
->;
-
-#[tonic::async_trait]
-impl tonic_health::pb::health_server::Health for HealthWatches {
-    async fn check(
-        &self,
-        request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
-    ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
-        self.inner.check(request).await
-    }
-
-    type WatchStream = HealthWatchStream;
-
-    async fn watch(
-        &self,
-        request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
-    ) -> Result<tonic::Response<HealthWatchStream>, tonic::Status> {
-        use tokio_stream::StreamExt as _;
-        use tonic_health::pb::HealthCheckResponse;
-        use tonic_health::pb::health_check_response::ServingStatus as Status;
-
-        let readiness = request.get_ref().service != LIVENESS_SERVICE;
-        // tonic-health fails a Watch of an unknown service with NOT_FOUND.
-        let mut statuses = self.inner.watch(request).await.ok().map(|r| r.into_inner());
-        let mut draining = self.draining.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let response = |status: Status| {
-                Ok(HealthCheckResponse {
-                    status: status as i32,
-                })
-            };
-            let mut last = None;
-            if statuses.is_none() && tx.send(response(Status::ServiceUnknown)).await.is_err() {
-                return;
-            }
-            loop {
-                tokio::select! {
-                    // The current status goes out before a drain that has begun ends the stream.
-                    biased;
-                    next = async {
-                        match &mut statuses {
-                            Some(s) => s.next().await,
-                            None => std::future::pending().await,
-                        }
-                    } => match next {
-                        Some(item) => {
-                            last = item.as_ref().ok().map(|r| r.status);
-                            if tx.send(item).await.is_err() {
-                                return;
-                            }
-                        }
-                        None => return,
-                    },
-                    () = async {
-                        let _ = draining.wait_for(|d| *d).await;
-                    } => break,
-                    () = tx.closed() => return,
-                }
-            }
-            if readiness && statuses.is_some() && last != Some(Status::NotServing as i32) {
-                let _ = tx.send(response(Status::NotServing)).await;
-            }
-        });
-        Ok(tonic::Response::new(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        ))
-    }
 }
 
 async fn probe(pool: &Pool) -> bool {
@@ -481,7 +381,7 @@ impl DrainTimings {
 ///    stays SERVING; connections are still accepted, so load balancers see the change;
 /// 2. after `timings.delay`, `stop_accepting` fires: `server` closes its listener (new connections
 ///    are refused) and asks every connection to finish (HTTP/2 GOAWAY); every health Watch stream
-///    ends ([`HealthWatches`]), so open Watches do not hold their connections open;
+///    ends ([`crate::health::HealthWatches`]), so open Watches do not hold their connections open;
 /// 3. in-flight calls finish, for at most `timings.grace`; then `server` is dropped.
 ///
 /// Closing the pool and stopping the embedded PostgreSQL come after, in [`run`]. A server that
