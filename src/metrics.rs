@@ -116,6 +116,10 @@ fn describe() {
         DB_POOL_CONNECTIONS,
         "Database pool connections: size (open), in_use, waiting (callers queued for one), max."
     );
+    describe_counter!(
+        crate::db::ABANDONED_METRIC,
+        "Database connections a cancelled call left inside a transaction or statement: rolled_back (and back in the pool) or closed."
+    );
     describe_gauge!(
         BCRYPT_QUEUE_DEPTH,
         "bcrypt hashes and verifications admitted to the bcrypt pool and not yet finished (waiting plus running)."
