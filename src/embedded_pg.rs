@@ -1354,6 +1354,45 @@ fn superuser_password_inner(
     }
 }
 
+/// PostgreSQL's stored form of a SCRAM-SHA-256 password (RFC 5802/7677, 4096 iterations, as
+/// PostgreSQL computes it): `SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>`. `password` is
+/// ASCII, so SASLprep leaves it as it is.
+fn scram_verifier(password: &str) -> Result<String, hmac::digest::InvalidLength> {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    const ITERATIONS: u32 = 4096;
+    let hmac = |key: &[u8], parts: &[&[u8]]| {
+        // HMAC takes keys of any length: this never fails.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)?;
+        for part in parts {
+            mac.update(part);
+        }
+        Ok::<[u8; 32], hmac::digest::InvalidLength>(mac.finalize().into_bytes().into())
+    };
+    let mut salt = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+    // Hi(): PBKDF2-HMAC-SHA256, one block.
+    let mut u = hmac(password.as_bytes(), &[&salt, &1u32.to_be_bytes()])?;
+    let mut salted = u;
+    for _ in 1..ITERATIONS {
+        u = hmac(password.as_bytes(), &[&u])?;
+        for (s, b) in salted.iter_mut().zip(u) {
+            *s ^= b;
+        }
+    }
+    let client_key = hmac(&salted, &[b"Client Key"])?;
+    let stored_key = Sha256::digest(client_key);
+    let server_key = hmac(&salted, &[b"Server Key"])?;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    Ok(format!(
+        "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
+        b64(&salt),
+        b64(&stored_key),
+        b64(&server_key)
+    ))
+}
+
 /// Whether the cluster's `pg_hba.conf` has a `trust` line (a cluster made by an older authd).
 fn hba_trusts(pgdata: &Path) -> Result<bool, EmbeddedError> {
     let path = pgdata.join("pg_hba.conf");
@@ -1379,15 +1418,15 @@ async fn require_passwords(
     run_as: &RunAs,
 ) -> Result<(), EmbeddedError> {
     use diesel_async::SimpleAsyncConnection;
-    let quoted = password.replace('\'', "''");
-    conn.batch_execute(&format!(
-        "SET password_encryption = 'scram-sha-256'; ALTER ROLE {SUPERUSER} PASSWORD '{quoted}'"
-    ))
-    .await
-    .map_err(|source| EmbeddedError::Query {
-        context: "setting the superuser's password",
-        source,
-    })?;
+    // The verifier, not the password, goes over the wire (and into any statement log).
+    let verifier = scram_verifier(password)
+        .map_err(|e| io_err("computing the password verifier")(io::Error::other(e)))?;
+    conn.batch_execute(&format!("ALTER ROLE {SUPERUSER} PASSWORD '{verifier}'"))
+        .await
+        .map_err(|source| EmbeddedError::Query {
+            context: "setting the superuser's password",
+            source,
+        })?;
     let hba = pgdata.join("pg_hba.conf");
     let owner = run_as.switch.then_some((run_as.uid, run_as.gid));
     replace_private_file(&hba, PG_HBA.as_bytes(), owner)?;
