@@ -228,6 +228,7 @@ async fn cancelled_calls_give_their_database_connection_back() {
     // Logouts with 1-4 ms deadlines, 20 at a time: many are cancelled inside their transaction.
     let channel = srv.channel().await;
     let mut calls = Vec::new();
+    let mut outcomes = Vec::new();
     for (i, token) in refresh_tokens.into_iter().enumerate() {
         let mut auth = authd::proto::auth_service_client::AuthServiceClient::new(channel.clone());
         calls.push(tokio::spawn(async move {
@@ -239,12 +240,12 @@ async fn cancelled_calls_give_their_database_connection_back() {
         }));
         if calls.len() == 20 {
             for c in calls.drain(..) {
-                let _ = c.await.unwrap();
+                outcomes.push(c.await.unwrap());
             }
         }
     }
     for c in calls {
-        let _ = c.await.unwrap();
+        outcomes.push(c.await.unwrap());
     }
 
     // No session is left inside a transaction (the rollbacks run in the background, bounded).
@@ -270,6 +271,16 @@ async fn cancelled_calls_give_their_database_connection_back() {
     // Cancelled calls did not cost a new connection each: at most the pool's size were opened
     // (the pool may not have been full before).
     let opened = sessions_opened(&mut pg).await - before;
+    let answered = outcomes.iter().filter(|o| o.is_ok()).count();
+    eprintln!(
+        "{answered} of {CALLS} logouts answered, {} cut off by their deadline; {opened} database \
+         connections opened",
+        CALLS - answered
+    );
+    assert!(
+        answered < CALLS,
+        "no call was cancelled: the deadlines did not cut any off"
+    );
     assert!(
         opened <= i64::from(srv.config.db_pool_size),
         "{opened} database connections opened for {CALLS} cancelled calls (pool size {})",
