@@ -240,6 +240,9 @@ say "  max RSS with 1000 connections ${rss_1000_max} KiB (${rss_1000_n} samples)
 #    then (for the P4 analysis, not a target) authd's own refresh statement alone, so PostgreSQL's
 #    share of a refresh is measured without authd in the loop.
 sock="$data/run"
+# The embedded cluster takes password (SCRAM) logins only; authd keeps the password in the data dir.
+PGPASSWORD="$(cat "$data/pg_password")" || fail_with_log "cannot read $data/pg_password"
+export PGPASSWORD
 pgdb="authd_pgbench"
 pgbench_secs="$(python3 -c "
 import re, sys, math

@@ -35,6 +35,7 @@
 //! | `AUTHD_LOG_FORMAT` | `--log-format` | `text` (or `json`) |
 //! | `AUTHD_SHUTDOWN_DELAY` | `--shutdown-delay` | `5s` (readiness off, then new connections refused) |
 //! | `AUTHD_SHUTDOWN_GRACE` | `--shutdown-grace` | `30s` (in-flight calls may finish) |
+//! | `AUTHD_HANDSHAKE_TIMEOUT` | `--handshake-timeout` | `10s` (TLS handshake, HTTP/2 preface or HTTP/1 request headers of a new connection; `0` = no limit) |
 //! | `AUTHD_TLS_CERT` | `--tls-cert` | unset (PEM certificate chain; with `AUTHD_TLS_KEY` turns on TLS) |
 //! | `AUTHD_TLS_KEY` | `--tls-key` | unset (PEM private key) |
 //! | `AUTHD_TLS_CLIENT_CA` | `--tls-client-ca` | unset (PEM CA that verifies client certificates) |
@@ -55,7 +56,7 @@ use std::time::Duration;
 use clap::Args;
 
 /// Every setting of the server; also used by the CLI subcommands that touch the database.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct Config {
     /// PostgreSQL URL. When unset, authd runs its own PostgreSQL in the data directory.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
@@ -162,7 +163,8 @@ pub struct Config {
     #[arg(long, env = "AUTHD_LOGIN_MAX_FAILURES_PER_HOUR", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub login_max_failures_per_hour: u32,
 
-    /// Register, Login and Refresh requests per minute per client IP (token bucket); 0 turns it off.
+    /// Register, Login, Refresh and Logout-by-refresh-token requests per minute per client IP (token
+    /// bucket); 0 turns it off.
     #[arg(
         long,
         env = "AUTHD_RATE_LIMIT_PER_IP",
@@ -223,6 +225,12 @@ pub struct Config {
     #[arg(long, env = "AUTHD_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration, global = true)]
     pub shutdown_grace: Duration,
 
+    /// A new connection that has not finished its TLS handshake, its HTTP/2 preface (and first
+    /// SETTINGS frame) or its first HTTP/1 request headers this long after it was accepted is
+    /// closed. Applies to every listener. 0 = no limit.
+    #[arg(long, env = "AUTHD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub handshake_timeout: Duration,
+
     /// PEM certificate chain of the gRPC listener; with AUTHD_TLS_KEY it turns on TLS.
     #[arg(long, env = "AUTHD_TLS_CERT", global = true)]
     pub tls_cert: Option<PathBuf>,
@@ -268,6 +276,144 @@ pub struct Config {
         global = true
     )]
     pub token_cache_size: u64,
+}
+
+impl std::fmt::Debug for Config {
+    /// Every setting, with the master key and the bootstrap admin's password hidden and the
+    /// password of `DATABASE_URL` masked.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so a new setting cannot be added without deciding how it is shown.
+        let Config {
+            database_url,
+            listen,
+            data_dir,
+            access_token_ttl,
+            refresh_token_ttl,
+            session_max_lifetime,
+            refresh_reuse_grace,
+            refresh_replay_same_client,
+            bcrypt_cost,
+            bcrypt_concurrency,
+            bcrypt_queue,
+            bcrypt_nice,
+            issuer,
+            audience,
+            bootstrap_admin_email,
+            bootstrap_admin_password,
+            validate_require_key,
+            allow_registration,
+            audit_retention,
+            login_max_failures,
+            login_max_failures_per_hour,
+            rate_limit_per_ip,
+            proxy_key_max_failures_per_minute,
+            trusted_proxies,
+            min_password_score,
+            request_timeout,
+            key_publish_delay,
+            master_key,
+            http_listen,
+            health_listen,
+            log_format,
+            shutdown_delay,
+            shutdown_grace,
+            handshake_timeout,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            tls_require_client_cert,
+            grpc_web,
+            cors_origins,
+            db_pool_size,
+            db_timeout,
+            log,
+            token_cache_size,
+        } = self;
+        let hidden = |s: &Option<String>| s.as_ref().map(|_| REDACTED);
+        f.debug_struct("Config")
+            .field("database_url", &database_url.as_deref().map(redact_url))
+            .field("listen", listen)
+            .field("data_dir", data_dir)
+            .field("access_token_ttl", access_token_ttl)
+            .field("refresh_token_ttl", refresh_token_ttl)
+            .field("session_max_lifetime", session_max_lifetime)
+            .field("refresh_reuse_grace", refresh_reuse_grace)
+            .field("refresh_replay_same_client", refresh_replay_same_client)
+            .field("bcrypt_cost", bcrypt_cost)
+            .field("bcrypt_concurrency", bcrypt_concurrency)
+            .field("bcrypt_queue", bcrypt_queue)
+            .field("bcrypt_nice", bcrypt_nice)
+            .field("issuer", issuer)
+            .field("audience", audience)
+            .field("bootstrap_admin_email", bootstrap_admin_email)
+            .field(
+                "bootstrap_admin_password",
+                &hidden(bootstrap_admin_password),
+            )
+            .field("validate_require_key", validate_require_key)
+            .field("allow_registration", allow_registration)
+            .field("audit_retention", audit_retention)
+            .field("login_max_failures", login_max_failures)
+            .field("login_max_failures_per_hour", login_max_failures_per_hour)
+            .field("rate_limit_per_ip", rate_limit_per_ip)
+            .field(
+                "proxy_key_max_failures_per_minute",
+                proxy_key_max_failures_per_minute,
+            )
+            .field("trusted_proxies", trusted_proxies)
+            .field("min_password_score", min_password_score)
+            .field("request_timeout", request_timeout)
+            .field("key_publish_delay", key_publish_delay)
+            .field("master_key", &hidden(master_key))
+            .field("http_listen", http_listen)
+            .field("health_listen", health_listen)
+            .field("log_format", log_format)
+            .field("shutdown_delay", shutdown_delay)
+            .field("shutdown_grace", shutdown_grace)
+            .field("handshake_timeout", handshake_timeout)
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
+            .field("tls_client_ca", tls_client_ca)
+            .field("tls_require_client_cert", tls_require_client_cert)
+            .field("grpc_web", grpc_web)
+            .field("cors_origins", cors_origins)
+            .field("db_pool_size", db_pool_size)
+            .field("db_timeout", db_timeout)
+            .field("log", log)
+            .field("token_cache_size", token_cache_size)
+            .finish()
+    }
+}
+
+/// What Debug shows in place of a secret setting.
+const REDACTED: &str = "<redacted>";
+
+/// `url` with its password replaced by `<redacted>`: the one in `user:password@` and any
+/// `password=` parameter (URL query or `key=value` connection string).
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let authority_start = scheme_end + 3;
+        let authority_end = out[authority_start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| authority_start + i);
+        if let Some(at) = out[authority_start..authority_end].rfind('@') {
+            let userinfo = &out[authority_start..authority_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(authority_start + colon + 1..authority_start + at, REDACTED);
+            }
+        }
+    }
+    let mut from = 0;
+    while let Some(i) = out[from..].to_ascii_lowercase().find("password=") {
+        let value_start = from + i + "password=".len();
+        let value_end = out[value_start..]
+            .find(['&', ' ', '\t', '\n'])
+            .map_or(out.len(), |j| value_start + j);
+        out.replace_range(value_start..value_end, REDACTED);
+        from = value_start + REDACTED.len();
+    }
+    out
 }
 
 impl Config {
@@ -328,6 +474,7 @@ impl Config {
             log_format: "text".into(),
             shutdown_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -465,6 +612,40 @@ mod tests {
     }
 
     #[test]
+    fn debug_hides_secrets() {
+        let mut c = Config::defaults();
+        c.master_key = Some("master-key-secret".into());
+        c.bootstrap_admin_password = Some("admin-password-secret".into());
+        c.database_url = Some("postgres://authd:url-password-secret@db:5432/authd".into());
+        let shown = format!("{c:?}");
+        for secret in [
+            "master-key-secret",
+            "admin-password-secret",
+            "url-password-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("postgres://authd:<redacted>@db:5432/authd"),
+            "{shown}"
+        );
+        assert!(shown.contains("bcrypt_cost: 12"), "{shown}");
+        assert_eq!(
+            redact_url("host=db user=authd password=sekrit dbname=authd"),
+            "host=db user=authd password=<redacted> dbname=authd"
+        );
+        assert_eq!(
+            redact_url("postgres:///authd?host=/run&password=sekrit&x=1"),
+            "postgres:///authd?host=/run&password=<redacted>&x=1"
+        );
+        assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+        assert_eq!(
+            redact_url("postgres://u:p@w@h/d"),
+            "postgres://u:<redacted>@h/d"
+        );
+    }
+
+    #[test]
     fn defaults_match_the_documented_values() {
         let c = Config::defaults();
         let f = Config::fallback();
@@ -495,6 +676,7 @@ mod tests {
         assert!(c.trusted_proxies.is_empty() && c.master_key.is_none());
         assert_eq!(c.shutdown_delay, f.shutdown_delay);
         assert_eq!(c.shutdown_grace, f.shutdown_grace);
+        assert_eq!(c.handshake_timeout, f.handshake_timeout);
         assert_eq!(c.log_format, f.log_format);
         assert_eq!(c.token_cache_size, f.token_cache_size);
         assert!(c.http_listen.is_none() && c.health_listen.is_none() && !c.grpc_web);

@@ -7,6 +7,14 @@
 //!   `initdb` on first start and reused afterwards), `<data_dir>/run` (the Unix socket directory;
 //!   the server listens on no TCP address) and `<data_dir>/postgres.log` (server output),
 //! * running the server as the unprivileged `postgres` system user when authd runs as root,
+//! * password authentication: the cluster accepts only `scram-sha-256` logins, with a random
+//!   password generated at the first start and kept in `<data_dir>/pg_password` (mode 0600, owned
+//!   by the user authd runs as, who passes it in its connection URL). No `trust`: other processes of
+//!   the server's system user (or of the user running authd) are not superuser by merely reaching
+//!   the socket. A cluster created with `trust` by an older authd is switched over at its next
+//!   start (password set, `pg_hba.conf` rewritten, configuration reloaded),
+//! * refusing a data directory that is a symlink, or that belongs to another (non-root) user and is
+//!   not empty: as root, authd would otherwise take over whatever the path points to,
 //! * the server's lifetime: it is started under a tiny `sh` watchdog whose stdin is a pipe held by
 //!   this process. When the pipe closes -- [`EmbeddedPostgres::stop`], drop, normal exit, panic or
 //!   SIGKILL of authd -- the watchdog asks the server for a fast shutdown, waits for it and, for
@@ -49,6 +57,18 @@ const LOG_TAIL_BYTES: u64 = 4096;
 const LOG_TAIL_LINES: usize = 25;
 /// initdb writes into `<data_dir>/pgdata.init-<pid>`, renamed to `pgdata` when complete.
 const STAGING_PREFIX: &str = "pgdata.init-";
+/// The superuser's password, in the authd data dir.
+pub const PASSWORD_FILE: &str = "pg_password";
+/// What authd writes to `pg_hba.conf` when it moves a `trust` cluster to passwords (initdb with
+/// `--auth=scram-sha-256` writes the equivalent itself).
+const PG_HBA: &str = "\
+# Written by authd: password (SCRAM) logins only. The server listens on a private Unix socket.
+# TYPE  DATABASE     USER  ADDRESS       METHOD
+local   all          all                 scram-sha-256
+local   replication  all                 scram-sha-256
+host    all          all   127.0.0.1/32  scram-sha-256
+host    all          all   ::1/128       scram-sha-256
+";
 /// The only environment variables passed on to `initdb` and the server (authd's environment may
 /// hold secrets, and the server may run as another user).
 /// A custom server setting carrying a token unique to the starting process.
@@ -111,6 +131,19 @@ pub enum EmbeddedError {
         mode: u32,
         data_dir: PathBuf,
     },
+
+    #[error(
+        "refusing the data directory {data_dir}: {reason}. Point AUTHD_DATA_DIR at a directory of \
+         its own (authd creates it if missing), or set DATABASE_URL"
+    )]
+    DataDirRefused { data_dir: PathBuf, reason: String },
+
+    #[error(
+        "{file} is missing but the cluster in {pgdata} already requires a password: restore the \
+         file from a backup, or set the password of role `authd` by hand and write it there \
+         (mode 0600)"
+    )]
+    PasswordMissing { file: PathBuf, pgdata: PathBuf },
 
     #[error("{context}: {source}")]
     Io {
@@ -207,6 +240,8 @@ pub struct EmbeddedOptions {
 /// A running embedded PostgreSQL server, owned (started by us) or attached (already running).
 pub struct EmbeddedPostgres {
     data_dir: PathBuf,
+    /// The superuser's password (from [`PASSWORD_FILE`]); never shown by Debug.
+    password: String,
     socket_dir: PathBuf,
     port: u16,
     ephemeral: bool,
@@ -257,10 +292,19 @@ impl EmbeddedPostgres {
         };
         run_as.own_private_dir(&data_dir)?;
         let pgdata = data_dir.join("pgdata");
+        let initialized = pgdata.join("PG_VERSION").is_file();
+        let password = superuser_password(&data_dir, &pgdata, initialized)?;
 
         if !opts.ephemeral
-            && let Some((socket_dir, port, mut conn)) = probe_running_server(&pgdata).await?
+            && let Some((socket_dir, port, mut conn)) =
+                probe_running_server(&pgdata, &password).await?
         {
+            if hba_trusts(&pgdata)? {
+                tracing::warn!(
+                    pgdata = %pgdata.display(),
+                    "the running PostgreSQL server still uses trust authentication; authd switches it to passwords when it next starts the server"
+                );
+            }
             ensure_database(&mut conn).await?;
             tracing::info!(
                 data_dir = %data_dir.display(),
@@ -269,6 +313,7 @@ impl EmbeddedPostgres {
             );
             return Ok(Self {
                 data_dir,
+                password,
                 socket_dir,
                 port,
                 ephemeral: false,
@@ -277,11 +322,18 @@ impl EmbeddedPostgres {
         }
 
         let mut bins = find_binaries().await?;
-        let initialized = pgdata.join("PG_VERSION").is_file();
         if initialized {
             bins = bins.matching_cluster(&pgdata).await?;
         } else {
-            init_cluster(&bins, &data_dir, &pgdata, &run_as, opts.ephemeral).await?;
+            init_cluster(
+                &bins,
+                &data_dir,
+                &pgdata,
+                &run_as,
+                opts.ephemeral,
+                &password,
+            )
+            .await?;
         }
         run_as.own_private_dir(&pgdata)?;
 
@@ -360,12 +412,13 @@ impl EmbeddedPostgres {
         let mut watchdog = Watchdog { child, stdin, log };
         let ready = wait_ready(
             &mut watchdog,
-            &url_for(&socket_dir, PORT, "postgres"),
+            &url_for(&socket_dir, PORT, "postgres", &password),
             &owner_token,
         )
         .await;
         let mut this = Self {
             data_dir,
+            password,
             socket_dir,
             port: PORT,
             ephemeral: opts.ephemeral,
@@ -383,7 +436,7 @@ impl EmbeddedPostgres {
                 if !opts.ephemeral
                     && matches!(err, EmbeddedError::StartupExited { .. })
                     && let Ok(Some((socket_dir, port, mut conn))) =
-                        probe_running_server(&pgdata).await
+                        probe_running_server(&pgdata, &this.password).await
                 {
                     ensure_database(&mut conn).await?;
                     tracing::info!(data_dir = %this.data_dir.display(), "attached to a PostgreSQL server started concurrently on this data dir");
@@ -395,6 +448,9 @@ impl EmbeddedPostgres {
                 return Err(err);
             }
         };
+        if hba_trusts(&pgdata)? {
+            require_passwords(&mut conn, &pgdata, &this.password, &run_as).await?;
+        }
         ensure_database(&mut conn).await?;
         drop(conn);
         tracing::info!(
@@ -409,11 +465,11 @@ impl EmbeddedPostgres {
     }
 
     /// URL for `tokio-postgres` / diesel-async `AsyncPgConnection::establish` (and libpq), connecting
-    /// over the Unix socket as superuser `authd` to database `db`, e.g.
-    /// `postgres://authd@%2Fvar%2Flib%2Fauthd%2Frun/authd` (the socket directory is the
-    /// percent-encoded host).
+    /// over the Unix socket as superuser `authd`, with its password, to database `db`, e.g.
+    /// `postgres://authd:<password>@%2Fvar%2Flib%2Fauthd%2Frun/authd` (the socket directory is the
+    /// percent-encoded host). It holds the password: do not log it.
     pub fn database_url(&self, db: &str) -> String {
-        url_for(&self.socket_dir, self.port, db)
+        url_for(&self.socket_dir, self.port, db, &self.password)
     }
 
     /// The authd data dir holding the cluster (absolute; the temp dir when ephemeral).
@@ -591,6 +647,15 @@ impl RunAs {
 
     /// chown (when switching users) and chmod 0700 a directory the server must own.
     fn own_private_dir(&self, dir: &Path) -> Result<(), EmbeddedError> {
+        // chown and chmod follow symlinks: never hand a link's target to the server user.
+        let meta =
+            fs::symlink_metadata(dir).map_err(io_err(format!("inspecting {}", dir.display())))?;
+        if !meta.is_dir() {
+            return Err(EmbeddedError::DataDirRefused {
+                data_dir: dir.to_path_buf(),
+                reason: "it is a symbolic link or not a directory".into(),
+            });
+        }
         if self.switch {
             std::os::unix::fs::chown(dir, Some(self.uid), Some(self.gid))
                 .map_err(io_err(format!("chown {} to {}", dir.display(), self.name)))?;
@@ -648,16 +713,64 @@ fn prepare_data_dir(data_dir: &Path, run_as: &RunAs) -> Result<PathBuf, Embedded
             .join(data_dir)
     };
     run_as.check_traversable(&absolute, &absolute)?;
+    check_data_dir_owner(&absolute, run_as)?;
     if let Some(parent) = absolute.parent() {
         fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
     }
     make_private_dir(&absolute)?;
+    // Again: the directory may have appeared meanwhile.
+    check_data_dir_owner(&absolute, run_as)?;
     let canonical = absolute
         .canonicalize()
         .map_err(io_err(format!("resolving {}", absolute.display())))?;
     // Again, now that every ancestor exists (and symlinks are resolved).
     run_as.check_traversable(&canonical, &canonical)?;
     Ok(canonical)
+}
+
+/// Refuses a data directory that is a symlink (as root, authd would take over its target, whoever
+/// owns it), or that belongs to a user other than root, authd's own and the server's, and is not
+/// empty. A missing one is fine: authd creates it.
+fn check_data_dir_owner(dir: &Path, run_as: &RunAs) -> Result<(), EmbeddedError> {
+    let refuse = |reason: String| EmbeddedError::DataDirRefused {
+        data_dir: dir.to_path_buf(),
+        reason,
+    };
+    let meta = match fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(format!("inspecting {}", dir.display()))(e)),
+    };
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(dir)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|_| "?".into());
+        return Err(refuse(format!(
+            "it is a symbolic link (to {target}); use the real path"
+        )));
+    }
+    if !meta.is_dir() {
+        return Err(refuse("it is not a directory".into()));
+    }
+    let owner = meta.uid();
+    let me = nix::unistd::geteuid().as_raw();
+    if owner != 0 && owner != me && owner != run_as.uid {
+        let empty = fs::read_dir(dir)
+            .map_err(io_err(format!("listing {}", dir.display())))?
+            .next()
+            .is_none();
+        if !empty {
+            let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner))
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| format!("uid {owner}"));
+            return Err(refuse(format!(
+                "it belongs to another user ({name}) and is not empty"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn make_private_dir(dir: &Path) -> Result<(), EmbeddedError> {
@@ -829,6 +942,7 @@ async fn init_cluster(
     pgdata: &Path,
     run_as: &RunAs,
     ephemeral: bool,
+    password: &str,
 ) -> Result<(), EmbeddedError> {
     remove_stale_staging_dirs(data_dir);
     // PG_VERSION is missing: tolerate an empty directory, refuse to touch anything else.
@@ -843,19 +957,36 @@ async fn init_cluster(
     // Per process, so that concurrent first starts on one data dir do not trample each other.
     let staging = data_dir.join(format!("{STAGING_PREFIX}{}", std::process::id()));
     tracing::info!(pgdata = %pgdata.display(), bindir = %bins.bindir().display(), "initializing a new PostgreSQL cluster");
+    // initdb reads the superuser's password from a file the server user can read; it goes away
+    // right after.
+    let pwfile = data_dir.join(format!("pwfile.init-{}", std::process::id()));
+    let _ = fs::remove_file(&pwfile);
+    write_private_file(&pwfile, password.as_bytes())?;
+    if run_as.switch {
+        std::os::unix::fs::chown(&pwfile, Some(run_as.uid), Some(run_as.gid)).map_err(io_err(
+            format!("chown {} to {}", pwfile.display(), run_as.name),
+        ))?;
+    }
     let mut cmd = Command::new(&bins.initdb);
     cmd.arg("-D")
         .arg(&staging)
-        .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C"]);
+        .args([
+            "-U",
+            SUPERUSER,
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ])
+        .arg(format!("--pwfile={}", pwfile.display()));
     if ephemeral {
         cmd.arg("--no-sync");
     }
     cmd.stdin(Stdio::null()).current_dir(data_dir);
     run_as.apply(&mut cmd);
-    let output = cmd
-        .output()
-        .await
-        .map_err(io_err(format!("running {}", bins.initdb.display())))?;
+    let output = cmd.output().await;
+    let _ = fs::remove_file(&pwfile);
+    let output = output.map_err(io_err(format!("running {}", bins.initdb.display())))?;
     if !output.status.success() {
         let _ = fs::remove_dir_all(&staging);
         return Err(EmbeddedError::Initdb {
@@ -988,6 +1119,7 @@ fn open_log(path: &Path, run_as: &RunAs) -> Result<(File, LogReader), EmbeddedEr
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(io_err(format!("opening {}", path.display())))?;
     if run_as.switch {
@@ -1010,13 +1142,14 @@ fn open_log(path: &Path, run_as: &RunAs) -> Result<(File, LogReader), EmbeddedEr
 // ---------------------------------------------------------------------------------------------
 // Connections
 
-fn url_for(socket_dir: &Path, port: u16, db: &str) -> String {
+fn url_for(socket_dir: &Path, port: u16, db: &str, password: &str) -> String {
     let host = percent_encode(socket_dir.as_os_str().as_bytes());
     let db = percent_encode(db.as_bytes());
+    let password = percent_encode(password.as_bytes());
     if port == PORT {
-        format!("postgres://{SUPERUSER}@{host}/{db}")
+        format!("postgres://{SUPERUSER}:{password}@{host}/{db}")
     } else {
-        format!("postgres://{SUPERUSER}@{host}:{port}/{db}")
+        format!("postgres://{SUPERUSER}:{password}@{host}:{port}/{db}")
     }
 }
 
@@ -1106,6 +1239,211 @@ async fn ensure_database(conn: &mut AsyncPgConnection) -> Result<(), EmbeddedErr
 }
 
 // ---------------------------------------------------------------------------------------------
+// Password authentication
+
+/// Creates `path` with mode 0600 and `contents`, never following a symlink and never reusing an
+/// existing file (as root, authd writes into directories the server user owns).
+fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), EmbeddedError> {
+    use std::io::Write;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err(format!("creating {}", path.display())))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// Replaces `path` by a new file with `contents` (a temporary file renamed over it, so a symlink at
+/// `path` is replaced, not followed), mode 0600 and owner `owner` if given.
+fn replace_private_file(
+    path: &Path,
+    contents: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(), EmbeddedError> {
+    let tmp = path.with_extension(format!("authd-tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    write_private_file(&tmp, contents)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
+            .map_err(io_err(format!("chown {}", tmp.display())))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err(format!("replacing {}", path.display()))(e)
+    })
+}
+
+/// The superuser's password from `<data_dir>/pg_password`; generated (256 random bits, hex) when
+/// the file is missing and the cluster does not exist yet or still trusts (see [`hba_trusts`]).
+/// The file must be a regular file of the user authd runs as; it is kept at mode 0600.
+fn superuser_password(
+    data_dir: &Path,
+    pgdata: &Path,
+    initialized: bool,
+) -> Result<String, EmbeddedError> {
+    superuser_password_inner(data_dir, pgdata, initialized, false)
+}
+
+fn superuser_password_inner(
+    data_dir: &Path,
+    pgdata: &Path,
+    initialized: bool,
+    retried: bool,
+) -> Result<String, EmbeddedError> {
+    let path = data_dir.join(PASSWORD_FILE);
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            let meta = file
+                .metadata()
+                .map_err(io_err(format!("inspecting {}", path.display())))?;
+            let me = nix::unistd::geteuid().as_raw();
+            if !meta.is_file() || meta.uid() != me {
+                return Err(EmbeddedError::DataDirRefused {
+                    data_dir: data_dir.to_path_buf(),
+                    reason: format!(
+                        "{} is not a regular file of the user authd runs as",
+                        path.display()
+                    ),
+                });
+            }
+            if meta.mode() & 0o077 != 0 {
+                file.set_permissions(fs::Permissions::from_mode(0o600))
+                    .map_err(io_err(format!("chmod 0600 {}", path.display())))?;
+            }
+            let mut password = String::new();
+            file.read_to_string(&mut password)
+                .map_err(io_err(format!("reading {}", path.display())))?;
+            let password = password.trim().to_owned();
+            if !password.is_empty() {
+                return Ok(password);
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(format!("opening {}", path.display()))(e)),
+    }
+    if initialized && !hba_trusts(pgdata)? {
+        return Err(EmbeddedError::PasswordMissing {
+            file: path,
+            pgdata: pgdata.to_path_buf(),
+        });
+    }
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    // Published with link(2), which never replaces an existing file: of two processes starting
+    // on a new data dir at once, both end up with the first one's password.
+    let tmp = path.with_extension(format!("authd-tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    write_private_file(&tmp, format!("{password}\n").as_bytes())?;
+    let linked = fs::hard_link(&tmp, &path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(password),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && !retried => {
+            superuser_password_inner(data_dir, pgdata, initialized, true)
+        }
+        Err(e) => Err(io_err(format!("creating {}", path.display()))(e)),
+    }
+}
+
+/// PostgreSQL's stored form of a SCRAM-SHA-256 password (RFC 5802/7677, 4096 iterations, as
+/// PostgreSQL computes it): `SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>`. `password` is
+/// ASCII, so SASLprep leaves it as it is.
+fn scram_verifier(password: &str) -> Result<String, hmac::digest::InvalidLength> {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    const ITERATIONS: u32 = 4096;
+    let hmac = |key: &[u8], parts: &[&[u8]]| {
+        // HMAC takes keys of any length: this never fails.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)?;
+        for part in parts {
+            mac.update(part);
+        }
+        Ok::<[u8; 32], hmac::digest::InvalidLength>(mac.finalize().into_bytes().into())
+    };
+    let mut salt = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+    // Hi(): PBKDF2-HMAC-SHA256, one block.
+    let mut u = hmac(password.as_bytes(), &[&salt, &1u32.to_be_bytes()])?;
+    let mut salted = u;
+    for _ in 1..ITERATIONS {
+        u = hmac(password.as_bytes(), &[&u])?;
+        for (s, b) in salted.iter_mut().zip(u) {
+            *s ^= b;
+        }
+    }
+    let client_key = hmac(&salted, &[b"Client Key"])?;
+    let stored_key = Sha256::digest(client_key);
+    let server_key = hmac(&salted, &[b"Server Key"])?;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    Ok(format!(
+        "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
+        b64(&salt),
+        b64(&stored_key),
+        b64(&server_key)
+    ))
+}
+
+/// Whether the cluster's `pg_hba.conf` has a `trust` line (a cluster made by an older authd).
+fn hba_trusts(pgdata: &Path) -> Result<bool, EmbeddedError> {
+    let path = pgdata.join("pg_hba.conf");
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
+    };
+    Ok(text.lines().any(|line| {
+        let line = line.split('#').next().unwrap_or_default();
+        line.split_whitespace()
+            .any(|w| w.eq_ignore_ascii_case("trust"))
+    }))
+}
+
+/// Moves a `trust` cluster to passwords: sets the superuser's password, rewrites `pg_hba.conf` to
+/// [`PG_HBA`] and reloads the configuration. `conn` is a superuser connection made while it still
+/// trusted; new connections need the password from then on.
+async fn require_passwords(
+    conn: &mut AsyncPgConnection,
+    pgdata: &Path,
+    password: &str,
+    run_as: &RunAs,
+) -> Result<(), EmbeddedError> {
+    use diesel_async::SimpleAsyncConnection;
+    // The verifier, not the password, goes over the wire (and into any statement log).
+    let verifier = scram_verifier(password)
+        .map_err(|e| io_err("computing the password verifier")(io::Error::other(e)))?;
+    conn.batch_execute(&format!("ALTER ROLE {SUPERUSER} PASSWORD '{verifier}'"))
+        .await
+        .map_err(|source| EmbeddedError::Query {
+            context: "setting the superuser's password",
+            source,
+        })?;
+    let hba = pgdata.join("pg_hba.conf");
+    let owner = run_as.switch.then_some((run_as.uid, run_as.gid));
+    replace_private_file(&hba, PG_HBA.as_bytes(), owner)?;
+    conn.batch_execute("SELECT pg_reload_conf()")
+        .await
+        .map_err(|source| EmbeddedError::Query {
+            context: "reloading the server configuration",
+            source,
+        })?;
+    tracing::warn!(
+        pgdata = %pgdata.display(),
+        "the embedded PostgreSQL cluster used trust authentication; it now requires the superuser's password (kept in {PASSWORD_FILE} in the data directory)"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Attaching to a running server
 
 #[derive(Debug, PartialEq)]
@@ -1180,6 +1518,7 @@ fn process_state(pid: i32, pgdata: &Path) -> ProcState {
 /// port and a connection to it.
 async fn probe_running_server(
     pgdata: &Path,
+    password: &str,
 ) -> Result<Option<(PathBuf, u16, AsyncPgConnection)>, EmbeddedError> {
     let pid_path = pgdata.join("postmaster.pid");
     let contents = match fs::read_to_string(&pid_path) {
@@ -1205,7 +1544,7 @@ async fn probe_running_server(
         }
         ProcState::Postgres => {}
     }
-    let url = url_for(&socket_dir, port, "postgres");
+    let url = url_for(&socket_dir, port, "postgres", password);
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let last_error = match try_connect(&url).await {
@@ -1234,12 +1573,12 @@ mod tests {
     #[test]
     fn percent_encodes_socket_dir_into_host() {
         assert_eq!(
-            url_for(Path::new("/var/lib/authd/run"), PORT, "authd"),
-            "postgres://authd@%2Fvar%2Flib%2Fauthd%2Frun/authd"
+            url_for(Path::new("/var/lib/authd/run"), PORT, "authd", "0a1b"),
+            "postgres://authd:0a1b@%2Fvar%2Flib%2Fauthd%2Frun/authd"
         );
         assert_eq!(
-            url_for(Path::new("/a b/c:d,e"), 5433, "my db"),
-            "postgres://authd@%2Fa%20b%2Fc%3Ad%2Ce:5433/my%20db"
+            url_for(Path::new("/a b/c:d,e"), 5433, "my db", "p@ss:/"),
+            "postgres://authd:p%40ss%3A%2F@%2Fa%20b%2Fc%3Ad%2Ce:5433/my%20db"
         );
     }
 

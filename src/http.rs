@@ -135,6 +135,10 @@ pub async fn serve(
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // A connection whose request headers (of any request: these are all GETs without a body) do
+    // not arrive within AUTHD_HANDSHAKE_TIMEOUT is closed (axum sets no header timeout of its own).
+    let timeout = state.svc.config().handshake_timeout;
+    let listener = crate::listener::Incoming::new(listener, Some(timeout)).each_http1_request();
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

@@ -8,6 +8,9 @@
 //! - `authd_logins_total{result}` (success, failure, disabled, throttled) and
 //!   `authd_refresh_reuse_detected_total`, counted by the domain;
 //! - `authd_db_pool_connections{state}` (size, in_use, waiting, max), sampled at scrape time;
+//! - `authd_db_abandoned_connections_total{outcome}`: connections a cancelled call left inside a
+//!   transaction or statement, `rolled_back` (and back in the pool) or `closed` (see
+//!   [`crate::db::Conn`]);
 //! - `authd_bcrypt_queue_depth`: bcrypt hashes and verifications admitted to the bcrypt pool and not
 //!   yet finished (waiting plus running);
 //! - `authd_bcrypt_rejected_total`: bcrypt jobs refused with RESOURCE_EXHAUSTED because the pool's
@@ -112,6 +115,10 @@ fn describe() {
     describe_gauge!(
         DB_POOL_CONNECTIONS,
         "Database pool connections: size (open), in_use, waiting (callers queued for one), max."
+    );
+    describe_counter!(
+        crate::db::ABANDONED_METRIC,
+        "Database connections a cancelled call left inside a transaction or statement: rolled_back (and back in the pool) or closed."
     );
     describe_gauge!(
         BCRYPT_QUEUE_DEPTH,

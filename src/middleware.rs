@@ -69,9 +69,16 @@ where
 }
 
 /// Client mistakes that tonic reports with server-error codes get the contract's codes instead:
-/// a malformed protobuf message (tonic: INTERNAL) is INVALID_ARGUMENT, a message over the size limit
-/// (tonic: OUT_OF_RANGE) is RESOURCE_EXHAUSTED, and metadata over [`MAX_METADATA_BYTES`] is refused
-/// with RESOURCE_EXHAUSTED before the call runs.
+/// a malformed protobuf message, a body that ends inside a message frame, and a gRPC-Web body that
+/// does not decode (bad base64; all tonic: INTERNAL) are INVALID_ARGUMENT, a message over the size
+/// limit (tonic: OUT_OF_RANGE) is RESOURCE_EXHAUSTED, and metadata over [`MAX_METADATA_BYTES`] is
+/// refused with RESOURCE_EXHAUSTED before the call runs.
+///
+/// Every one of these statuses is made by tonic's codec, the innermost service, while it reads the
+/// request (tonic-web's decoding errors surface there too, as errors of the request body); it
+/// reports them before the handler runs, as a trailers-only response, so this layer sees them in
+/// the response headers. It sits inside the gRPC-Web layer (which adds only plain HTTP errors of
+/// its own) and inside the trace and metrics layers, so logs and metrics record the rewritten code.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientErrorLayer;
 
@@ -107,6 +114,23 @@ fn remap(status: &Status) -> Option<Status> {
             Some(Status::invalid_argument(
                 "malformed request: not a valid protobuf message for this method",
             ))
+        }
+        // A request body that ends inside a gRPC message frame.
+        Code::Internal
+            if status
+                .message()
+                .starts_with("Unexpected EOF decoding stream") =>
+        {
+            Some(Status::invalid_argument(
+                "malformed request: the body ends inside a gRPC message frame",
+            ))
+        }
+        // A gRPC-Web body tonic-web cannot decode (bad base64, bad framing).
+        Code::Internal | Code::DataLoss if status.message().starts_with("tonic-web: ") => {
+            Some(Status::invalid_argument(format!(
+                "malformed gRPC-Web request body: {}",
+                status.message().trim_start_matches("tonic-web: ")
+            )))
         }
         Code::OutOfRange if status.message().contains("message length too large") => {
             Some(Status::resource_exhausted(format!(
@@ -432,6 +456,16 @@ mod tests {
             "Error, decoded message length too large: found 99 bytes, the limit is: 9 bytes",
         );
         assert_eq!(remap(&big).map(|s| s.code()), Some(Code::ResourceExhausted));
+        for client_mistake in [
+            Status::internal("Unexpected EOF decoding stream."),
+            Status::internal("tonic-web: Invalid symbol 33, offset 0."),
+        ] {
+            let remapped = remap(&client_mistake).map(|s| (s.code(), s.message().to_owned()));
+            assert!(
+                matches!(&remapped, Some((Code::InvalidArgument, m)) if m.starts_with("malformed")),
+                "{remapped:?}"
+            );
+        }
         assert!(remap(&Status::internal("internal error")).is_none());
         assert!(remap(&Status::unauthenticated("x")).is_none());
     }

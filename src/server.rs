@@ -24,12 +24,10 @@ use crate::proto;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
 use crate::transport::{self, Transport};
-use tonic::transport::server::TcpIncoming;
 
 /// Largest request message the server decodes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// Health service for Kubernetes liveness probes: SERVING while the process is up.
-pub const LIVENESS_SERVICE: &str = "liveness";
+pub use crate::health::LIVENESS_SERVICE;
 /// How often the database is probed for readiness.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one readiness probe may take before the database counts as lost.
@@ -178,7 +176,13 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let (reporter, _) = tonic_health::server::health_reporter();
+    // Drain on `shutdown`: see [`drain`]. When `stop_accepting` fires, the server stops accepting
+    // and the health Watch streams end.
+    let (stop_accepting, mut accepting) = watch::channel(false);
+    let health_service = tonic_health::pb::health_server::HealthServer::new(
+        crate::health::HealthWatches::new(reporter.clone(), accepting.clone()),
+    );
     reporter
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
@@ -207,6 +211,7 @@ pub async fn serve(
         tokio::spawn(transport::serve_health(
             listener,
             tonic::service::Routes::new(health_service.clone()),
+            svc.config().handshake_timeout,
             async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             },
@@ -225,8 +230,6 @@ pub async fn serve(
     let users = UserServiceServer::new(UserApi::new(svc.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
-    // Drain on `shutdown`: see [`drain`]. The server stops accepting when `stop_accepting` fires.
-    let (stop_accepting, mut accepting) = watch::channel(false);
     let server = builder
         .layer(transport.web_layer())
         // Outside the layers that rewrite statuses, so they see the code the client receives.
@@ -238,10 +241,21 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(auth)
-        .add_service(users)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            let _ = accepting.wait_for(|stop| *stop).await;
-        });
+        .add_service(users);
+    let stop = async move {
+        let _ = accepting.wait_for(|stop| *stop).await;
+    };
+    let incoming = transport.incoming(listener, svc.config().handshake_timeout);
+    let server = async move {
+        match incoming {
+            crate::listener::Listener::Plain(incoming) => {
+                server.serve_with_incoming_shutdown(incoming, stop).await
+            }
+            crate::listener::Listener::Tls(incoming) => {
+                server.serve_with_incoming_shutdown(incoming, stop).await
+            }
+        }
+    };
     let timings = DrainTimings::from_config(svc.config());
     let result = drain(server, shutdown, &readiness, stop_accepting, timings).await;
     let _ = stop_tx.send(true);
@@ -371,7 +385,8 @@ impl DrainTimings {
 /// 1. readiness (`""` and the API services) goes NOT_SERVING at once and stays so; `liveness`
 ///    stays SERVING; connections are still accepted, so load balancers see the change;
 /// 2. after `timings.delay`, `stop_accepting` fires: `server` closes its listener (new connections
-///    are refused) and asks every connection to finish (HTTP/2 GOAWAY);
+///    are refused) and asks every connection to finish (HTTP/2 GOAWAY); every health Watch stream
+///    ends ([`crate::health::HealthWatches`]), so open Watches do not hold their connections open;
 /// 3. in-flight calls finish, for at most `timings.grace`; then `server` is dropped.
 ///
 /// Closing the pool and stopping the embedded PostgreSQL come after, in [`run`]. A server that
@@ -518,12 +533,6 @@ pub fn http2_limits<L>(builder: Server<L>) -> Server<L> {
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
         .tcp_nodelay(true)
-}
-
-/// Accepted connections with TCP_NODELAY. (`Server::tcp_nodelay` applies only to listeners tonic
-/// binds itself; without it, Nagle's algorithm and delayed ACKs stall small replies by ~40 ms.)
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Raises the soft limit on open files to the hard limit: every client connection is a file

@@ -16,18 +16,18 @@ use base64::Engine as _;
 use http::{HeaderName, HeaderValue, Method};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
+use tokio_rustls::rustls;
 use tonic::body::Body;
 use tonic::codegen::{Body as HttpBody, Bytes, StdError};
 use tonic::service::Routes;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_web::{GrpcWebLayer, GrpcWebService};
 use tower::Layer;
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
 use crate::config::Config;
+use crate::listener::{Incoming, Listener, TlsIncoming};
 
-/// A TLS handshake that takes longer than this is dropped.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long browsers may cache a CORS preflight answer.
 pub const CORS_MAX_AGE: Duration = Duration::from_secs(600);
 
@@ -107,9 +107,7 @@ pub struct Transport {
 
 #[derive(Clone)]
 struct Tls {
-    config: ServerTlsConfig,
-    cert: PathBuf,
-    key: PathBuf,
+    acceptor: tokio_rustls::TlsAcceptor,
     ca: Option<PathBuf>,
     require: bool,
 }
@@ -186,20 +184,25 @@ impl Transport {
         self.web.is_some()
     }
 
-    /// `server` with TLS (if configured) and HTTP/1.1 (for gRPC-Web, if on).
-    pub fn configure<L>(&self, server: Server<L>) -> Result<Server<L>, ConfigError> {
-        let mut server = server.accept_http1(self.web.is_some());
-        if let Some(tls) = &self.tls {
-            server = server
-                .tls_config(tls.config.clone())
-                .map_err(|e| ConfigError::Rejected {
-                    cert: tls.cert.clone(),
-                    key: tls.key.clone(),
-                    ca: tls.ca.clone(),
-                    reason: error_chain(&e),
-                })?;
+    /// The accepted connections of the gRPC listener, plaintext or TLS: each must finish its TLS
+    /// handshake (with TLS) and its opening ([`crate::listener::HandshakeDeadline`]) within
+    /// `handshake_timeout` of being accepted. Serve them with a server from
+    /// [`Transport::configure`].
+    pub fn incoming(&self, listener: TcpListener, handshake_timeout: Duration) -> Listener {
+        match &self.tls {
+            None => Listener::Plain(Incoming::new(listener, Some(handshake_timeout))),
+            Some(tls) => Listener::Tls(TlsIncoming::new(
+                Incoming::new(listener, None),
+                tls.acceptor.clone(),
+                handshake_timeout,
+            )),
         }
-        Ok(server)
+    }
+
+    /// `server` with HTTP/1.1 (for gRPC-Web, if on). TLS is not tonic's: [`Transport::incoming`]
+    /// accepts it.
+    pub fn configure<L>(&self, server: Server<L>) -> Result<Server<L>, ConfigError> {
+        Ok(server.accept_http1(self.web.is_some()))
     }
 
     /// The layer that serves gRPC-Web behind the CORS policy, or passes everything through when
@@ -249,45 +252,75 @@ fn load_tls(config: &Config) -> Result<Option<Tls>, ConfigError> {
 
     let cert_pem = read_pem("AUTHD_TLS_CERT", cert, PemKind::Certificates)?;
     let key_pem = read_pem("AUTHD_TLS_KEY", key, PemKind::PrivateKey)?;
-    let mut tls_config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, key_pem))
-        .timeout(TLS_HANDSHAKE_TIMEOUT);
-    if let Some(ca) = ca {
-        let ca_pem = read_pem("AUTHD_TLS_CLIENT_CA", ca, PemKind::Certificates)?;
-        tls_config = tls_config
-            .client_ca_root(Certificate::from_pem(ca_pem))
-            .client_auth_optional(!config.tls_require_client_cert);
-    }
-    let tls = Tls {
-        config: tls_config,
+    let ca_pem = ca
+        .map(|ca| read_pem("AUTHD_TLS_CLIENT_CA", ca, PemKind::Certificates))
+        .transpose()?;
+    // Built now, so a key that does not match its certificate (or a CA bundle with no usable
+    // certificate) stops the start-up instead of failing every handshake.
+    let server_config = server_config(
+        &cert_pem,
+        &key_pem,
+        ca_pem.as_deref(),
+        config.tls_require_client_cert,
+    )
+    .map_err(|reason| ConfigError::Rejected {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
         ca: ca.map(Path::to_path_buf),
+        reason,
+    })?;
+    Ok(Some(Tls {
+        acceptor: tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_config)),
+        ca: ca.map(Path::to_path_buf),
         require: config.tls_require_client_cert,
-    };
-    // Build the acceptor once now, so a key that does not match its certificate (or a CA bundle
-    // with no usable certificate) stops the start-up instead of failing every handshake.
-    Server::builder()
-        .tls_config(tls.config.clone())
-        .map_err(|e| ConfigError::Rejected {
-            cert: tls.cert.clone(),
-            key: tls.key.clone(),
-            ca: tls.ca.clone(),
-            reason: error_chain(&e),
-        })?;
-    Ok(Some(tls))
+    }))
 }
 
-/// `e` and its sources, joined with ": " (tonic's own message is only "transport error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+/// The rustls configuration tonic would build from the same files: ring, TLS 1.2 and 1.3, ALPN
+/// `h2`, client certificates verified against `ca_pem` (required, or optional) when given. The
+/// reason of an error never holds the files' contents.
+fn server_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    ca_pem: Option<&[u8]>,
+    require_client_cert: bool,
+) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot parse the certificate chain: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("cannot parse the private key: {e}"))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca_pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let cas = CertificateDer::pem_slice_iter(ca_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("cannot parse the client CA: {e}"))?;
+            roots.add_parsable_certificates(cas);
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                provider,
+            );
+            let verifier = if require_client_cert {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| e.to_string())?)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols.push(b"h2".to_vec());
+    Ok(config)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -487,11 +520,12 @@ where
 pub async fn serve_health(
     listener: TcpListener,
     routes: Routes,
+    handshake_timeout: Duration,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     crate::server::http2_limits(Server::builder())
         .add_routes(routes)
-        .serve_with_incoming_shutdown(crate::server::incoming(listener), stop)
+        .serve_with_incoming_shutdown(Incoming::new(listener, Some(handshake_timeout)), stop)
         .await
 }
 

@@ -1009,3 +1009,95 @@ fn cors_origins_are_checked_at_start_up() {
     });
     assert!(e.contains("app.example.com"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Silent clients on the TLS listener
+
+/// Whether the server closes `conn` (EOF, a reset or a TLS alert) within [`PATIENCE`]; whatever it
+/// sends first (its HTTP/2 SETTINGS) is read and ignored.
+async fn closed_by_server<S: tokio::io::AsyncRead + Unpin>(mut conn: S) -> bool {
+    let read_to_end = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read_to_end).await.is_ok()
+}
+
+/// A TLS connection to the server that trusts the test CA and offers `h2`.
+async fn tls_connection(addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pki().ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+#[tokio::test]
+async fn tls_connections_that_stall_are_closed() {
+    let server = TestServer::start(|c| {
+        with_tls(c);
+        c.handshake_timeout = Duration::from_secs(1);
+    })
+    .await;
+
+    let mut checks = Vec::new();
+    for _ in 0..5 {
+        let addr = server.addr;
+        // No TLS handshake at all.
+        checks.push(tokio::spawn(async move {
+            (
+                "nothing",
+                closed_by_server(TcpStream::connect(addr).await.unwrap()).await,
+            )
+        }));
+        // Half a ClientHello.
+        checks.push(tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                .await
+                .unwrap();
+            ("half a ClientHello", closed_by_server(tcp).await)
+        }));
+        // A complete TLS handshake, then half an HTTP/2 preface inside it.
+        checks.push(tokio::spawn(async move {
+            let mut tls = tls_connection(addr).await;
+            tls.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+            tls.flush().await.unwrap();
+            ("TLS, then half a preface", closed_by_server(tls).await)
+        }));
+    }
+    // Meanwhile a normal TLS client works, and keeps working when idle past the timeout.
+    let channel = server.tls_ok(ClientCert::None).await;
+    register_and_login(channel.clone()).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    register_and_login(channel).await;
+
+    for check in checks {
+        let (what, closed) = check.await.unwrap();
+        assert!(
+            closed,
+            "the TLS listener kept a connection that sent {what}"
+        );
+    }
+    server.stop().await;
+}

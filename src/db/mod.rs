@@ -190,13 +190,16 @@ pub fn build_pool(url: &str, max_size: u32, timeout: Duration) -> Result<Pool, D
 /// diesel-async transactions are not cancel-safe: when a request future is dropped (client
 /// cancellation, server timeout) inside a transaction, the connection would go back to the pool
 /// with the transaction open and its locks held until the next checkout noticed. On drop, this
-/// guard detaches such a connection from the pool and closes it, so PostgreSQL rolls the
-/// transaction back at once.
+/// guard keeps such a connection out of the pool and, in a background task, sends `ROLLBACK` and
+/// resets diesel's transaction state; the connection goes back to the pool only when the rollback
+/// answered within [`ROLLBACK_TIMEOUT`]. Otherwise (or without a tokio runtime) it is closed, so
+/// PostgreSQL rolls the transaction back itself: no transaction stays open either way, and
+/// cancelled calls do not cost a new database connection each.
 ///
 /// The same holds for a statement sent outside a transaction: [`Conn::guarded`] marks the
-/// connection busy while it runs, and a busy connection is closed on drop too, rather than handed
-/// to the next request with the abandoned statement still running (or waiting on a lock) in front
-/// of its own.
+/// connection busy while it runs, and a busy connection is rolled back the same way on drop
+/// (`ROLLBACK` waits for the abandoned statement to end), rather than handed to the next request
+/// with the abandoned statement still running (or waiting on a lock) in front of its own.
 pub struct Conn {
     object: std::mem::ManuallyDrop<PooledConn>,
     busy: bool,
@@ -231,11 +234,65 @@ impl Drop for Conn {
         // SAFETY: `self.object` is never touched again after this line; we are in `drop`.
         let mut c = unsafe { std::mem::ManuallyDrop::take(&mut self.object) };
         if self.busy || c.is_broken() {
-            tracing::debug!("closing a connection abandoned inside a transaction or statement");
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(roll_back_abandoned(c));
+                }
+                Err(_) => drop(deadpool::managed::Object::take(c)),
+            }
+        }
+    }
+}
+
+/// How long the rollback of an abandoned connection may take before the connection is closed
+/// instead.
+pub const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Rolls back whatever a cancelled call left on `c` and returns it to the pool; closes it if the
+/// rollback fails or takes longer than [`ROLLBACK_TIMEOUT`]. `ROLLBACK` outside a transaction is
+/// only a warning, so this also just waits for an abandoned statement to end.
+async fn roll_back_abandoned(c: PooledConn) {
+    use diesel_async::pooled_connection::PoolableConnection;
+    // Should this task be dropped before it finishes (the runtime shutting down), the connection
+    // is closed, never returned with its transaction open.
+    let mut guard = CloseUnlessReleased(Some(c));
+    let Some(c) = guard.0.as_mut() else {
+        return;
+    };
+    let rolled_back = tokio::time::timeout(ROLLBACK_TIMEOUT, c.batch_execute("ROLLBACK")).await;
+    if let Ok(Ok(())) = rolled_back {
+        // The server is outside any transaction now; make diesel's bookkeeping say so too
+        // (depth 0, and not "broken" by a BEGIN or COMMIT that was cancelled halfway).
+        *AsyncConnection::transaction_state(&mut **c) =
+            diesel_async::AnsiTransactionManager::default();
+        if !c.is_broken() {
+            ::metrics::counter!(ABANDONED_METRIC, "outcome" => "rolled_back").increment(1);
+            tracing::debug!("rolled back a connection abandoned by a cancelled call");
+            drop(guard.0.take()); // back to the pool
+            return;
+        }
+    }
+    ::metrics::counter!(ABANDONED_METRIC, "outcome" => "closed").increment(1);
+    tracing::debug!(
+        rolled_back = matches!(rolled_back, Ok(Ok(()))),
+        "closing a connection abandoned by a cancelled call"
+    );
+}
+
+/// Closes the connection it holds when dropped, unless it was taken out first.
+struct CloseUnlessReleased(Option<PooledConn>);
+
+impl Drop for CloseUnlessReleased {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
             drop(deadpool::managed::Object::take(c));
         }
     }
 }
+
+/// Counter of connections abandoned inside a transaction or statement, by `outcome`:
+/// `rolled_back` (returned to the pool) or `closed`.
+pub const ABANDONED_METRIC: &str = "authd_db_abandoned_connections_total";
 
 /// Checks a connection out of the pool.
 ///

@@ -45,8 +45,9 @@ pub enum RoleArg {
     Unknown(i32),
 }
 
-/// UpdateMe: `None` leaves a field alone; an empty string clears username and names.
-#[derive(Debug, Clone, Default)]
+/// UpdateMe: `None` leaves a field alone; an empty string clears username and names. Its Debug
+/// hides the password.
+#[derive(Clone, Default)]
 pub struct ProfileUpdate {
     pub username: Option<String>,
     pub first_name: Option<String>,
@@ -55,8 +56,28 @@ pub struct ProfileUpdate {
     pub current_password: String,
 }
 
-/// UpdateUser: `None` leaves a field alone.
-#[derive(Debug, Clone, Default)]
+impl std::fmt::Debug for ProfileUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so a new field cannot be added without deciding how it is shown.
+        let ProfileUpdate {
+            username,
+            first_name,
+            last_name,
+            email,
+            current_password: _,
+        } = self;
+        f.debug_struct("ProfileUpdate")
+            .field("username", username)
+            .field("first_name", first_name)
+            .field("last_name", last_name)
+            .field("email", email)
+            .field("current_password", &super::service::REDACTED)
+            .finish()
+    }
+}
+
+/// UpdateUser: `None` leaves a field alone. Its Debug hides the password.
+#[derive(Clone, Default)]
 pub struct AdminUpdate {
     pub email: Option<String>,
     pub username: Option<String>,
@@ -65,6 +86,32 @@ pub struct AdminUpdate {
     pub role: Option<RoleArg>,
     pub active: Option<bool>,
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for AdminUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let AdminUpdate {
+            email,
+            username,
+            first_name,
+            last_name,
+            role,
+            active,
+            password,
+        } = self;
+        f.debug_struct("AdminUpdate")
+            .field("email", email)
+            .field("username", username)
+            .field("first_name", first_name)
+            .field("last_name", last_name)
+            .field("role", role)
+            .field("active", active)
+            .field(
+                "password",
+                &password.as_ref().map(|_| super::service::REDACTED),
+            )
+            .finish()
+    }
 }
 
 impl AdminUpdate {

@@ -64,8 +64,8 @@ impl TryFrom<db::models::User> for Account {
     }
 }
 
-/// What Register (and admin creation) takes.
-#[derive(Debug, Clone, Default)]
+/// What Register (and admin creation) takes. Its Debug hides the password.
+#[derive(Clone, Default)]
 pub struct NewAccount {
     pub email: String,
     pub password: String,
@@ -74,6 +74,29 @@ pub struct NewAccount {
     pub last_name: String,
 }
 
+impl std::fmt::Debug for NewAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so a new field cannot be added without deciding how it is shown.
+        let NewAccount {
+            email,
+            password: _,
+            username,
+            first_name,
+            last_name,
+        } = self;
+        f.debug_struct("NewAccount")
+            .field("email", email)
+            .field("password", &REDACTED)
+            .field("username", username)
+            .field("first_name", first_name)
+            .field("last_name", last_name)
+            .finish()
+    }
+}
+
+/// What Debug shows in place of a password, token or key.
+pub const REDACTED: &str = "<redacted>";
+
 /// How Login names the account.
 #[derive(Debug, Clone)]
 pub enum LoginIdentifier {
@@ -81,14 +104,33 @@ pub enum LoginIdentifier {
     Username(String),
 }
 
-/// The credentials Login and Refresh return.
-#[derive(Debug, Clone)]
+/// The credentials Login and Refresh return. Its Debug hides both tokens.
+#[derive(Clone)]
 pub struct TokenPair {
     pub access_token: String,
     pub refresh_token: String,
     pub expires_in: i64,
     pub refresh_expires_in: i64,
     pub session_id: Uuid,
+}
+
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let TokenPair {
+            access_token: _,
+            refresh_token: _,
+            expires_in,
+            refresh_expires_in,
+            session_id,
+        } = self;
+        f.debug_struct("TokenPair")
+            .field("access_token", &REDACTED)
+            .field("refresh_token", &REDACTED)
+            .field("expires_in", expires_in)
+            .field("refresh_expires_in", refresh_expires_in)
+            .field("session_id", session_id)
+            .finish()
+    }
 }
 
 /// The answer of ValidateToken; `None` means "not a live access token".
