@@ -159,7 +159,16 @@ impl Principal {
 pub struct ClientInfo {
     pub ip: Option<IpAddr>,
     pub user_agent: String,
+    /// When the call must be answered: its `grpc-timeout` capped by `AUTHD_REQUEST_TIMEOUT`,
+    /// counted from its arrival (see [`RequestDeadline`]). None = `AUTHD_REQUEST_TIMEOUT` from now.
+    /// Only the bcrypt pool's admission reads it (scheduling, not a business rule).
+    pub deadline: Option<std::time::Instant>,
 }
+
+/// The deadline of a call, put into the request's extensions by the server's deadline layer
+/// (`grpc-timeout`, capped by `AUTHD_REQUEST_TIMEOUT`) and copied into [`ClientInfo::deadline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestDeadline(pub std::time::Instant);
 
 /// Limits on stored client info.
 pub const MAX_USER_AGENT_CHARS: usize = 256;
@@ -203,7 +212,11 @@ impl ClientInfo {
             .filter(|c| !c.is_control())
             .take(MAX_USER_AGENT_CHARS)
             .collect();
-        Self { ip, user_agent }
+        Self {
+            ip,
+            user_agent,
+            deadline: None,
+        }
     }
 
     pub fn ip_string(&self) -> String {

@@ -229,6 +229,29 @@ impl Authd {
         self.hasher.hold()
     }
 
+    /// For tests: a hold in the bcrypt queue of `client`, counted as a job of `expected` run time
+    /// (see [`PasswordHasher::hold_for`]).
+    #[doc(hidden)]
+    pub fn hold_bcrypt_for(
+        &self,
+        client: Option<super::ClientKey>,
+        expected: std::time::Duration,
+    ) -> Result<password::Hold> {
+        self.hasher.hold_for(client, expected)
+    }
+
+    /// For tests: how many password checks wait for a bcrypt thread.
+    #[doc(hidden)]
+    pub fn bcrypt_waiting(&self) -> usize {
+        self.hasher.waiting()
+    }
+
+    /// For tests: how many failed password checks were padded to the configured bcrypt cost.
+    #[doc(hidden)]
+    pub fn bcrypt_padded_checks(&self) -> u64 {
+        self.hasher.padded_checks()
+    }
+
     pub(super) fn throttle_policy(&self) -> throttle::Policy {
         throttle::Policy {
             max_failures: self.config.login_max_failures,
@@ -297,7 +320,7 @@ impl Authd {
             self.config.min_password_score,
             &[&email, username.as_deref().unwrap_or_default()],
         )?;
-        let hash = self.hasher.hash(password).await?;
+        let hash = self.hasher.hash(password, client).await?;
         let now = self.now();
         let new_user = db::models::NewUser {
             id: Uuid::new_v4(),
@@ -449,6 +472,7 @@ impl Authd {
             .verify(
                 password.clone(),
                 user.as_ref().map(|u| u.password_hash.as_str()),
+                client,
             )
             .await?;
         {
@@ -490,7 +514,7 @@ impl Authd {
 
         // The upgrade is an optimisation: a full bcrypt pool postpones it to a later login rather
         // than refusing a login whose password was right.
-        match self.upgrade_hash_cost(&user, password).await {
+        match self.upgrade_hash_cost(&user, password, client).await {
             Err(Error::ResourceExhausted { .. }) => {
                 tracing::debug!(user_id = %user.id, "bcrypt pool full; hash cost upgrade postponed");
             }
@@ -546,6 +570,7 @@ impl Authd {
         &self,
         user: &db::models::User,
         password: Option<String>,
+        client: &ClientInfo,
     ) -> Result<()> {
         let Some(password) = password else {
             return Ok(());
@@ -554,7 +579,7 @@ impl Authd {
             Some(cost) if cost < self.hasher.cost() => {}
             _ => return Ok(()),
         }
-        let hash = self.hasher.hash(password).await?;
+        let hash = self.hasher.hash(password, client).await?;
         users::replace_password_hash(
             &mut *self.conn().await?,
             user.id,

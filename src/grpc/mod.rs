@@ -131,7 +131,12 @@ pub fn client_info<T>(req: &Request<T>, trusted: &[IpNet]) -> ClientInfo {
         .get("user-agent")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    ClientInfo::new(ip, ua)
+    let mut client = ClientInfo::new(ip, ua);
+    client.deadline = req
+        .extensions()
+        .get::<crate::domain::RequestDeadline>()
+        .map(|d| d.0);
+    client
 }
 
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
