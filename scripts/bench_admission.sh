@@ -5,7 +5,9 @@
 #
 #   scripts/bench_admission.sh nice VALUE [DURATION]   # validate c16; mix validate=16,login=4; login c4
 #                                                      # at AUTHD_BCRYPT_NICE=VALUE (P3, P2, starvation)
-#   scripts/bench_admission.sh flood [DURATION]        # cost 10: flood=48 from 4 addresses while
+#   scripts/bench_admission.sh starve VALUE [DURATION] # mix health=64,login=4 with authd-bench on BOTH CPUs,
+#                                                      # so that authd's CPU is saturated by cheap calls
+#   scripts/bench_admission.sh flood [DURATION]        # cost 10: flood=$FLOOD_WORKERS (48) from 4 addresses while
 #                                                      # login=4 from 4 other addresses
 #
 # Results: one authd-bench JSON per run in $OUT (default /tmp/authd-admission), and the bcrypt
@@ -17,7 +19,8 @@ bench="$root/target/release/authd-bench"
 out="${OUT:-/tmp/authd-admission}"
 mkdir -p "$out"
 mode="${1:?usage: bench_admission.sh nice VALUE [DURATION] | flood [DURATION]}"
-if [ "$mode" = nice ]; then nice_value="${2:?nice VALUE}"; duration="${3:-10s}"; cost=12
+client_cpus=0
+if [ "$mode" = nice ] || [ "$mode" = starve ]; then nice_value="${2:?VALUE}"; duration="${3:-10s}"; cost=12
 else nice_value=10; duration="${2:-10s}"; cost=10; fi
 data="$(mktemp -d /tmp/authd-admission.XXXXXX)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -38,7 +41,7 @@ run() {
   local name="$1"; shift
   echo "== $name: authd-bench $*" >&2
   AUTHD_BENCH_ADMIN_EMAIL="$admin_email" AUTHD_BENCH_ADMIN_PASSWORD="$admin_password" \
-    taskset -c 0 "$bench" --addr "$url" --duration "$duration" --warmup 2s --bcrypt-cost "$cost" \
+    taskset -c "$client_cpus" "$bench" --addr "$url" --duration "$duration" --warmup 2s --bcrypt-cost "$cost" \
     --server-cores 1 --json "$@" >"$out/$name.json"
   python3 - "$out/$name.json" <<'EOF' >&2
 import json, sys
@@ -57,7 +60,10 @@ if [ "$mode" = nice ]; then
   run "validate-nice$nice_value" --rpc validate -c 16
   run "storm-nice$nice_value" --mix validate=16,login=4
   run "login-nice$nice_value" --rpc login -c 4
+elif [ "$mode" = starve ]; then
+  client_cpus=0,1
+  run "starve-nice$nice_value" --mix health=64,login=4 --connections 4
 else
-  run flood --mix flood=48,login=4 --flood-addresses 4 --login-addresses 4 --users 4
+  run "flood${FLOOD_WORKERS:-48}" --mix "flood=${FLOOD_WORKERS:-48},login=4" --flood-addresses 4 --login-addresses 4 --users 4
 fi
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

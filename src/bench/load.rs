@@ -168,11 +168,13 @@ impl Job {
 /// `198.18.<net>.<1 + w mod n>` as `x-forwarded-for` metadata.
 fn source_address(net: u8, w: usize, n: u32) -> Result<MetadataValue<Ascii>, SetupError> {
     let host = w % n.max(1) as usize + 1;
-    format!("198.18.{net}.{host}").parse().map_err(|_| SetupError {
-        what: "internal: a source address is not valid metadata".into(),
-        status: None,
-        hint: None,
-    })
+    format!("198.18.{net}.{host}")
+        .parse()
+        .map_err(|_| SetupError {
+            what: "internal: a source address is not valid metadata".into(),
+            status: None,
+            hint: None,
+        })
 }
 
 /// Source addresses of the flood and login workers (see `--flood-addresses`).

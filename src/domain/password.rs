@@ -367,6 +367,16 @@ impl PasswordHasher {
         Ok(real && ok)
     }
 
+    /// Refuses at once, as [`verify`](Self::verify) would, a check of `client` that the pool could
+    /// not admit now, so that a call bound to be refused skips its database work first (Login
+    /// calls it before looking the account up: a refused flood then costs little CPU). The real
+    /// admission happens again when the check is submitted.
+    pub fn precheck(&self, client: &ClientInfo) -> Result<()> {
+        let cost = self.cost;
+        self.pool
+            .precheck(self.admission(client), move |t| t.estimate(cost))
+    }
+
     /// For tests: how many jobs wait for a thread (all clients).
     #[doc(hidden)]
     pub fn waiting(&self) -> usize {
@@ -760,6 +770,41 @@ impl Pool {
         self.shared.lock().run_times.estimate(cost)
     }
 
+    /// The admission rule applied to a job of `who` expected to run `expected` seconds, with the
+    /// refusal's metrics and error.
+    fn admit(&self, state: &State, who: &Admission, expected: f64) -> Result<()> {
+        let admitted = state.admit(who, expected, self.threads, self.per_client, Instant::now());
+        let wait = match admitted {
+            Ok(wait) | Err(Refusal::Deadline { wait } | Refusal::ClientQueue { wait }) => wait,
+        };
+        metrics::gauge!(crate::metrics::BCRYPT_EXPECTED_WAIT).set(wait);
+        let Err(refusal) = admitted else {
+            return Ok(());
+        };
+        let reason = match refusal {
+            Refusal::Deadline { .. } => "deadline",
+            Refusal::ClientQueue { .. } => "client_queue",
+        };
+        metrics::counter!(crate::metrics::BCRYPT_REJECTED, "reason" => reason).increment(1);
+        tracing::debug!(reason, wait, "bcrypt job refused");
+        Err(Error::ResourceExhausted {
+            message: POOL_FULL_MESSAGE.into(),
+            // The grpc layer rounds it up to whole seconds, at least 1.
+            retry_after: Some(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX)),
+        })
+    }
+
+    /// Whether a job of `who` expected to run `expected(estimates)` would be admitted now,
+    /// without queuing anything.
+    fn precheck(&self, who: Admission, expected: impl FnOnce(&RunTimes) -> f64) -> Result<()> {
+        let state = self.shared.lock();
+        if state.shutdown {
+            return Err(stopped());
+        }
+        let expected = expected(&state.run_times);
+        self.admit(&state, &who, expected)
+    }
+
     /// Queues `f` in the queue of `who`, or refuses at once with RESOURCE_EXHAUSTED (see the
     /// module docs). `expected` gives the job's run time from the current estimates. The job is
     /// skipped if the receiver is gone by the time a thread takes it.
@@ -775,25 +820,9 @@ impl Pool {
             return Err(stopped());
         }
         let expected = expected(&state.run_times);
-        let now = Instant::now();
-        let admitted = state.admit(&who, expected, self.threads, self.per_client, now);
-        let wait = match admitted {
-            Ok(wait) | Err(Refusal::Deadline { wait } | Refusal::ClientQueue { wait }) => wait,
-        };
-        metrics::gauge!(crate::metrics::BCRYPT_EXPECTED_WAIT).set(wait);
-        if let Err(refusal) = admitted {
+        if let Err(e) = self.admit(&state, &who, expected) {
             drop(state);
-            let reason = match refusal {
-                Refusal::Deadline { .. } => "deadline",
-                Refusal::ClientQueue { .. } => "client_queue",
-            };
-            metrics::counter!(crate::metrics::BCRYPT_REJECTED, "reason" => reason).increment(1);
-            tracing::debug!(reason, wait, "bcrypt job refused");
-            return Err(Error::ResourceExhausted {
-                message: POOL_FULL_MESSAGE.into(),
-                // The grpc layer rounds it up to whole seconds, at least 1.
-                retry_after: Some(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX)),
-            });
+            return Err(e);
         }
         state.push(
             who.client,
@@ -1163,6 +1192,10 @@ mod tests {
             &h.hash("correct horse battery".into(), &c).await
         ));
         assert!(is_pool_full(&h.hold()));
+        // The pre-check (Login's, before its database work) refuses the same, and queues nothing.
+        assert!(is_pool_full(&h.precheck(&c)));
+        assert!(h.precheck(&from("192.0.2.1")).is_ok());
+        assert_eq!(h.waiting(), 1);
 
         // Another client's queue is empty: its check is admitted and waits its turn.
         let other = h.hold_for(key("192.0.2.1"), Duration::from_millis(1))?;

@@ -427,6 +427,8 @@ impl Authd {
             )));
         }
         let password = password::presented_password("password", password)?;
+        // A check the bcrypt pool would refuse is refused before any database work.
+        self.hasher.precheck(client)?;
 
         // Throttling is keyed by the normalized identifier whether or not an account has it.
         let throttle_key = match &identifier {
