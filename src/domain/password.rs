@@ -1234,43 +1234,44 @@ mod tests {
             holds.push(h.hold_for(key("192.0.2.1"), second)?);
         }
         holds.push(h.hold_for(key("192.0.2.2"), second)?);
-        let state = h.pool.shared.lock();
-        // As if no time had passed since the running job started: it has 1 s left.
-        let now = state.workers[0].map(|r| r.started).ok_or_else(stopped)?;
-        // A new client goes after one job of A and one of B: 2 jobs + 1 s.
-        assert_eq!(state.expected_wait(0, 1, now), 3.0);
-        // B's second job: min(3, 2) of A + B's own 1, + 1 s.
-        assert_eq!(state.expected_wait(1, 1, now), 4.0);
-        // A's fourth job: all 4 waiting jobs + 1 s.
-        assert_eq!(state.expected_wait(3, 1, now), 5.0);
-        // Half a second later the running job has half a second left.
-        let later = now + Duration::from_millis(500);
-        assert_eq!(state.expected_wait(0, 1, later), 2.5);
+        {
+            let state = h.pool.shared.lock();
+            // As if no time had passed since the running job started: it has 1 s left.
+            let now = state.workers[0].map(|r| r.started).ok_or_else(stopped)?;
+            // A new client goes after one job of A and one of B: 2 jobs + 1 s.
+            assert_eq!(state.expected_wait(0, 1, now), 3.0);
+            // B's second job: min(3, 2) of A + B's own 1, + 1 s.
+            assert_eq!(state.expected_wait(1, 1, now), 4.0);
+            // A's fourth job: all 4 waiting jobs + 1 s.
+            assert_eq!(state.expected_wait(3, 1, now), 5.0);
+            // Half a second later the running job has half a second left.
+            let later = now + Duration::from_millis(500);
+            assert_eq!(state.expected_wait(0, 1, later), 2.5);
 
-        // Admission: run time 1 s after a wait of 3 s fits 4 s, not 3.9 s; a refusal reports its wait.
-        let c = Admission {
-            client: key("192.0.2.3"),
-            deadline: Some(now + Duration::from_secs(4)),
-        };
-        assert_eq!(state.admit(&c, 1.0, 1, 64, now), Ok(3.0));
-        let c = Admission {
-            deadline: Some(now + Duration::from_millis(3900)),
-            ..c
-        };
-        assert_eq!(
-            state.admit(&c, 1.0, 1, 64, now),
-            Err(Refusal::Deadline { wait: 3.0 })
-        );
-        // The per-client cap applies before the deadline.
-        let a = Admission {
-            client: key("192.0.2.1"),
-            deadline: None,
-        };
-        assert_eq!(
-            state.admit(&a, 1.0, 1, 3, now),
-            Err(Refusal::ClientQueue { wait: 5.0 })
-        );
-        drop(state);
+            // Admission: run time 1 s after a wait of 3 s fits 4 s, not 3.9 s; a refusal reports its wait.
+            let c = Admission {
+                client: key("192.0.2.3"),
+                deadline: Some(now + Duration::from_secs(4)),
+            };
+            assert_eq!(state.admit(&c, 1.0, 1, 64, now), Ok(3.0));
+            let c = Admission {
+                deadline: Some(now + Duration::from_millis(3900)),
+                ..c
+            };
+            assert_eq!(
+                state.admit(&c, 1.0, 1, 64, now),
+                Err(Refusal::Deadline { wait: 3.0 })
+            );
+            // The per-client cap applies before the deadline.
+            let a = Admission {
+                client: key("192.0.2.1"),
+                deadline: None,
+            };
+            assert_eq!(
+                state.admit(&a, 1.0, 1, 3, now),
+                Err(Refusal::ClientQueue { wait: 5.0 })
+            );
+        }
         // Dropping a hold releases it, whichever job the thread runs.
         drop(holds);
         running.release().await?;
