@@ -12,8 +12,8 @@
 //! | `AUTHD_REFRESH_REPLAY_SAME_CLIENT` | `--refresh-replay-same-client` | `true` (a grace replay is honoured only from the client, address or IPv6 /64, that spent the token) |
 //! | `AUTHD_BCRYPT_COST` | `--bcrypt-cost` | `12` (4-31) |
 //! | `AUTHD_BCRYPT_CONCURRENCY` | `--bcrypt-concurrency` | `0` = the cores available to the process (bcrypt threads) |
-//! | `AUTHD_BCRYPT_QUEUE` | `--bcrypt-queue` | unset = 8 × the bcrypt threads (jobs that may wait for one; `0` = none) |
-//! | `AUTHD_BCRYPT_NICE` | `--bcrypt-nice` | `idle` (SCHED_IDLE for the bcrypt threads, or a nice value 0-19) |
+//! | `AUTHD_BCRYPT_QUEUE` | `--bcrypt-queue` | unset = `64` password checks one client may have waiting for a bcrypt thread (a memory cap; admission is by deadline) |
+//! | `AUTHD_BCRYPT_NICE` | `--bcrypt-nice` | `10` (nice value 0-19 of the bcrypt threads, or `idle` for SCHED_IDLE, which can starve them) |
 //! | `AUTHD_ISSUER` | `--issuer` | `authd` |
 //! | `AUTHD_AUDIENCE` | `--audience` | `authd` |
 //! | `AUTHD_BOOTSTRAP_ADMIN_EMAIL` | `--bootstrap-admin-email` | unset (admin created at start-up while no active admin exists) |
@@ -107,15 +107,18 @@ pub struct Config {
     #[arg(long, env = "AUTHD_BCRYPT_CONCURRENCY", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024), global = true)]
     pub bcrypt_concurrency: u32,
 
-    /// bcrypt jobs that may wait for a thread beyond the running ones; past that, RESOURCE_EXHAUSTED.
-    /// Unset = 8 × the bcrypt threads; 0 = none may wait.
+    /// Password checks of one client (an IPv4 address or IPv6 /64) that may wait for a bcrypt thread:
+    /// a memory cap, past which that client's checks are refused (RESOURCE_EXHAUSTED). Admission
+    /// itself is by deadline: a check is admitted when its expected wait fits the call's deadline.
+    /// Unset = 64; 0 = a client's check is admitted only when a thread is free for it.
     #[arg(long, env = "AUTHD_BCRYPT_QUEUE", value_parser = clap::value_parser!(u32).range(0..=1_000_000), global = true)]
     pub bcrypt_queue: Option<u32>,
 
-    /// Scheduling priority of the bcrypt threads, so that cheap calls win the CPU from them: `idle`
-    /// (SCHED_IDLE: they run only when no other authd thread wants the CPU) or a nice value 0-19.
-    /// Stored as 0-19, with 20 meaning `idle`.
-    #[arg(long, env = "AUTHD_BCRYPT_NICE", default_value = "idle", value_parser = parse_bcrypt_priority, global = true)]
+    /// Scheduling priority of the bcrypt threads, so that cheap calls win the CPU from them: a nice
+    /// value 0-19 (default 10: a CPU share of about 1/10 of a busy core's each, so they keep
+    /// progressing under load) or `idle` (SCHED_IDLE: they run only when nothing else wants the
+    /// CPU, and starve while cheap calls saturate it). Stored as 0-19, with 20 meaning `idle`.
+    #[arg(long, env = "AUTHD_BCRYPT_NICE", default_value = "10", value_parser = parse_bcrypt_priority, global = true)]
     pub bcrypt_nice: u8,
 
     /// The `iss` claim of access tokens.
@@ -453,7 +456,7 @@ impl Config {
             bcrypt_cost: 12,
             bcrypt_concurrency: 0,
             bcrypt_queue: None,
-            bcrypt_nice: BCRYPT_SCHED_IDLE,
+            bcrypt_nice: 10,
             issuer: "authd".into(),
             audience: "authd".into(),
             bootstrap_admin_email: None,

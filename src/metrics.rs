@@ -13,8 +13,14 @@
 //!   [`crate::db::Conn`]);
 //! - `authd_bcrypt_queue_depth`: bcrypt hashes and verifications admitted to the bcrypt pool and not
 //!   yet finished (waiting plus running);
-//! - `authd_bcrypt_rejected_total`: bcrypt jobs refused with RESOURCE_EXHAUSTED because the pool's
-//!   threads were busy and its queue full.
+//! - `authd_bcrypt_rejected_total{reason}`: bcrypt jobs refused with RESOURCE_EXHAUSTED, because
+//!   their expected wait plus run time did not fit their deadline (`deadline`) or their client had
+//!   `AUTHD_BCRYPT_QUEUE` checks waiting already (`client_queue`);
+//! - `authd_bcrypt_completed_total`: bcrypt runs finished by the pool (a padded failure counts two);
+//! - `authd_bcrypt_padded_total`: failed checks against a hash cheaper than `AUTHD_BCRYPT_COST` that
+//!   were padded with a dummy check at the configured cost;
+//! - `authd_bcrypt_expected_wait_seconds`: the expected wait computed for the latest password check
+//!   (admitted or refused).
 //!
 //! Nothing is recorded until [`install_recorder`] runs (the server calls it when
 //! `AUTHD_HTTP_LISTEN` is set); before that the `metrics` macros are no-ops.
@@ -43,6 +49,9 @@ pub const REFRESH_REUSE_DETECTED: &str = "authd_refresh_reuse_detected_total";
 pub const DB_POOL_CONNECTIONS: &str = "authd_db_pool_connections";
 pub const BCRYPT_QUEUE_DEPTH: &str = "authd_bcrypt_queue_depth";
 pub const BCRYPT_REJECTED: &str = "authd_bcrypt_rejected_total";
+pub const BCRYPT_COMPLETED: &str = "authd_bcrypt_completed_total";
+pub const BCRYPT_PADDED: &str = "authd_bcrypt_padded_total";
+pub const BCRYPT_EXPECTED_WAIT: &str = "authd_bcrypt_expected_wait_seconds";
 
 /// The `result` label values of [`LOGINS`].
 pub const LOGIN_RESULTS: [&str; 4] = ["success", "failure", "disabled", "throttled"];
@@ -126,13 +135,30 @@ fn describe() {
     );
     describe_counter!(
         BCRYPT_REJECTED,
-        "bcrypt hashes and verifications refused (RESOURCE_EXHAUSTED) because the bcrypt pool and its queue were full."
+        "bcrypt hashes and verifications refused (RESOURCE_EXHAUSTED): reason deadline (the expected wait plus run time exceeds the call's deadline) or client_queue (the client's queue is full)."
+    );
+    describe_counter!(
+        BCRYPT_COMPLETED,
+        "bcrypt runs finished by the bcrypt pool (a padded failed check counts two)."
+    );
+    describe_counter!(
+        BCRYPT_PADDED,
+        "Failed password checks against a hash cheaper than the configured cost, padded with a dummy check at the configured cost."
+    );
+    describe_gauge!(
+        BCRYPT_EXPECTED_WAIT,
+        Unit::Seconds,
+        "Expected wait in the bcrypt pool computed for the latest password check (admitted or refused)."
     );
     for result in LOGIN_RESULTS {
         counter!(LOGINS, "result" => result).increment(0);
     }
     counter!(REFRESH_REUSE_DETECTED).increment(0);
-    counter!(BCRYPT_REJECTED).increment(0);
+    counter!(BCRYPT_REJECTED, "reason" => "deadline").increment(0);
+    counter!(BCRYPT_REJECTED, "reason" => "client_queue").increment(0);
+    counter!(BCRYPT_COMPLETED).increment(0);
+    counter!(BCRYPT_PADDED).increment(0);
+    gauge!(BCRYPT_EXPECTED_WAIT).set(0.0);
     gauge!(BCRYPT_QUEUE_DEPTH).increment(0.0);
 }
 

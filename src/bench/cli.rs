@@ -36,8 +36,10 @@ pub struct Cli {
     /// The RPC every worker calls, or `mix` for the worker groups given by --mix.
     /// health = grpc.health.v1 Check (""), validate = AuthService/ValidateToken (with x-api-key),
     /// getme = UserService/GetMe (bearer), login = AuthService/Login (one bcrypt verify each),
-    /// refresh = AuthService/Refresh (each worker rotates its own session's refresh token).
-    /// Default: mix when --mix is given, else health.
+    /// refresh = AuthService/Refresh (each worker rotates its own session's refresh token),
+    /// flood = AuthService/Login for a new random unknown e-mail each call (an attacker's flood:
+    /// an answered UNAUTHENTICATED counts as its success, i.e. a password check that ran;
+    /// RESOURCE_EXHAUSTED is a refusal). Default: mix when --mix is given, else health.
     #[arg(long, value_enum)]
     pub rpc: Option<RpcArg>,
 
@@ -56,6 +58,18 @@ pub struct Cli {
     /// turn on every connection it owns (w, w+workers, ...) so that every connection carries calls.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub connections: u32,
+
+    /// Source addresses of the flood workers: flood worker w sends `x-forwarded-for:
+    /// 198.18.0.<1 + w mod N>` (RFC 2544's benchmarking range). The server must trust the bench's
+    /// own address as a proxy (AUTHD_TRUSTED_PROXIES=127.0.0.1 on loopback), so that it keys the
+    /// bcrypt pool's fair queues by these addresses.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=254))]
+    pub flood_addresses: u32,
+
+    /// Source addresses of the login workers, as for --flood-addresses but from 198.18.1.x. 0 (the
+    /// default) sends no x-forwarded-for: the server sees the bench's own address.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=254))]
+    pub login_addresses: u32,
 
     /// Length of the measured run (e.g. 10s, 500ms, 2m). The access tokens made at setup must
     /// outlive warm-up and run (AUTHD_ACCESS_TOKEN_TTL, 15m by default).
@@ -145,6 +159,7 @@ pub enum RpcArg {
     Getme,
     Login,
     Refresh,
+    Flood,
     Mix,
 }
 
@@ -156,15 +171,17 @@ pub enum Rpc {
     GetMe,
     Login,
     Refresh,
+    Flood,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 5] = [
+    pub const ALL: [Rpc; 6] = [
         Rpc::Health,
         Rpc::Validate,
         Rpc::GetMe,
         Rpc::Login,
         Rpc::Refresh,
+        Rpc::Flood,
     ];
 
     /// The name used on the command line and in the JSON output.
@@ -175,6 +192,7 @@ impl Rpc {
             Rpc::GetMe => "getme",
             Rpc::Login => "login",
             Rpc::Refresh => "refresh",
+            Rpc::Flood => "flood",
         }
     }
 
@@ -186,6 +204,7 @@ impl Rpc {
             Rpc::GetMe => "auth.v1.UserService/GetMe",
             Rpc::Login => "auth.v1.AuthService/Login",
             Rpc::Refresh => "auth.v1.AuthService/Refresh",
+            Rpc::Flood => "auth.v1.AuthService/Login (unknown accounts)",
         }
     }
 
@@ -329,6 +348,7 @@ impl Cli {
                     RpcArg::Getme => Rpc::GetMe,
                     RpcArg::Login => Rpc::Login,
                     RpcArg::Refresh => Rpc::Refresh,
+                    RpcArg::Flood => Rpc::Flood,
                     RpcArg::Mix => Rpc::Health,
                 };
                 (

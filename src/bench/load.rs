@@ -136,6 +136,14 @@ pub enum Job {
     Login {
         email: String,
         password: String,
+        /// The client address the server should see (`x-forwarded-for`), if any.
+        from: Option<MetadataValue<Ascii>>,
+    },
+    /// Logins for unknown accounts: `flood-<run>-<worker>-<n>@bench.invalid`, n counting up.
+    Flood {
+        prefix: String,
+        n: u64,
+        from: MetadataValue<Ascii>,
     },
     Refresh {
         refresh_token: String,
@@ -152,12 +160,36 @@ impl Job {
             Job::GetMe { .. } => Rpc::GetMe,
             Job::Login { .. } => Rpc::Login,
             Job::Refresh { .. } => Rpc::Refresh,
+            Job::Flood { .. } => Rpc::Flood,
         }
     }
 }
 
+/// `198.18.<net>.<1 + w mod n>` as `x-forwarded-for` metadata.
+fn source_address(net: u8, w: usize, n: u32) -> Result<MetadataValue<Ascii>, SetupError> {
+    let host = w % n.max(1) as usize + 1;
+    format!("198.18.{net}.{host}")
+        .parse()
+        .map_err(|_| SetupError {
+            what: "internal: a source address is not valid metadata".into(),
+            status: None,
+            hint: None,
+        })
+}
+
+/// Source addresses of the flood and login workers (see `--flood-addresses`).
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub flood: u32,
+    pub login: u32,
+}
+
 /// The jobs of every worker, in group order: worker w of group g gets user w mod users.
-pub fn jobs(plan: &Plan, prepared: &Prepared) -> Result<Vec<Job>, SetupError> {
+pub fn jobs(
+    plan: &Plan,
+    prepared: &Prepared,
+    addresses: Addresses,
+) -> Result<Vec<Job>, SetupError> {
     let missing = |what: &str| SetupError {
         what: format!("internal: no {what} was prepared"),
         status: None,
@@ -201,11 +233,22 @@ pub fn jobs(plan: &Plan, prepared: &Prepared) -> Result<Vec<Job>, SetupError> {
                         .users
                         .get(w % n)
                         .ok_or_else(|| missing("user for login"))?;
+                    let from = if addresses.login > 0 {
+                        Some(source_address(1, w, addresses.login)?)
+                    } else {
+                        None
+                    };
                     Job::Login {
                         email: user.email.clone(),
                         password: user.password.clone(),
+                        from,
                     }
                 }
+                Rpc::Flood => Job::Flood {
+                    prefix: format!("flood-{}-{w}", prepared.run_id),
+                    n: 0,
+                    from: source_address(0, w, addresses.flood)?,
+                },
                 Rpc::Refresh => {
                     let s = prepared
                         .refresh_sessions
@@ -445,14 +488,39 @@ async fn call(job: &mut Job, s: &Stubs, timeout: Duration) -> Result<(), Failure
             let user = s.users.clone().get_me(req).await?.into_inner();
             check(!user.id.is_empty() && user.email == *email)
         }
-        Job::Login { email, password } => {
+        Job::Login {
+            email,
+            password,
+            from,
+        } => {
             let mut req = Request::new(LoginRequest {
                 identifier: Some(login_request::Identifier::Email(email.clone())),
                 password: password.clone(),
             });
             req.set_timeout(timeout);
+            if let Some(from) = from {
+                req.metadata_mut().insert("x-forwarded-for", from.clone());
+            }
             let pair = s.auth.clone().login(req).await?.into_inner();
             check(!pair.access_token.is_empty() && !pair.refresh_token.is_empty())
+        }
+        Job::Flood { prefix, n, from } => {
+            *n += 1;
+            let mut req = Request::new(LoginRequest {
+                identifier: Some(login_request::Identifier::Email(format!(
+                    "{prefix}-{n}@bench.invalid"
+                ))),
+                password: "Flood-Guess-Correct-Horse-9".into(),
+            });
+            req.set_timeout(timeout);
+            req.metadata_mut().insert("x-forwarded-for", from.clone());
+            // An unknown account: the password check ran and said no, which is the flood's
+            // "success"; an OK would be a bug.
+            match s.auth.clone().login(req).await {
+                Err(status) if status.code() == Code::Unauthenticated => Ok(()),
+                Err(status) => Err(status.into()),
+                Ok(_) => Err(Failure::InvalidReply),
+            }
         }
         Job::Refresh { refresh_token, .. } => {
             let mut req = Request::new(RefreshRequest {

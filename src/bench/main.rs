@@ -138,7 +138,11 @@ async fn bench(
     let prepared = setup::prepare(setup_channel.clone(), &plan, &opts, &log)
         .await
         .map_err(|e| e.to_string())?;
-    let mut jobs = load::jobs(&plan, &prepared).map_err(|e| e.to_string())?;
+    let addresses = load::Addresses {
+        flood: cli.flood_addresses,
+        login: cli.login_addresses,
+    };
+    let mut jobs = load::jobs(&plan, &prepared, addresses).map_err(|e| e.to_string())?;
     load::preflight(&mut jobs, &setup_channel, cli.timeout).await?;
 
     let verify = if plan.has(Rpc::Login) {

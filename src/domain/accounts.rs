@@ -294,7 +294,7 @@ impl Authd {
         };
         let ok = match self
             .hasher()
-            .verify(presented, Some(&user.password_hash))
+            .verify(presented, Some(&user.password_hash), client)
             .await
         {
             Ok(ok) => ok,
@@ -338,7 +338,7 @@ impl Authd {
         )?;
         self.reauthenticate(p.user_id, current_password, client)
             .await?;
-        let hash = self.hasher().hash(new_password).await?;
+        let hash = self.hasher().hash(new_password, client).await?;
         let now = self.now();
         let changes = UserChanges {
             password_hash: Some(&hash),
@@ -620,7 +620,7 @@ impl Authd {
                     self.config().min_password_score,
                     &[email_ctx, username_ctx.unwrap_or_default()],
                 )?;
-                Some(self.hasher().hash(pw).await?)
+                Some(self.hasher().hash(pw, client).await?)
             }
             None => None,
         };

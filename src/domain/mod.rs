@@ -163,7 +163,16 @@ pub struct ClientInfo {
     /// it may be used from (`ip` is then the end user's address, named by the gateway). Password
     /// checks of such calls count against the key's failure budget.
     pub proxy_key: Option<Uuid>,
+    /// When the call must be answered: its `grpc-timeout` capped by `AUTHD_REQUEST_TIMEOUT`,
+    /// counted from its arrival (see [`RequestDeadline`]). None = `AUTHD_REQUEST_TIMEOUT` from now.
+    /// Only the bcrypt pool's admission reads it (scheduling, not a business rule).
+    pub deadline: Option<std::time::Instant>,
 }
+
+/// The deadline of a call, put into the request's extensions by the server's deadline layer
+/// (`grpc-timeout`, capped by `AUTHD_REQUEST_TIMEOUT`) and copied into [`ClientInfo::deadline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestDeadline(pub std::time::Instant);
 
 /// Limits on stored client info.
 pub const MAX_USER_AGENT_CHARS: usize = 256;
@@ -211,6 +220,7 @@ impl ClientInfo {
             ip,
             user_agent,
             proxy_key: None,
+            deadline: None,
         }
     }
 

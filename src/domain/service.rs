@@ -300,6 +300,29 @@ impl Authd {
         self.hasher.hold()
     }
 
+    /// For tests: a hold in the bcrypt queue of `client`, counted as a job of `expected` run time
+    /// (see [`PasswordHasher::hold_for`]).
+    #[doc(hidden)]
+    pub fn hold_bcrypt_for(
+        &self,
+        client: Option<super::ClientKey>,
+        expected: std::time::Duration,
+    ) -> Result<password::Hold> {
+        self.hasher.hold_for(client, expected)
+    }
+
+    /// For tests: how many password checks wait for a bcrypt thread.
+    #[doc(hidden)]
+    pub fn bcrypt_waiting(&self) -> usize {
+        self.hasher.waiting()
+    }
+
+    /// For tests: how many failed password checks were padded to the configured bcrypt cost.
+    #[doc(hidden)]
+    pub fn bcrypt_padded_checks(&self) -> u64 {
+        self.hasher.padded_checks()
+    }
+
     pub(super) fn throttle_policy(&self) -> throttle::Policy {
         throttle::Policy {
             max_failures: self.config.login_max_failures,
@@ -384,7 +407,7 @@ impl Authd {
         client: &ClientInfo,
         how: &str,
     ) -> Result<Account> {
-        let prepared = self.prepare_account(input).await?;
+        let prepared = self.prepare_account(input, client).await?;
         let now = self.now();
         let row = self
             .conn()
@@ -398,7 +421,11 @@ impl Authd {
     }
 
     /// The checks of a new account, then its password hash.
-    async fn prepare_account(&self, input: NewAccount) -> Result<PreparedAccount> {
+    async fn prepare_account(
+        &self,
+        input: NewAccount,
+        client: &ClientInfo,
+    ) -> Result<PreparedAccount> {
         let email = validate::email(&input.email)?;
         let username = validate::username(&input.username)?;
         let first_name = validate::person_name("first_name", &input.first_name)?;
@@ -410,7 +437,7 @@ impl Authd {
             self.config.min_password_score,
             &[&email, username.as_deref().unwrap_or_default()],
         )?;
-        let hash = self.hasher.hash(password).await?;
+        let hash = self.hasher.hash(password, client).await?;
         Ok(PreparedAccount {
             email,
             username,
@@ -445,8 +472,8 @@ impl Authd {
             password: password.to_owned(),
             ..Default::default()
         };
-        let prepared = self.prepare_account(input).await?;
         let client = ClientInfo::default();
+        let prepared = self.prepare_account(input, &client).await?;
         let now = self.now();
         let outcome = self
             .conn()
@@ -519,6 +546,8 @@ impl Authd {
             )));
         }
         let password = password::presented_password("password", password)?;
+        // A check the bcrypt pool would refuse is refused before any database work.
+        self.hasher.precheck(client)?;
 
         // Throttling is keyed by the normalized identifier whether or not an account has it.
         let throttle_key = match &identifier {
@@ -572,6 +601,7 @@ impl Authd {
             .verify(
                 password.clone(),
                 user.as_ref().map(|u| u.password_hash.as_str()),
+                client,
             )
             .await;
         let ok = match verified {
@@ -638,7 +668,7 @@ impl Authd {
 
         // The upgrade is an optimisation: a full bcrypt pool postpones it to a later login rather
         // than refusing a login whose password was right.
-        match self.upgrade_hash_cost(&user, password).await {
+        match self.upgrade_hash_cost(&user, password, client).await {
             Err(Error::ResourceExhausted { .. }) => {
                 tracing::debug!(user_id = %user.id, "bcrypt pool full; hash cost upgrade postponed");
             }
@@ -695,6 +725,7 @@ impl Authd {
         &self,
         user: &db::models::User,
         password: Option<String>,
+        client: &ClientInfo,
     ) -> Result<()> {
         let Some(password) = password else {
             return Ok(());
@@ -703,7 +734,7 @@ impl Authd {
             Some(cost) if cost < self.hasher.cost() => {}
             _ => return Ok(()),
         }
-        let hash = self.hasher.hash(password).await?;
+        let hash = self.hasher.hash(password, client).await?;
         users::replace_password_hash(
             &mut *self.conn().await?,
             user.id,

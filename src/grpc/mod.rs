@@ -144,7 +144,13 @@ pub fn client_info<T>(req: &Request<T>, svc: &Authd) -> ClientInfo {
         .get("user-agent")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    ClientInfo::new(ip, ua).via_proxy_key(proxy.filter(|_| via_key).map(|p| p.id))
+    let mut client =
+        ClientInfo::new(ip, ua).via_proxy_key(proxy.filter(|_| via_key).map(|p| p.id));
+    client.deadline = req
+        .extensions()
+        .get::<crate::domain::RequestDeadline>()
+        .map(|d| d.0);
+    client
 }
 
 /// The caller's address as `AUTHD_TRUSTED_PROXIES` alone resolve it (no proxy key): where a service
