@@ -11,7 +11,6 @@ use tokio::process::Command;
 use crate::error::{EmbeddedError, io_err};
 
 /// The two server binaries authd runs, from one installation.
-
 pub(crate) struct Binaries {
     pub(crate) initdb: PathBuf,
     pub(crate) postgres: PathBuf,
