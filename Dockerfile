@@ -26,8 +26,10 @@ WORKDIR /src
 
 # 1. Dependencies only. This layer is reused until Cargo.toml or Cargo.lock changes. The stubs stand in for
 #    every target that Cargo.toml declares or discovers: the lib, the bin, the build script and the benches.
-#    Cargo refuses the manifest if a declared target is missing.
+#    Cargo refuses the manifest if a declared target is missing. The workspace's other crates (crates/) are
+#    copied whole: they change far less often than the server.
 COPY Cargo.toml Cargo.lock ./
+COPY crates ./crates
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && : > src/lib.rs \
