@@ -21,11 +21,9 @@ pub mod db;
 pub mod domain;
 pub mod embedded_pg;
 pub mod grpc;
-pub mod health;
-pub mod http;
-pub mod listener;
+pub mod layers;
+pub mod limits;
 pub mod metrics;
-pub mod middleware;
 pub mod server;
 pub mod transport;
 
