@@ -28,9 +28,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ::metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
-};
+use ::metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const GRPC_STARTED: &str = "grpc_server_started_total";

@@ -91,7 +91,6 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,7 +155,6 @@ where
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,8 +16,8 @@ use crate::db;
 use crate::domain::Authd;
 use crate::embedded_pg::{self, EmbeddedOptions, EmbeddedPostgres};
 use crate::grpc::auth::AuthApi;
-use crate::layers;
 use crate::grpc::user::UserApi;
+use crate::layers;
 use crate::limits::MAX_MESSAGE_BYTES;
 use crate::proto;
 use crate::proto::auth_service_server::AuthServiceServer;
@@ -126,9 +126,10 @@ pub async fn serve(
     // Drain on `shutdown`: see [`drain`]. When `stop_accepting` fires, the server stops accepting
     // and the health Watch streams end.
     let (stop_accepting, mut accepting) = watch::channel(false);
-    let health_service = tonic_health::pb::health_server::HealthServer::new(
-        HealthWatches::new(reporter.clone(), accepting.clone()),
-    );
+    let health_service = tonic_health::pb::health_server::HealthServer::new(HealthWatches::new(
+        reporter.clone(),
+        accepting.clone(),
+    ));
     reporter
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
@@ -166,7 +167,8 @@ pub async fn serve(
     // AUTHD_HTTP_LISTEN: metrics, JWKS and probes over HTTP; stops with the gRPC server.
     let http_side = match svc.config().http_listen {
         Some(addr) => Some(
-            crate::server::http::spawn(addr, svc.clone(), reporter.clone(), stop_tx.subscribe()).await?,
+            crate::server::http::spawn(addr, svc.clone(), reporter.clone(), stop_tx.subscribe())
+                .await?,
         ),
         None => None,
     };

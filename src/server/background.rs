@@ -100,4 +100,3 @@ pub(crate) async fn key_reload_loop(svc: Arc<Authd>, mut stop: watch::Receiver<b
         }
     }
 }
-

@@ -138,7 +138,8 @@ pub async fn serve(
     // A connection whose request headers (of any request: these are all GETs without a body) do
     // not arrive within AUTHD_HANDSHAKE_TIMEOUT is closed (axum sets no header timeout of its own).
     let timeout = state.svc.config().handshake_timeout;
-    let listener = crate::transport::listener::Incoming::new(listener, Some(timeout)).each_http1_request();
+    let listener =
+        crate::transport::listener::Incoming::new(listener, Some(timeout)).each_http1_request();
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

@@ -10,19 +10,15 @@ mod cli;
 mod error;
 mod health;
 mod healthcheck;
-pub mod http;
+mod http;
 mod logging;
 mod readiness;
 mod shutdown;
 
-pub use app::{Database, serve, start_service};
+pub use app::{serve, start_service};
 pub use cli::{
-    create_admin, create_service_key, identifier_digest, migrate, raise_open_file_limit,
-    rotate_signing_key, run,
+    create_admin, create_service_key, identifier_digest, migrate, rotate_signing_key, run,
 };
 pub use error::StartError;
-pub use health::LIVENESS_SERVICE;
-pub use healthcheck::{HEALTHCHECK_TIMEOUT, healthcheck, healthcheck_addr, healthcheck_command};
-pub use logging::{SECRET_LEAKING_LOG_TARGETS, init_logging, log_filter};
-pub use readiness::Readiness;
-pub use shutdown::{DrainTimings, drain, shutdown_signal};
+pub use healthcheck::healthcheck_command;
+pub use logging::{init_logging, log_filter};

@@ -105,4 +105,3 @@ pub(crate) async fn health_monitor(
         ready = now_ready;
     }
 }
-

@@ -83,7 +83,6 @@ where
     }
 }
 
-
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, StartError> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -101,8 +100,8 @@ pub async fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'stat
 mod tests {
     use super::*;
     use crate::server::health::LIVENESS_SERVICE;
-    use tonic_health::ServingStatus;
     use tokio::time::Instant;
+    use tonic_health::ServingStatus;
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_server::Health;
     use tonic_health::server::HealthService;

@@ -30,7 +30,7 @@ use crate::limits::{
 };
 use listener::{Incoming, Listener, TlsIncoming};
 
-pub mod listener;
+pub(crate) mod listener;
 mod tls;
 
 pub use tls::certificate_subject;
@@ -112,7 +112,6 @@ pub struct Transport {
     /// AUTHD_CORS_ORIGINS is set while gRPC-Web is off.
     cors_ignored: bool,
 }
-
 
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -215,7 +214,6 @@ impl Transport {
         }
     }
 }
-
 
 /// The CORS policy of gRPC-Web: the allowlisted origins ([`parse_origin`]: never a wildcard), POST,
 /// the gRPC-Web headers. No credentials (cookies): authd's credentials travel in headers.
@@ -326,7 +324,6 @@ pub async fn serve_health(
         .serve_with_incoming_shutdown(Incoming::new(listener, Some(handshake_timeout)), stop)
         .await
 }
-
 
 /// The HTTP/2 settings of every gRPC listener: stream and window limits, keepalive, rapid-reset
 /// protection (the numbers are in [`crate::limits`]).
