@@ -180,7 +180,10 @@ pub async fn serve(
 
     let server = builder
         .layer(transport.web_layer())
-        .layer(layers::grpc_stack(svc.config().request_timeout))
+        .layer(layers::grpc_stack(
+            svc.clone(),
+            svc.config().request_timeout,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
