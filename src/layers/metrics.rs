@@ -159,12 +159,14 @@ where
 mod tests {
     use super::*;
 
+    const AUTH: &str = crate::proto::auth_service_server::SERVICE_NAME;
+
     #[test]
     fn method_labels_come_from_the_descriptors() {
         assert_eq!(
-            method_labels("/auth.v1.AuthService/Login"),
+            method_labels(&format!("/{AUTH}/Login")),
             MethodLabels {
-                service: "auth.v1.AuthService",
+                service: AUTH,
                 method: "Login",
                 kind: "unary"
             }
@@ -177,7 +179,7 @@ mod tests {
             method_labels("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").kind,
             "bidi_stream"
         );
-        assert_eq!(method_labels("/auth.v1.AuthService/Nope"), UNKNOWN_METHOD);
+        assert_eq!(method_labels(&format!("/{AUTH}/Nope")), UNKNOWN_METHOD);
         assert_eq!(method_labels("/x"), UNKNOWN_METHOD);
     }
 }

@@ -6,6 +6,7 @@ use tonic::Code;
 
 use crate::layers::BoxFuture;
 use crate::layers::completion::{Completion, CompletionBody, grpc_code_name, observe_response};
+use crate::proto::auth_service_server;
 
 /// The request id header, read from the request and set on the response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -35,7 +36,10 @@ pub fn request_id(headers: &http::HeaderMap) -> String {
 pub struct RpcTraceLayer;
 
 /// The one API method whose successful calls are logged at DEBUG (see [`RpcTrace`]).
-const VALIDATE_TOKEN_PATH: &str = "/auth.v1.AuthService/ValidateToken";
+fn is_validate_token(path: &str) -> bool {
+    path.strip_prefix('/').and_then(|p| p.split_once('/'))
+        == Some((auth_service_server::SERVICE_NAME, "ValidateToken"))
+}
 
 impl<S> tower::Layer<S> for RpcTraceLayer {
     type Service = RpcTrace<S>;
@@ -81,7 +85,7 @@ where
         // ValidateToken runs on every request of every other service: its successes are logged at
         // DEBUG like health checks (an INFO line each would cost more than the call); its
         // failures stay at INFO.
-        let quiet_if_ok = method == VALIDATE_TOKEN_PATH;
+        let quiet_if_ok = is_validate_token(&method);
         let span = if health {
             tracing::debug_span!(
                 "rpc",

@@ -118,7 +118,11 @@ mod tests {
 
     const SERVING: i32 = ServingStatus::Serving as i32;
     const NOT_SERVING: i32 = ServingStatus::NotServing as i32;
-    const READINESS: [&str; 3] = ["", "auth.v1.AuthService", "auth.v1.UserService"];
+    const READINESS: [&str; 3] = [
+        "",
+        crate::proto::auth_service_server::SERVICE_NAME,
+        crate::proto::user_service_server::SERVICE_NAME,
+    ];
 
     async fn ready_reporter() -> (Readiness, HealthService) {
         let (reporter, _) = tonic_health::server::health_reporter();
