@@ -20,12 +20,10 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod embedded_pg;
-pub mod grpc;
-pub mod health;
-pub mod http;
-pub mod listener;
+mod grpc;
+mod layers;
+mod limits;
 pub mod metrics;
-pub mod middleware;
 pub mod server;
 pub mod transport;
 

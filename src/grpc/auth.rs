@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{authorization, caller, client_address, client_info, role_to_proto, timestamp};
+use super::{
+    authorization, caller, client_address, client_info, principal, role_to_proto, timestamp,
+};
 use crate::domain::Authd;
 use crate::domain::service::{LoginIdentifier, NewAccount, ServiceKeySpec, TokenPair};
 use crate::proto;
@@ -94,6 +96,7 @@ impl AuthService for AuthApi {
     ) -> Result<Response<proto::LogoutResponse>, Status> {
         let client = client_info(&req, &self.svc);
         if req.get_ref().refresh_token.is_empty() {
+            // Not in the auth layer: whether a token is needed depends on the request body.
             let p = self.svc.authenticate(authorization(req.metadata())).await?;
             self.svc.logout_session(&p, &client).await?;
         } else {
@@ -108,7 +111,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::LogoutAllRequest>,
     ) -> Result<Response<proto::LogoutAllResponse>, Status> {
-        let p = self.svc.authenticate(authorization(req.metadata())).await?;
+        let p = principal(&req)?;
         let revoked_sessions = self
             .svc
             .logout_all(&p, &client_info(&req, &self.svc))
@@ -169,7 +172,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::CreateServiceKeyRequest>,
     ) -> Result<Response<proto::CreateServiceKeyResponse>, Status> {
-        let p = self.svc.authenticate(authorization(req.metadata())).await?;
+        let p = principal(&req)?;
         let client = client_info(&req, &self.svc);
         let r = req.into_inner();
         let spec = ServiceKeySpec {
@@ -192,7 +195,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::ListServiceKeysRequest>,
     ) -> Result<Response<proto::ListServiceKeysResponse>, Status> {
-        let p = self.svc.authenticate(authorization(req.metadata())).await?;
+        let p = principal(&req)?;
         let keys = self
             .svc
             .list_service_keys(&p)
@@ -215,7 +218,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::RotateSigningKeyRequest>,
     ) -> Result<Response<proto::RotateSigningKeyResponse>, Status> {
-        let p = self.svc.authenticate(authorization(req.metadata())).await?;
+        let p = principal(&req)?;
         let (kid, activate_time) = self.svc.rotate_signing_key(Some(&p)).await?;
         Ok(Response::new(proto::RotateSigningKeyResponse {
             kid,
@@ -227,7 +230,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::RevokeServiceKeyRequest>,
     ) -> Result<Response<proto::RevokeServiceKeyResponse>, Status> {
-        let p = self.svc.authenticate(authorization(req.metadata())).await?;
+        let p = principal(&req)?;
         self.svc
             .revoke_service_key(&p, &req.get_ref().id, &client_info(&req, &self.svc))
             .await?;

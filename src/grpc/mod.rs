@@ -20,7 +20,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::config::Config;
 use crate::domain::accounts::RoleArg;
 use crate::domain::service::{Account, Caller};
-use crate::domain::{AuthFailure, Authd, ClientInfo, Error, Role};
+use crate::domain::{AuthFailure, Authd, ClientInfo, Error, Principal, Role};
 use crate::proto;
 
 /// The `ErrorInfo.domain` of authd's errors.
@@ -90,6 +90,17 @@ fn unauthenticated(f: AuthFailure) -> Status {
         message,
         ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::<String, String>::new()),
     )
+}
+
+/// The caller of a method that needs a bearer token, as the auth layer (`layers::auth`)
+/// authenticated it before the handler ran.
+pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
+    req.extensions().get::<Principal>().cloned().ok_or_else(|| {
+        tracing::error!(
+            "no authenticated caller in the request extensions: is the auth layer missing?"
+        );
+        Status::internal("internal error")
+    })
 }
 
 /// The `authorization` metadata value, if it is readable.

@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{authorization, client_info, role_arg, timestamp};
+use super::{client_info, principal, role_arg, timestamp};
+use crate::domain::Authd;
 use crate::domain::accounts::{AdminUpdate, ProfileUpdate, UserQuery};
 use crate::domain::service::NewAccount;
-use crate::domain::{Authd, Principal};
 use crate::proto;
 use crate::proto::user_service_server::UserService;
 
@@ -21,10 +21,6 @@ impl UserApi {
     pub fn new(svc: Arc<Authd>) -> Self {
         Self { svc }
     }
-
-    async fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
-        Ok(self.svc.authenticate(authorization(req.metadata())).await?)
-    }
 }
 
 #[tonic::async_trait]
@@ -33,7 +29,7 @@ impl UserService for UserApi {
         &self,
         req: Request<proto::GetMeRequest>,
     ) -> Result<Response<proto::User>, Status> {
-        let p = self.caller(&req).await?;
+        let p = principal(&req)?;
         Ok(Response::new(self.svc.get_me(&p).await?.into()))
     }
 
@@ -41,7 +37,7 @@ impl UserService for UserApi {
         &self,
         req: Request<proto::UpdateMeRequest>,
     ) -> Result<Response<proto::User>, Status> {
-        let p = self.caller(&req).await?;
+        let p = principal(&req)?;
         let client = client_info(&req, &self.svc);
         let r = req.into_inner();
         let upd = ProfileUpdate {
@@ -60,7 +56,7 @@ impl UserService for UserApi {
         &self,
         req: Request<proto::ChangePasswordRequest>,
     ) -> Result<Response<proto::ChangePasswordResponse>, Status> {
-        let p = self.caller(&req).await?;
+        let p = principal(&req)?;
         let client = client_info(&req, &self.svc);
         let r = req.into_inner();
         let revoked_sessions = self
@@ -76,7 +72,7 @@ impl UserService for UserApi {
         &self,
         req: Request<proto::DeleteMeRequest>,
     ) -> Result<Response<proto::DeleteMeResponse>, Status> {
-        let p = self.caller(&req).await?;
+        let p = principal(&req)?;
         let client = client_info(&req, &self.svc);
         self.svc
             .delete_me(&p, &req.get_ref().password, &client)
@@ -88,7 +84,7 @@ impl UserService for UserApi {
         &self,
         req: Request<proto::ListMySessionsRequest>,
     ) -> Result<Response<proto::ListMySessionsResponse>, Status> {
-        let p = self.caller(&req).await?;
+        let p = principal(&req)?;
         let sessions = self
             .svc
             .list_my_sessions(&p)
@@ -111,7 +107,7 @@ impl UserService for UserApi {
         &self,
         req: Request<proto::RevokeMySessionRequest>,
     ) -> Result<Response<proto::RevokeMySessionResponse>, Status> {
-        let p = self.caller(&req).await?;
+        let p = principal(&req)?;
         let client = client_info(&req, &self.svc);
         self.svc
             .revoke_my_session(&p, &req.get_ref().session_id, &client)
@@ -123,7 +119,7 @@ impl UserService for UserApi {
         &self,
         req: Request<proto::ListUsersRequest>,
     ) -> Result<Response<proto::ListUsersResponse>, Status> {
-        let p = self.caller(&req).await?;
+        let p = principal(&req)?;
         let r = req.into_inner();
         let page = self
             .svc
@@ -149,7 +145,7 @@ impl UserService for UserApi {
         &self,
         req: Request<proto::GetUserRequest>,
     ) -> Result<Response<proto::User>, Status> {
-        let p = self.caller(&req).await?;
+        let p = principal(&req)?;
         Ok(Response::new(
             self.svc.get_user(&p, &req.get_ref().user_id).await?.into(),
         ))
@@ -159,7 +155,7 @@ impl UserService for UserApi {
         &self,
         req: Request<proto::RevokeUserSessionsRequest>,
     ) -> Result<Response<proto::RevokeUserSessionsResponse>, Status> {
-        let p = self.caller(&req).await?;
+        let p = principal(&req)?;
         let client = client_info(&req, &self.svc);
         let revoked_sessions = self
             .svc
@@ -174,7 +170,7 @@ impl UserService for UserApi {
         &self,
         req: Request<proto::CreateUserRequest>,
     ) -> Result<Response<proto::User>, Status> {
-        let p = self.caller(&req).await?;
+        let p = principal(&req)?;
         let client = client_info(&req, &self.svc);
         let r = req.into_inner();
         let input = NewAccount {
@@ -195,7 +191,7 @@ impl UserService for UserApi {
         &self,
         req: Request<proto::UpdateUserRequest>,
     ) -> Result<Response<proto::User>, Status> {
-        let p = self.caller(&req).await?;
+        let p = principal(&req)?;
         let client = client_info(&req, &self.svc);
         let r = req.into_inner();
         let upd = AdminUpdate {
@@ -215,7 +211,7 @@ impl UserService for UserApi {
         &self,
         req: Request<proto::DeleteUserRequest>,
     ) -> Result<Response<proto::DeleteUserResponse>, Status> {
-        let p = self.caller(&req).await?;
+        let p = principal(&req)?;
         let client = client_info(&req, &self.svc);
         self.svc
             .delete_user(&p, &req.get_ref().user_id, &client)
@@ -227,7 +223,7 @@ impl UserService for UserApi {
         &self,
         req: Request<proto::ListAuditEventsRequest>,
     ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
-        let p = self.caller(&req).await?;
+        let p = principal(&req)?;
         let r = req.into_inner();
         let page = self
             .svc

@@ -27,7 +27,7 @@ use tonic_health::pb::health_server::Health;
 use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::domain::Authd;
-use crate::server::StartError;
+use crate::server::error::StartError;
 
 /// JWKS responses are never cached for longer than this.
 pub const MAX_JWKS_CACHE: Duration = Duration::from_secs(300);
@@ -138,7 +138,8 @@ pub async fn serve(
     // A connection whose request headers (of any request: these are all GETs without a body) do
     // not arrive within AUTHD_HANDSHAKE_TIMEOUT is closed (axum sets no header timeout of its own).
     let timeout = state.svc.config().handshake_timeout;
-    let listener = crate::listener::Incoming::new(listener, Some(timeout)).each_http1_request();
+    let listener =
+        crate::transport::listener::Incoming::new(listener, Some(timeout)).each_http1_request();
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

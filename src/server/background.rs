@@ -1,0 +1,102 @@
+//! The background loops of a serving process: pruning, the sweep of refresh-token replays, the
+//! revocation and service-key views, and the reload of signing keys. Each ends when `stop` changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::domain::{Authd, views};
+
+/// How often expired audit events and long-ended sessions are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often the sealed successors of refresh-token grace replays are cleared once their window
+/// is over.
+const REPLAY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the signing keys are re-read, so a rotation on any replica is picked up.
+pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Prunes audit events past `AUTHD_AUDIT_RETENTION` and sessions that ended over a day ago, shortly
+/// after start and then hourly. Every replica does it; the deletes are idempotent.
+pub(crate) async fn prune_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
+    let mut wait = Duration::from_secs(30);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        wait = PRUNE_INTERVAL;
+        match svc.prune().await {
+            Ok((events, sessions)) if events + sessions > 0 => {
+                tracing::info!(events, sessions, "pruned old audit events and sessions");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning failed; will retry"),
+        }
+    }
+}
+
+/// Clears, every [`REPLAY_SWEEP_INTERVAL`], what grace replays of refresh tokens needed once their
+/// window is over (issue F, 4b: nothing of a successor stays in the database after it). One indexed
+/// UPDATE (a partial index holds only the sessions inside a window); every replica does it.
+pub(crate) async fn replay_sweep_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REPLAY_SWEEP_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        match svc.clear_replays().await {
+            Ok(_) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "clearing expired refresh replays failed; will retry");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Polls the revocation and service-key views every [`views::SYNC_INTERVAL`] (see
+/// [`crate::domain::views`]). A failure is logged once per outage; while polls fail the views go
+/// stale and token checks fail closed.
+pub(crate) async fn view_sync_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(views::SYNC_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        match svc.sync_views().await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("revocation view refreshed again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "refreshing the revocation view failed; token checks fail closed once it is stale");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Re-reads the signing keys every [`KEY_RELOAD_INTERVAL`]: a rotation by any replica, or a new key
+/// reaching its activation time, takes effect within seconds. Also trims the rate limiter's memory.
+pub(crate) async fn key_reload_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
+    let mut ticks: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(KEY_RELOAD_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = svc.reload_keys().await {
+            tracing::warn!(error = %e, "reloading signing keys failed; keeping the current ones");
+        }
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(30) {
+            svc.rate_limit_housekeeping();
+        }
+    }
+}
