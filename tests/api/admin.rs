@@ -1,4 +1,4 @@
-use crate::common::*;
+use authd_testkit::*;
 
 // Administration, end to end against the real server and PostgreSQL: every cell of the permission
 // matrix, the order of checks, UUID handling, ListUsers (paging, ordering, filters, tokens, paging
@@ -19,7 +19,6 @@ use authd::proto::Role;
 use authd::proto::user_service_client::UserServiceClient;
 use chrono::Duration;
 use diesel::sql_types::{BigInt, Text};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
@@ -116,14 +115,6 @@ async fn list_audit(
     srv.users()
         .await
         .list_audit_events(req(msg, token))
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn get_me(srv: &TestServer, token: &str) -> Result<proto::User, Status> {
-    srv.users()
-        .await
-        .get_me(req(proto::GetMeRequest {}, token))
         .await
         .map(|r| r.into_inner())
 }
@@ -413,12 +404,6 @@ fn assert_no_duplicates<'a>(ids: impl IntoIterator<Item = &'a String>, what: &st
     }
 }
 
-async fn db(srv: &TestServer) -> AsyncPgConnection {
-    AsyncPgConnection::establish(&srv.url)
-        .await
-        .expect("connect to the test database")
-}
-
 #[derive(diesel::QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
@@ -434,7 +419,7 @@ struct EmailRow {
 async fn sql_count(srv: &TestServer, sql: &str) -> i64 {
     use diesel_async::RunQueryDsl;
     diesel::sql_query(sql)
-        .get_result::<Count>(&mut db(srv).await)
+        .get_result::<Count>(&mut srv.db().await)
         .await
         .expect("count query")
         .n
@@ -443,7 +428,7 @@ async fn sql_count(srv: &TestServer, sql: &str) -> i64 {
 async fn active_admin_emails(srv: &TestServer) -> Vec<String> {
     use diesel_async::RunQueryDsl;
     diesel::sql_query("SELECT email FROM users WHERE role = 'admin' AND active ORDER BY email")
-        .load::<EmailRow>(&mut db(srv).await)
+        .load::<EmailRow>(&mut srv.db().await)
         .await
         .expect("active admins")
         .into_iter()

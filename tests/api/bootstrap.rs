@@ -1,4 +1,4 @@
-use crate::common::*;
+use authd_testkit::*;
 
 // Issue F, section 8: the bootstrap admin (AUTHD_BOOTSTRAP_ADMIN_EMAIL/PASSWORD) is created only
 // while no active admin exists, so a deleted bootstrap admin does not come back at the next start.

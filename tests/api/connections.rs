@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::*;
+use authd_testkit::*;
 
 /// A loopback port that was free a moment ago.
 fn free_port() -> SocketAddr {

@@ -1,0 +1,20 @@
+//! authd's test support, shared by every test binary and bench of the workspace (a dev-dependency
+//! of `authd`; modelled on crates.io's `crates_io_test_db`):
+//!
+//! - [`cluster`]: one private PostgreSQL per test process, a template database with the migrations
+//!   applied once, a fresh copy per test, dropped when the test's thread ends;
+//! - [`server`]: the in-process [`TestServer`] on 127.0.0.1:0 with a `ManualClock`;
+//! - [`client`]: the one typed test client: request builders, metadata helpers and RPC wrappers;
+//! - [`capture`]: an in-memory sink for captured log output.
+//!
+//! Test support panics on a broken fixture (a failed connection, a refused setup call): that is the
+//! test failing, with the message saying which step.
+
+pub mod capture;
+pub mod client;
+pub mod cluster;
+pub mod server;
+
+pub use client::*;
+pub use cluster::{connect_db, db_url, fresh_database, fresh_named_database};
+pub use server::{TestServer, test_config};
