@@ -33,9 +33,7 @@ use tonic::{Code, Request, Status};
 
 // ----- log capture -------------------------------------------------------------------------------
 
-#[path = "support/capture.rs"]
-mod capture;
-use capture::{Buffer, BufferWriter};
+use authd_testkit::capture::{Buffer, BufferWriter};
 
 /// The captured log, installing the subscriber on first use.
 fn buffer() -> &'static Buffer {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use authd::domain::views;
 use authd::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use authd_testkit::{unique_email, with_bearer};
 use authd::proto;
 use authd::proto::auth_service_client::AuthServiceClient;
 use authd::proto::user_service_client::UserServiceClient;
@@ -317,7 +318,7 @@ impl Authd {
     async fn get_me(&self, access_token: &str) -> Result<proto::User, Status> {
         self.users()
             .await
-            .get_me(bearer(proto::GetMeRequest {}, access_token))
+            .get_me(with_bearer(proto::GetMeRequest {}, access_token))
             .await
             .map(|r| r.into_inner())
     }
@@ -376,19 +377,6 @@ fn login(email: &str) -> proto::LoginRequest {
         identifier: Some(proto::login_request::Identifier::Email(email.into())),
         password: PASSWORD.into(),
     }
-}
-
-fn bearer<T>(msg: T, token: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("metadata"),
-    );
-    r
-}
-
-fn unique_email() -> String {
-    format!("ops-{}@example.com", uuid::Uuid::new_v4().simple())
 }
 
 /// Runs an `authd` CLI subcommand to completion.
@@ -1002,7 +990,7 @@ async fn replicas_share_the_database() {
     let kid = r1
         .auth()
         .await
-        .rotate_signing_key(bearer(
+        .rotate_signing_key(with_bearer(
             proto::RotateSigningKeyRequest {},
             &admin.access_token,
         ))
