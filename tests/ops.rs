@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 
 use authd::domain::views;
 use authd::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
-use authd_testkit::{unique_email, with_bearer};
 use authd::proto;
 use authd::proto::auth_service_client::AuthServiceClient;
 use authd::proto::user_service_client::UserServiceClient;
-use diesel::QueryableByName;
+use authd_testkit::{Count, unique_email, with_bearer};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
@@ -99,12 +98,6 @@ fn temp_dir(prefix: &str) -> TempDir {
         .prefix(prefix)
         .tempdir_in("/tmp")
         .expect("temp dir")
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
 }
 
 async fn count(conn: &mut AsyncPgConnection, sql: &str) -> i64 {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use authd::clock::Clock;
 use authd::proto;
 use chrono::Duration as ChronoDuration;
-use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::sql_types::{Bool, Text};
 use tokio::task::JoinSet;
 use tonic::{Code, Request, Status};
 
@@ -98,12 +98,6 @@ async fn set_active(srv: &TestServer, email: &str, active: bool) {
         .await
         .expect("update users.active");
     assert_eq!(n, 1, "exactly one account has e-mail {email}");
-}
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
 }
 
 async fn count_users(srv: &TestServer, where_clause: &str) -> i64 {

@@ -160,12 +160,6 @@ async fn connections_that_never_finish_their_opening_are_closed() {
     srv.stop().await;
 }
 
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
 async fn count(conn: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {
     use diesel_async::RunQueryDsl;
     let rows: Vec<Count> = diesel::sql_query(sql).load(conn).await.expect(sql);

@@ -9,7 +9,6 @@ use authd_testkit::*;
 // plaintext rows are sealed in place, and a missing, wrong or malformed master key stops start-up.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -19,8 +18,6 @@ use authd::domain::{ClientInfo, Role as DomainRole};
 use authd::proto;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use diesel::sql_types::{Bool, Bytea, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
@@ -132,25 +129,6 @@ fn server_now(clock: &ManualClock) -> DateTime<Utc> {
     clock.now().trunc_subsecs(6)
 }
 
-/// Polls `f` every 100 ms until it returns true; panics after `limit`.
-async fn wait_until<F, Fut>(what: &str, limit: StdDuration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(StdDuration::from_millis(100)).await;
-    }
-}
-
 /// A random master key, 32 bytes in standard base64.
 fn new_master_key() -> (String, [u8; 32]) {
     let mut bytes = [0u8; 32];
@@ -182,12 +160,6 @@ struct SecretRow {
     value: Vec<u8>,
     #[diesel(sql_type = Bool)]
     encrypted: bool,
-}
-
-#[derive(diesel::QueryableByName)]
-struct TextRow {
-    #[diesel(sql_type = Text)]
-    t: String,
 }
 
 async fn key_rows(url: &str) -> Vec<KeyRow> {
@@ -234,28 +206,6 @@ async fn dump_database(url: &str) -> String {
         }
     }
     dump
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Opens a box sealed by the server (24-byte nonce, then XChaCha20-Poly1305 ciphertext, bound to
-/// `aad`): the test's own proof that the stored bytes are the real key, sealed under the master key.
-fn open_sealed(master: &[u8; 32], sealed: &[u8], aad: &str) -> Vec<u8> {
-    assert!(sealed.len() > 24 + 16, "sealed box too short");
-    let cipher = XChaCha20Poly1305::new_from_slice(master).expect("key");
-    let (nonce, ct) = sealed.split_at(24);
-    let nonce: [u8; 24] = nonce.try_into().expect("24-byte nonce");
-    cipher
-        .decrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: ct,
-                aad: aad.as_bytes(),
-            },
-        )
-        .expect("the sealed box opens with the master key")
 }
 
 /// A token for the same subject and session as `model`, with a fresh jti, signed by `private_der`
@@ -352,7 +302,9 @@ async fn rotation_publishes_first_signs_after_the_delay_and_retires_the_old_key(
     // ...but tokens are still signed with the old key, by Login and by Refresh.
     let during = srv.login(&user.email, PASSWORD).await;
     assert_eq!(kid_of(&during.access_token), old_kid);
-    let refreshed = try_refresh(&srv, &before.refresh_token).await.expect("refresh");
+    let refreshed = try_refresh(&srv, &before.refresh_token)
+        .await
+        .expect("refresh");
     assert_eq!(kid_of(&refreshed.access_token), old_kid);
     assert_token_works(&srv, &during.access_token, "token signed before activation").await;
 
@@ -379,7 +331,9 @@ async fn rotation_publishes_first_signs_after_the_delay_and_retires_the_old_key(
     srv.svc.reload_keys().await.expect("reload");
     let after = srv.login(&user.email, PASSWORD).await;
     assert_eq!(kid_of(&after.access_token), new_kid);
-    let after_refresh = try_refresh(&srv, &during.refresh_token).await.expect("refresh");
+    let after_refresh = try_refresh(&srv, &during.refresh_token)
+        .await
+        .expect("refresh");
     assert_eq!(kid_of(&after_refresh.access_token), new_kid);
     assert_eq!(jwks_kids(&srv).await, set_of(&[&old_kid, &new_kid]));
     assert_token_works(&srv, &after.access_token, "token signed by the new key").await;
@@ -735,7 +689,9 @@ async fn with_a_master_key_key_material_is_sealed_and_a_dump_cannot_mint_tokens(
     // The server works normally.
     let (user, pair) = srv.user_session().await;
     assert_token_works(&srv, &pair.access_token, "token under a master key").await;
-    let next = try_refresh(&srv, &pair.refresh_token).await.expect("refresh");
+    let next = try_refresh(&srv, &pair.refresh_token)
+        .await
+        .expect("refresh");
     assert_token_works(&srv, &next.access_token, "refreshed token").await;
     // A rotated key is sealed too.
     let admin = srv.admin_session().await;

@@ -166,19 +166,6 @@ async fn is_valid(srv: &TestServer, access_token: &str) -> bool {
     srv.validate(access_token).await.valid
 }
 
-/// Polls `f` until it holds, for at most `limit` (background work such as the replay sweep).
-async fn wait_until<F, Fut>(what: &str, limit: StdDuration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = std::time::Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        tokio::time::sleep(StdDuration::from_millis(50)).await;
-    }
-}
-
 // ----- 4a: grace replays are bound to the spending client -----------------------------------------
 
 #[tokio::test]
@@ -418,12 +405,6 @@ async fn successors_are_random_and_nothing_readable_stays_after_the_window() {
         !is_valid(&srv, &p2.access_token).await,
         "two generations back is reuse"
     );
-}
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use authd::proto::auth_service_client::AuthServiceClient;
 use authd::proto::login_request::Identifier;
 use authd::proto::user_service_client::UserServiceClient;
 use chrono::Duration as ChronoDuration;
-use diesel::sql_types::{BigInt, Integer, Text};
+use diesel::sql_types::{Integer, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -149,12 +149,6 @@ async fn health_is_serving(srv: &TestServer, channel: Channel) {
 struct TextRow {
     #[diesel(sql_type = Text)]
     v: String,
-}
-
-#[derive(diesel::QueryableByName)]
-struct CountRow {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
 }
 
 #[derive(diesel::QueryableByName)]
@@ -599,7 +593,10 @@ async fn current_password_checks_are_throttled_per_user() {
     let (_, pair) = srv.user_session().await;
     let t = &pair.access_token;
     for _ in 0..5 {
-        expect_code(delete_me_on(&mut users, t, WRONG).await, Code::Unauthenticated);
+        expect_code(
+            delete_me_on(&mut users, t, WRONG).await,
+            Code::Unauthenticated,
+        );
     }
     assert_eq!(
         expect_throttled(delete_me_on(&mut users, t, PASSWORD).await),
@@ -1420,7 +1417,10 @@ async fn every_string_field_has_a_maximum_length() {
         change_password_on(&mut users, t, &"p".repeat(1025), OTHER_PASSWORD).await,
         invalid,
     );
-    expect_code(delete_me_on(&mut users, t, &"p".repeat(1025)).await, invalid);
+    expect_code(
+        delete_me_on(&mut users, t, &"p".repeat(1025)).await,
+        invalid,
+    );
 
     // CreateUser and UpdateUser.
     let r = users
@@ -1508,7 +1508,7 @@ async fn fill_the_pool(
             "SELECT count(*) AS n FROM pg_stat_activity \
              WHERE datname = current_database() AND wait_event_type = 'Lock'",
         )
-        .get_result::<CountRow>(&mut watcher)
+        .get_result::<Count>(&mut watcher)
         .await
         .expect("count waiting backends")
         .n;
@@ -1526,7 +1526,7 @@ async fn poll_until_zero(conn: &mut AsyncPgConnection, sql: &str, budget: Durati
     let start = std::time::Instant::now();
     loop {
         let n = diesel::sql_query(sql)
-            .get_result::<CountRow>(conn)
+            .get_result::<Count>(conn)
             .await
             .expect("count")
             .n;

@@ -13,7 +13,7 @@ use authd::proto;
 use authd::proto::auth_service_client::AuthServiceClient;
 use authd::proto::user_service_client::UserServiceClient;
 use chrono::{DateTime, Duration as ChronoDuration, SubsecRound, Utc};
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
 use tokio::io::AsyncWriteExt;
 use tonic::transport::{Channel, Endpoint};
@@ -189,12 +189,6 @@ fn one_of_kind<'a>(events: &'a [proto::AuditEvent], kind: &str) -> &'a proto::Au
     let found = of_kind(events, kind);
     assert_eq!(found.len(), 1, "expected exactly one {kind}: {events:#?}");
     found[0]
-}
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
 }
 
 async fn count(url: &str, sql: &str, id: &str) -> i64 {

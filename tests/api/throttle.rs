@@ -408,19 +408,13 @@ async fn the_slot_delay_is_capped_at_15_minutes() {
     );
 }
 
-#[derive(diesel::QueryableByName)]
-struct CountRow {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
 async fn rows(srv: &TestServer, table: &str) -> i64 {
     use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
     let mut conn = AsyncPgConnection::establish(&srv.url)
         .await
         .expect("connect");
     diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
-        .get_result::<CountRow>(&mut conn)
+        .get_result::<Count>(&mut conn)
         .await
         .expect("count")
         .n

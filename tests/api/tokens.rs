@@ -1,6 +1,5 @@
 //! Access-token validation, tampering, JWKS, service keys, health, restart.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -72,25 +71,6 @@ fn expect_unauthenticated<T: std::fmt::Debug>(result: Result<T, Status>, want_re
     );
 }
 
-/// Polls `f` every 100 ms until it returns true; panics after `limit`.
-async fn wait_until<F, Fut>(what: &str, limit: StdDuration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(StdDuration::from_millis(100)).await;
-    }
-}
-
 async fn register_named(srv: &TestServer, email: &str, username: &str) -> proto::User {
     srv.auth()
         .await
@@ -119,21 +99,9 @@ async fn health(srv: &TestServer, service: &str) -> Result<i32, Status> {
 }
 
 #[derive(diesel::QueryableByName)]
-struct TextRow {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    t: String,
-}
-
-#[derive(diesel::QueryableByName)]
 struct BytesRow {
     #[diesel(sql_type = diesel::sql_types::Bytea)]
     b: Vec<u8>,
-}
-
-#[derive(diesel::QueryableByName)]
-struct CountRow {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
 }
 
 /// Every row of every table of the database, as JSON text (bytea shows as `\x<hex>`).
@@ -1546,7 +1514,9 @@ async fn a_service_key_belongs_to_the_deployment_not_its_creator() {
 async fn refresh_tokens_are_stored_only_as_sha256() {
     let srv = TestServer::start().await;
     let (_, pair) = srv.user_session().await;
-    let next = try_refresh(&srv, &pair.refresh_token).await.expect("refresh");
+    let next = try_refresh(&srv, &pair.refresh_token)
+        .await
+        .expect("refresh");
     assert!(
         next.refresh_token.len() >= 43,
         "at least 256 bits: {}",
@@ -1607,7 +1577,7 @@ async fn bootstrap_admin_is_created_once() {
     );
 
     let count = |url: String, email: String| async move {
-        let rows: Vec<CountRow> =
+        let rows: Vec<Count> =
             diesel::sql_query("SELECT count(*) AS n FROM users WHERE lower(email) = $1")
                 .bind::<diesel::sql_types::Text, _>(email)
                 .load(&mut connect_db(&url).await)
@@ -1637,7 +1607,7 @@ async fn bootstrap_admin_is_created_once() {
         d.auth().await.login(login_email(&email, PASSWORD)).await,
         Code::Unauthenticated,
     );
-    let total: Vec<CountRow> = diesel::sql_query("SELECT count(*) AS n FROM users")
+    let total: Vec<Count> = diesel::sql_query("SELECT count(*) AS n FROM users")
         .load(&mut connect_db(&srv.url).await)
         .await
         .expect("count users");
@@ -1813,7 +1783,7 @@ async fn health_follows_the_database() {
 /// Creates database `name` in `pg` unless it exists.
 async fn ensure_database(pg: &EmbeddedPostgres, name: &str) {
     let mut conn = connect_db(&pg.database_url("postgres")).await;
-    let rows: Vec<CountRow> =
+    let rows: Vec<Count> =
         diesel::sql_query("SELECT count(*) AS n FROM pg_database WHERE datname = $1")
             .bind::<diesel::sql_types::Text, _>(name)
             .load(&mut conn)

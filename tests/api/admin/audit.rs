@@ -123,11 +123,19 @@ async fn list_audit_events_filters_by_user() {
     let a = c.admin.token();
     // A failed login of the user, and one of an unknown account (no user id).
     expect_code(
-        try_login(&srv, req(login_email(&c.user.email, OTHER_PASSWORD), NO_BEARER)).await,
+        try_login(
+            &srv,
+            req(login_email(&c.user.email, OTHER_PASSWORD), NO_BEARER),
+        )
+        .await,
         Code::Unauthenticated,
     );
     expect_code(
-        try_login(&srv, req(login_email("nobody@example.com", PASSWORD), NO_BEARER)).await,
+        try_login(
+            &srv,
+            req(login_email("nobody@example.com", PASSWORD), NO_BEARER),
+        )
+        .await,
         Code::Unauthenticated,
     );
 

@@ -29,7 +29,7 @@ use authd::proto;
 use authd::proto::Role;
 use authd::proto::user_service_client::UserServiceClient;
 use chrono::Duration;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::Text;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
@@ -129,8 +129,6 @@ async fn list_audit(
         .await
         .map(|r| r.into_inner())
 }
-
-
 
 fn new_user(role: Role) -> proto::CreateUserRequest {
     proto::CreateUserRequest {
@@ -398,12 +396,6 @@ fn assert_no_duplicates<'a>(ids: impl IntoIterator<Item = &'a String>, what: &st
     for id in ids {
         assert!(seen.insert(id.clone()), "{what}: {id} appears twice");
     }
-}
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
 }
 
 #[derive(diesel::QueryableByName)]

@@ -545,7 +545,11 @@ async fn deactivation_and_reactivation() {
     );
     assert_eq!(s.message(), "account disabled");
     let s = expect_code(
-        try_login(&srv, req(login_email(&created.email, OTHER_PASSWORD), NO_BEARER)).await,
+        try_login(
+            &srv,
+            req(login_email(&created.email, OTHER_PASSWORD), NO_BEARER),
+        )
+        .await,
         Code::Unauthenticated,
     );
     assert_eq!(reason(&s).as_deref(), Some("INVALID_CREDENTIALS"));
