@@ -1080,19 +1080,9 @@ async fn delete_me_keeps_the_service_keys_the_admin_created() {
     let staying = srv.admin_session().await;
     let leaving_id = get_me(&srv, &leaving.access_token).await.expect("GetMe").id;
 
-    let created = srv
-        .auth()
+    let created = try_create_service_key(&srv, &leaving.access_token, "billing")
         .await
-        .create_service_key(with_bearer(
-            proto::CreateServiceKeyRequest {
-                name: "billing".into(),
-                ..Default::default()
-            },
-            &leaving.access_token,
-        ))
-        .await
-        .expect("CreateServiceKey")
-        .into_inner();
+        .expect("CreateServiceKey");
 
     delete_me(&srv, &leaving.access_token, PASSWORD)
         .await
@@ -2273,19 +2263,9 @@ async fn audit_log_never_contains_passwords_tokens_or_keys() {
         .expect("revoke p4");
 
     // Service keys: through the API (created and revoked) and through the domain (as the CLI).
-    let created = srv
-        .auth()
+    let created = try_create_service_key(&srv, &admin.access_token, "audited")
         .await
-        .create_service_key(with_bearer(
-            proto::CreateServiceKeyRequest {
-                name: "audited".into(),
-                ..Default::default()
-            },
-            &admin.access_token,
-        ))
-        .await
-        .expect("create service key")
-        .into_inner();
+        .expect("create service key");
     secrets.push(created.key.clone());
     srv.auth()
         .await

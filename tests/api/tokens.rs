@@ -346,19 +346,9 @@ async fn validate_token_requires_a_service_key() {
 
     // A revoked key.
     let admin = srv.admin_session().await;
-    let created = srv
-        .auth()
+    let created = try_create_service_key(&srv, &admin.access_token, "soon revoked")
         .await
-        .create_service_key(with_bearer(
-            proto::CreateServiceKeyRequest {
-                name: "soon revoked".into(),
-                ..Default::default()
-            },
-            &admin.access_token,
-        ))
-        .await
-        .expect("create service key")
-        .into_inner();
+        .expect("create service key");
     assert!(
         validate_ok(&srv, &created.key, &pair.access_token)
             .await

@@ -193,3 +193,22 @@ pub async fn jwks(srv: &TestServer) -> Vec<proto::Jwk> {
         .into_inner()
         .keys
 }
+
+/// CreateServiceKey named `name`, as the holder of `token` (an admin).
+pub async fn try_create_service_key(
+    srv: &TestServer,
+    token: &str,
+    name: &str,
+) -> Result<proto::CreateServiceKeyResponse, Status> {
+    srv.auth()
+        .await
+        .create_service_key(with_bearer(
+            proto::CreateServiceKeyRequest {
+                name: name.into(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner())
+}

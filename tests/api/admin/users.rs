@@ -364,19 +364,9 @@ async fn deleting_an_admin_keeps_the_service_keys_they_created() {
     let srv = TestServer::start().await;
     let c = cast(&srv).await;
     let other = person(&srv, DomainRole::Admin).await;
-    let created = srv
-        .auth()
+    let created = try_create_service_key(&srv, other.token(), "billing")
         .await
-        .create_service_key(with_bearer(
-            proto::CreateServiceKeyRequest {
-                name: "billing".into(),
-                ..Default::default()
-            },
-            other.token(),
-        ))
-        .await
-        .expect("CreateServiceKey")
-        .into_inner();
+        .expect("CreateServiceKey");
 
     delete_user(&srv, c.admin.token(), &other.id)
         .await
