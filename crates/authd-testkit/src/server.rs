@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::client::{PASSWORD, login_email, unique_email, with_key};
 use crate::cluster::{connect_db, fresh_database};
+use crate::requests::{PASSWORD, login_email, unique_email, with_key};
 
 /// The configuration tests start from: bcrypt cost 4, the given database.
 pub fn test_config(url: &str) -> Config {
