@@ -1,7 +1,7 @@
 //! Login timing equality: the median latency of a failed Login for an unknown account and for a
 //! wrong password must differ by less than 10 %, so timing does not reveal whether an account exists.
 //!
-//! It runs the real server in-process on 127.0.0.1 against a private PostgreSQL and calls it with a
+//! It runs the real server in-process on 127.0.0.1 against the testkit's private PostgreSQL and calls it with a
 //! real tonic client, alternating the two kinds of failure so that machine noise hits both alike.
 //!
 //! ```sh
@@ -13,16 +13,13 @@ use std::time::{Duration, Instant};
 
 use authd::clock::SystemClock;
 use authd::config::Config;
-use authd::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use authd::proto::auth_service_client::AuthServiceClient;
 use authd::proto::{LoginRequest, RegisterRequest, login_request::Identifier};
 use authd::server;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use authd_testkit::PASSWORD;
 use tokio::net::TcpListener;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-const PASSWORD: &str = "Correct-Horse-Battery-Staple-42";
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
@@ -42,25 +39,16 @@ async fn main() -> Result<(), BoxError> {
     let rounds: usize = args.first().map_or(Ok(200), |s| s.parse())?;
     let cost: u32 = args.get(1).map_or(Ok(12), |s| s.parse())?;
 
-    let pg = EmbeddedPostgres::start(EmbeddedOptions {
-        data_dir: std::env::temp_dir(),
-        ephemeral: true,
-        max_connections: 50,
-    })
-    .await?;
-    let mut admin = AsyncPgConnection::establish(&pg.database_url("postgres")).await?;
-    diesel_async::RunQueryDsl::execute(diesel::sql_query("CREATE DATABASE bench"), &mut admin)
-        .await?;
-    drop(admin);
+    // A fresh database on the testkit's private PostgreSQL (stopped when the process exits).
+    let url = authd_testkit::fresh_database().await;
 
     let mut config = Config::defaults();
-    config.database_url = Some(pg.database_url("bench"));
+    config.database_url = Some(url.clone());
     config.bcrypt_cost = cost;
     // Measure the password path, not the brute-force defences.
     config.rate_limit_per_ip = 0;
     config.login_max_failures = u32::MAX;
     config.login_max_failures_per_hour = u32::MAX;
-    let url = pg.database_url("bench");
     let svc = server::start_service(Arc::new(config), &url, Arc::new(SystemClock)).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -129,7 +117,6 @@ async fn main() -> Result<(), BoxError> {
     let _ = stop_tx.send(());
     let _ = server_task.await;
     svc.pool().close();
-    pg.stop().await?;
     if diff >= 10.0 {
         return Err(format!("timing difference {diff:.2} % is not below 10 %").into());
     }

@@ -20,8 +20,6 @@ use authd::proto::auth_service_client::AuthServiceClient;
 use authd::proto::user_service_client::UserServiceClient;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use chrono::{Duration, Utc};
 use diesel::sql_types::{Bool, Bytea, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -33,9 +31,8 @@ use tonic::{Code, Request, Status};
 
 // ----- log capture -------------------------------------------------------------------------------
 
-#[path = "support/capture.rs"]
-mod capture;
-use capture::{Buffer, BufferWriter};
+use authd_testkit::capture::{Buffer, BufferWriter};
+use authd_testkit::{TextRow, hex, open_sealed};
 
 /// The captured log, installing the subscriber on first use.
 fn buffer() -> &'static Buffer {
@@ -370,27 +367,6 @@ struct SecretRow {
     value: Vec<u8>,
     #[diesel(sql_type = Bool)]
     encrypted: bool,
-}
-
-#[derive(diesel::QueryableByName)]
-struct TextRow {
-    #[diesel(sql_type = Text)]
-    t: String,
-}
-
-fn open_sealed(master: &[u8; 32], sealed: &[u8], aad: &str) -> Vec<u8> {
-    let cipher = XChaCha20Poly1305::new_from_slice(master).expect("key");
-    let (nonce, ct) = sealed.split_at(24);
-    let nonce: [u8; 24] = nonce.try_into().expect("nonce");
-    cipher
-        .decrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: ct,
-                aad: aad.as_bytes(),
-            },
-        )
-        .expect("open a sealed box with the master key")
 }
 
 /// The plaintext key material in the database at `url`: every signing key (PKCS#8 and its seed)
@@ -792,10 +768,6 @@ async fn logs_never_contain_secrets() {
     secrets.assert_absent(&audit_dump(&url).await, "the audit events");
 
     pg.stop().await.expect("stop PostgreSQL");
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The filter holds the query-parameter logger of `tokio_postgres` at INFO even when asked for

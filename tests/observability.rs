@@ -36,9 +36,7 @@ const DB_POOL_SIZE: u32 = 5;
 
 // ----- JSON log capture --------------------------------------------------------------------------
 
-#[path = "support/capture.rs"]
-mod capture;
-use capture::{Buffer, BufferWriter};
+use authd_testkit::capture::{Buffer, BufferWriter};
 
 /// The captured log; installs the subscriber (as `main` does for AUTHD_LOG_FORMAT=json) and the
 /// metrics recorder on first use.
@@ -90,9 +88,9 @@ async fn rpc_line(request_id: &str) -> serde_json::Value {
 
 // ----- the PostgreSQL cluster ----------------------------------------------------------------------
 
-#[path = "support/cluster.rs"]
-mod cluster;
-use cluster::{db_url, fresh_named_database as fresh_database};
+use authd_testkit::{
+    db_url, expect_code, fresh_named_database as fresh_database, login_email, unique_email,
+};
 
 async fn admin_connection() -> AsyncPgConnection {
     AsyncPgConnection::establish(&db_url("postgres"))
@@ -213,7 +211,7 @@ impl Server {
     async fn login(&self, email: &str, password: &str) -> Result<proto::TokenPair, Status> {
         self.auth()
             .await
-            .login(login_request(email, password))
+            .login(login_email(email, password))
             .await
             .map(|r| r.into_inner())
     }
@@ -223,28 +221,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
-        }
-    }
-}
-
-fn login_request(email: &str, password: &str) -> proto::LoginRequest {
-    proto::LoginRequest {
-        identifier: Some(proto::login_request::Identifier::Email(email.into())),
-        password: password.into(),
-    }
-}
-
-fn unique_email() -> String {
-    format!("obs-{}@example.com", uuid::Uuid::new_v4().simple())
-}
-
-#[track_caller]
-fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
-    match result {
-        Ok(v) => panic!("expected {code:?}, got OK: {v:?}"),
-        Err(s) => {
-            assert_eq!(s.code(), code, "unexpected status: {s:?}");
-            s
         }
     }
 }
@@ -678,7 +654,7 @@ async fn request_ids_are_echoed_and_calls_logged_as_json() {
 
     let failed_id = format!("obs-{}", uuid::Uuid::new_v4());
     let secret_password = format!("Secret-{}-Password", uuid::Uuid::new_v4().simple());
-    let mut req = Request::new(login_request(&unique_email(), &secret_password));
+    let mut req = Request::new(login_email(&unique_email(), &secret_password));
     req.metadata_mut()
         .insert("x-request-id", failed_id.parse().unwrap());
     let status = expect_code(auth.login(req).await, Code::Unauthenticated);

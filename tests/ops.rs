@@ -20,7 +20,7 @@ use authd::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use authd::proto;
 use authd::proto::auth_service_client::AuthServiceClient;
 use authd::proto::user_service_client::UserServiceClient;
-use diesel::QueryableByName;
+use authd_testkit::{Count, unique_email, with_bearer};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
@@ -98,12 +98,6 @@ fn temp_dir(prefix: &str) -> TempDir {
         .prefix(prefix)
         .tempdir_in("/tmp")
         .expect("temp dir")
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
 }
 
 async fn count(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
@@ -317,7 +311,7 @@ impl Authd {
     async fn get_me(&self, access_token: &str) -> Result<proto::User, Status> {
         self.users()
             .await
-            .get_me(bearer(proto::GetMeRequest {}, access_token))
+            .get_me(with_bearer(proto::GetMeRequest {}, access_token))
             .await
             .map(|r| r.into_inner())
     }
@@ -376,19 +370,6 @@ fn login(email: &str) -> proto::LoginRequest {
         identifier: Some(proto::login_request::Identifier::Email(email.into())),
         password: PASSWORD.into(),
     }
-}
-
-fn bearer<T>(msg: T, token: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("metadata"),
-    );
-    r
-}
-
-fn unique_email() -> String {
-    format!("ops-{}@example.com", uuid::Uuid::new_v4().simple())
 }
 
 /// Runs an `authd` CLI subcommand to completion.
@@ -1002,7 +983,7 @@ async fn replicas_share_the_database() {
     let kid = r1
         .auth()
         .await
-        .rotate_signing_key(bearer(
+        .rotate_signing_key(with_bearer(
             proto::RotateSigningKeyRequest {},
             &admin.access_token,
         ))

@@ -37,11 +37,9 @@ const ALLOWED_ORIGIN: &str = "https://app.example.com";
 /// No test waits longer than this for a connection or a call.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-// Database: the shared private cluster (tests/support/cluster.rs), a fresh copy of the migrated
-// template per test.
-#[path = "support/cluster.rs"]
-mod cluster;
-use cluster::fresh_database;
+// Database: the shared private cluster of `authd-testkit`, a fresh copy of the migrated template
+// per test.
+use authd_testkit::{fresh_database, unique_email, with_bearer};
 
 // ---------------------------------------------------------------------------------------------
 // Certificates: a CA, a server certificate for localhost/127.0.0.1, a client certificate from the
@@ -318,17 +316,6 @@ impl Drop for TestServer {
             let _ = tx.send(());
         }
     }
-}
-
-fn unique_email() -> String {
-    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
-}
-
-fn with_bearer<T>(msg: T, token: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
 }
 
 fn with_key<T>(msg: T, key: &str) -> Request<T> {

@@ -10,14 +10,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use authd::config::{Config, parse_net};
 use authd::proto;
 use diesel::sql_types::Text;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use tokio::io::AsyncWriteExt;
 use tonic::{Code, Request, Status};
 
-use crate::common::*;
+use authd_testkit::*;
 
 const WRONG: &str = "Wrong-Horse-Battery-Staple-99";
 
@@ -44,11 +43,6 @@ async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> 
     })
     .await;
     out.into_iter().map(|o| o.unwrap()).collect()
-}
-
-/// 127.0.0.1 (the test client) is a trusted proxy, so `x-forwarded-for` names the client.
-fn behind_proxy(c: &mut Config) {
-    c.trusted_proxies = vec![parse_net("127.0.0.1").unwrap()].into();
 }
 
 /// `msg` with the given `x-forwarded-for` and, if any, `x-api-key`.
@@ -94,10 +88,6 @@ fn count(m: &std::collections::BTreeMap<String, usize>, code: &str) -> usize {
     m.get(code).copied().unwrap_or(0)
 }
 
-async fn db(srv: &TestServer) -> AsyncPgConnection {
-    AsyncPgConnection::establish(&srv.url).await.unwrap()
-}
-
 #[derive(diesel::QueryableByName)]
 struct Ip {
     #[diesel(sql_type = Text)]
@@ -108,7 +98,7 @@ struct Ip {
 async fn audit_ips(srv: &TestServer, kind: &str) -> Vec<String> {
     diesel::sql_query("SELECT ip_address FROM audit_events WHERE kind = $1")
         .bind::<Text, _>(kind)
-        .load::<Ip>(&mut db(srv).await)
+        .load::<Ip>(&mut srv.db().await)
         .await
         .unwrap()
         .into_iter()
@@ -119,7 +109,7 @@ async fn audit_ips(srv: &TestServer, kind: &str) -> Vec<String> {
 /// The addresses of the live sessions.
 async fn session_ips(srv: &TestServer) -> Vec<String> {
     diesel::sql_query("SELECT ip_address FROM sessions WHERE revoke_time IS NULL")
-        .load::<Ip>(&mut db(srv).await)
+        .load::<Ip>(&mut srv.db().await)
         .await
         .unwrap()
         .into_iter()
@@ -389,7 +379,7 @@ async fn a_gateway_key_names_its_users_addresses_and_is_not_throttled_as_one_cli
     }
     let details: Vec<Detail> =
         diesel::sql_query("SELECT detail FROM audit_events WHERE kind = 'LOGIN_SUCCEEDED'")
-            .load(&mut db(&srv).await)
+            .load(&mut srv.db().await)
             .await
             .unwrap();
     let via = format!("via proxy key {}", created.id);

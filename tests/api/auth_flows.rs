@@ -1,4 +1,4 @@
-use crate::common::*;
+use authd_testkit::*;
 
 // Register, Login, Refresh (rotation, reuse detection, grace window, races, expiry), Logout,
 // LogoutAll and GetMe, end to end against the real server and PostgreSQL.
@@ -9,22 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use authd::clock::Clock;
 use authd::proto;
 use chrono::Duration as ChronoDuration;
-use diesel::sql_types::{BigInt, Bool, Text};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel::sql_types::{Bool, Text};
 use tokio::task::JoinSet;
 use tonic::{Code, Request, Status};
 
 const DAY: i64 = 86_400;
 
 // ----- helpers ------------------------------------------------------------------------------------
-
-fn reg(email: &str, password: &str) -> proto::RegisterRequest {
-    proto::RegisterRequest {
-        email: email.into(),
-        password: password.into(),
-        ..Default::default()
-    }
-}
 
 fn reg_username(email: &str, username: &str) -> proto::RegisterRequest {
     proto::RegisterRequest {
@@ -33,37 +24,12 @@ fn reg_username(email: &str, username: &str) -> proto::RegisterRequest {
     }
 }
 
-async fn try_register(
-    srv: &TestServer,
-    req: proto::RegisterRequest,
-) -> Result<proto::User, Status> {
-    srv.auth()
-        .await
-        .register(req)
-        .await
-        .map(|r| r.into_inner().user.expect("user in RegisterResponse"))
-}
-
 #[track_caller]
 fn assert_invalid(result: Result<proto::User, Status>, what: &str) {
     match result {
         Ok(u) => panic!("{what}: expected INVALID_ARGUMENT, got OK: {u:?}"),
         Err(s) => assert_eq!(s.code(), Code::InvalidArgument, "{what}: {s:?}"),
     }
-}
-
-async fn try_login(srv: &TestServer, req: proto::LoginRequest) -> Result<proto::TokenPair, Status> {
-    srv.auth().await.login(req).await.map(|r| r.into_inner())
-}
-
-async fn try_refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::TokenPair, Status> {
-    srv.auth()
-        .await
-        .refresh(proto::RefreshRequest {
-            refresh_token: refresh_token.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
 }
 
 async fn try_get_me(srv: &TestServer, access_token: &str) -> Result<proto::User, Status> {
@@ -123,27 +89,15 @@ async fn assert_session_dead(srv: &TestServer, pair: &proto::TokenPair) {
     );
 }
 
-async fn db(srv: &TestServer) -> AsyncPgConnection {
-    AsyncPgConnection::establish(&srv.url)
-        .await
-        .expect("connect to the test database")
-}
-
 async fn set_active(srv: &TestServer, email: &str, active: bool) {
     use diesel_async::RunQueryDsl;
     let n = diesel::sql_query("UPDATE users SET active = $1 WHERE email = $2")
         .bind::<Bool, _>(active)
         .bind::<Text, _>(email)
-        .execute(&mut db(srv).await)
+        .execute(&mut srv.db().await)
         .await
         .expect("update users.active");
     assert_eq!(n, 1, "exactly one account has e-mail {email}");
-}
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
 }
 
 async fn count_users(srv: &TestServer, where_clause: &str) -> i64 {
@@ -151,7 +105,7 @@ async fn count_users(srv: &TestServer, where_clause: &str) -> i64 {
     diesel::sql_query(format!(
         "SELECT count(*) AS n FROM users WHERE {where_clause}"
     ))
-    .get_result::<Count>(&mut db(srv).await)
+    .get_result::<Count>(&mut srv.db().await)
     .await
     .expect("count users")
     .n

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use authd::clock::ManualClock;
-use authd::config::parse_net;
 use authd::domain::ClientKey;
 use authd::domain::password::Hold;
 use authd::proto;
@@ -20,7 +19,7 @@ use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::common::*;
+use authd_testkit::*;
 
 /// Asserts the pool-full refusal: RESOURCE_EXHAUSTED, its message, and a `retry-after`.
 #[track_caller]
@@ -54,19 +53,6 @@ async fn saturate(srv: &TestServer, threads: usize) -> Vec<Hold> {
         holds.push(h);
     }
     holds
-}
-
-/// 127.0.0.1 (the test client) is a trusted proxy, so `x-forwarded-for` names the client.
-fn behind_proxy(c: &mut authd::config::Config) {
-    c.trusted_proxies = vec![parse_net("127.0.0.1").expect("net")].into();
-}
-
-/// A request from client `ip`, through the trusted proxy at 127.0.0.1.
-fn from_ip<T>(msg: T, ip: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("x-forwarded-for", ip.parse().expect("ip metadata"));
-    r
 }
 
 fn key(ip: &str) -> Option<ClientKey> {

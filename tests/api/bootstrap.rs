@@ -1,24 +1,18 @@
-use crate::common::*;
+use authd_testkit::*;
 
 // Issue F, section 8: the bootstrap admin (AUTHD_BOOTSTRAP_ADMIN_EMAIL/PASSWORD) is created only
 // while no active admin exists, so a deleted bootstrap admin does not come back at the next start.
 
 use authd::proto;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use tonic::Code;
-
-#[derive(diesel::QueryableByName)]
-struct CountRow {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
 
 async fn accounts_with_email(url: &str, email: &str) -> i64 {
     let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
     diesel::sql_query("SELECT count(*) AS n FROM users WHERE email = $1")
         .bind::<Text, _>(email)
-        .get_result::<CountRow>(&mut conn)
+        .get_result::<Count>(&mut conn)
         .await
         .expect("count")
         .n

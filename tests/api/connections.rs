@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::*;
+use authd_testkit::*;
 
 /// A loopback port that was free a moment ago.
 fn free_port() -> SocketAddr {
@@ -158,12 +158,6 @@ async fn connections_that_never_finish_their_opening_are_closed() {
         .await
         .expect("an idle HTTP/2 connection outlives the handshake timeout");
     srv.stop().await;
-}
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
 }
 
 async fn count(conn: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {

@@ -5,20 +5,14 @@
 use std::time::{Duration, Instant};
 
 use authd::proto;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use tonic::Code;
 
-use crate::common::*;
-
-async fn db(srv: &TestServer) -> AsyncPgConnection {
-    AsyncPgConnection::establish(&srv.url)
-        .await
-        .expect("connect to the test database")
-}
+use authd_testkit::*;
 
 async fn exec(srv: &TestServer, sql: &str) {
     diesel::sql_query(sql)
-        .execute(&mut db(srv).await)
+        .execute(&mut srv.db().await)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
@@ -152,7 +146,7 @@ async fn a_new_service_key_works_at_once_and_its_use_is_recorded_once_a_minute()
         #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
         last_use_time: Option<chrono::DateTime<chrono::Utc>>,
     }
-    let mut conn = db(&srv).await;
+    let mut conn = srv.db().await;
     let read = async |conn: &mut AsyncPgConnection| {
         let rows: Vec<Used> = diesel::sql_query("SELECT last_use_time FROM service_keys")
             .load(conn)

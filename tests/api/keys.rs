@@ -1,4 +1,4 @@
-use crate::common::*;
+use authd_testkit::*;
 
 // Signing-key rotation, encryption at rest, and the signing-keys CLI.
 //
@@ -9,7 +9,6 @@ use crate::common::*;
 // plaintext rows are sealed in place, and a missing, wrong or malformed master key stops start-up.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -19,11 +18,9 @@ use authd::domain::{ClientInfo, Role as DomainRole};
 use authd::proto;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use diesel::sql_types::{Bool, Bytea, Nullable, Text, Timestamptz};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use serde_json::{Value, json};
 use tonic::{Code, Request, Status};
@@ -87,24 +84,6 @@ fn claims_of(token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("json")
 }
 
-async fn get_me(srv: &TestServer, token: &str) -> Result<proto::User, Status> {
-    srv.users()
-        .await
-        .get_me(with_bearer(proto::GetMeRequest {}, token))
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::TokenPair, Status> {
-    srv.auth()
-        .await
-        .refresh(proto::RefreshRequest {
-            refresh_token: refresh_token.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
 /// Asserts that `token` is accepted both by ValidateToken and by a bearer-protected RPC.
 async fn assert_token_works(srv: &TestServer, token: &str, what: &str) {
     let v = srv.validate(token).await;
@@ -150,36 +129,11 @@ fn server_now(clock: &ManualClock) -> DateTime<Utc> {
     clock.now().trunc_subsecs(6)
 }
 
-/// Polls `f` every 100 ms until it returns true; panics after `limit`.
-async fn wait_until<F, Fut>(what: &str, limit: StdDuration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(StdDuration::from_millis(100)).await;
-    }
-}
-
 /// A random master key, 32 bytes in standard base64.
 fn new_master_key() -> (String, [u8; 32]) {
     let mut bytes = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
     (STANDARD.encode(bytes), bytes)
-}
-
-async fn db(url: &str) -> AsyncPgConnection {
-    AsyncPgConnection::establish(url)
-        .await
-        .expect("connect to the test database")
 }
 
 #[derive(diesel::QueryableByName, Debug, Clone)]
@@ -208,32 +162,26 @@ struct SecretRow {
     encrypted: bool,
 }
 
-#[derive(diesel::QueryableByName)]
-struct TextRow {
-    #[diesel(sql_type = Text)]
-    t: String,
-}
-
 async fn key_rows(url: &str) -> Vec<KeyRow> {
     diesel::sql_query(
         "SELECT kid, private_key, public_key, encrypted, activate_time, retire_time \
          FROM signing_keys ORDER BY activate_time, kid",
     )
-    .load(&mut db(url).await)
+    .load(&mut connect_db(url).await)
     .await
     .expect("read signing_keys")
 }
 
 async fn secret_rows(url: &str) -> Vec<SecretRow> {
     diesel::sql_query("SELECT name, value, encrypted FROM server_secrets ORDER BY name")
-        .load(&mut db(url).await)
+        .load(&mut connect_db(url).await)
         .await
         .expect("read server_secrets")
 }
 
 /// Every row of every table, as JSON text (bytea shows as `\x<hex>`).
 async fn dump_database(url: &str) -> String {
-    let mut conn = db(url).await;
+    let mut conn = connect_db(url).await;
     let tables: Vec<TextRow> = diesel::sql_query(
         "SELECT table_name::text AS t FROM information_schema.tables \
          WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
@@ -258,28 +206,6 @@ async fn dump_database(url: &str) -> String {
         }
     }
     dump
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Opens a box sealed by the server (24-byte nonce, then XChaCha20-Poly1305 ciphertext, bound to
-/// `aad`): the test's own proof that the stored bytes are the real key, sealed under the master key.
-fn open_sealed(master: &[u8; 32], sealed: &[u8], aad: &str) -> Vec<u8> {
-    assert!(sealed.len() > 24 + 16, "sealed box too short");
-    let cipher = XChaCha20Poly1305::new_from_slice(master).expect("key");
-    let (nonce, ct) = sealed.split_at(24);
-    let nonce: [u8; 24] = nonce.try_into().expect("24-byte nonce");
-    cipher
-        .decrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: ct,
-                aad: aad.as_bytes(),
-            },
-        )
-        .expect("the sealed box opens with the master key")
 }
 
 /// A token for the same subject and session as `model`, with a fresh jti, signed by `private_der`
@@ -376,7 +302,9 @@ async fn rotation_publishes_first_signs_after_the_delay_and_retires_the_old_key(
     // ...but tokens are still signed with the old key, by Login and by Refresh.
     let during = srv.login(&user.email, PASSWORD).await;
     assert_eq!(kid_of(&during.access_token), old_kid);
-    let refreshed = refresh(&srv, &before.refresh_token).await.expect("refresh");
+    let refreshed = try_refresh(&srv, &before.refresh_token)
+        .await
+        .expect("refresh");
     assert_eq!(kid_of(&refreshed.access_token), old_kid);
     assert_token_works(&srv, &during.access_token, "token signed before activation").await;
 
@@ -403,7 +331,9 @@ async fn rotation_publishes_first_signs_after_the_delay_and_retires_the_old_key(
     srv.svc.reload_keys().await.expect("reload");
     let after = srv.login(&user.email, PASSWORD).await;
     assert_eq!(kid_of(&after.access_token), new_kid);
-    let after_refresh = refresh(&srv, &during.refresh_token).await.expect("refresh");
+    let after_refresh = try_refresh(&srv, &during.refresh_token)
+        .await
+        .expect("refresh");
     assert_eq!(kid_of(&after_refresh.access_token), new_kid);
     assert_eq!(jwks_kids(&srv).await, set_of(&[&old_kid, &new_kid]));
     assert_token_works(&srv, &after.access_token, "token signed by the new key").await;
@@ -451,7 +381,7 @@ async fn rotation_publishes_first_signs_after_the_delay_and_retires_the_old_key(
     let (_, fresh) = srv.user_session().await;
     assert_eq!(kid_of(&fresh.access_token), new_kid);
     assert_token_works(&srv, &fresh.access_token, "token after retirement").await;
-    let next = refresh(&srv, &after_refresh.refresh_token)
+    let next = try_refresh(&srv, &after_refresh.refresh_token)
         .await
         .expect("refresh after retirement");
     assert_eq!(kid_of(&next.access_token), new_kid);
@@ -618,7 +548,7 @@ async fn replicas_pick_up_a_rotation_within_seconds() {
     )
     .await;
     // A refresh token from one replica rotates on the other.
-    let next = refresh(&srv2, &from1.refresh_token)
+    let next = try_refresh(&srv2, &from1.refresh_token)
         .await
         .expect("refresh on the other replica");
     assert_eq!(kid_of(&next.access_token), new_kid);
@@ -759,7 +689,9 @@ async fn with_a_master_key_key_material_is_sealed_and_a_dump_cannot_mint_tokens(
     // The server works normally.
     let (user, pair) = srv.user_session().await;
     assert_token_works(&srv, &pair.access_token, "token under a master key").await;
-    let next = refresh(&srv, &pair.refresh_token).await.expect("refresh");
+    let next = try_refresh(&srv, &pair.refresh_token)
+        .await
+        .expect("refresh");
     assert_token_works(&srv, &next.access_token, "refreshed token").await;
     // A rotated key is sealed too.
     let admin = srv.admin_session().await;
@@ -845,7 +777,7 @@ async fn with_a_master_key_key_material_is_sealed_and_a_dump_cannot_mint_tokens(
     srv.stop().await;
     let srv = TestServer::start_on(config, clock).await;
     assert_token_works(&srv, &next.access_token, "token after restart").await;
-    let again = refresh(&srv, &next.refresh_token)
+    let again = try_refresh(&srv, &next.refresh_token)
         .await
         .expect("refresh after restart");
     assert_token_works(&srv, &again.access_token, "refreshed after restart").await;
@@ -909,7 +841,7 @@ async fn an_encrypted_database_needs_the_right_master_key() {
     hex_config.master_key = Some(hex(&STANDARD.decode(b64).expect("b64")));
     let srv = TestServer::start_on(hex_config, clock).await;
     assert_token_works(&srv, &pair.access_token, "token after a hex-key restart").await;
-    refresh(&srv, &pair.refresh_token)
+    try_refresh(&srv, &pair.refresh_token)
         .await
         .expect("refresh after restart");
 }
@@ -973,7 +905,7 @@ async fn setting_a_master_key_later_seals_plaintext_rows_in_place() {
 
     // Everything issued before still works.
     assert_token_works(&srv, &pair.access_token, "token issued before sealing").await;
-    let next = refresh(&srv, &pair.refresh_token)
+    let next = try_refresh(&srv, &pair.refresh_token)
         .await
         .expect("refresh token issued before sealing");
     assert_token_works(&srv, &next.access_token, "refreshed after sealing").await;

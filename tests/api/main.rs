@@ -1,11 +1,8 @@
 //! Integration tests: the real server in-process on 127.0.0.1:0, real tonic clients, and a real
-//! PostgreSQL (one private cluster per test process, a fresh database per test).
+//! PostgreSQL (one private cluster per test process, a fresh database per test), all from
+//! `authd-testkit`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-#[path = "../support/cluster.rs"]
-mod cluster;
-mod common;
 
 mod addresses;
 mod admin;

@@ -1,4 +1,4 @@
-use crate::common::*;
+use authd_testkit::*;
 
 // Issue F, items 4, 5 and 6b, end to end:
 // - grace replays of a just-spent refresh token are honoured only from the client (IPv4 address, or
@@ -15,25 +15,12 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use authd::clock::Clock;
-use authd::config::{Config, parse_net};
 use authd::proto;
 use chrono::Duration as ChronoDuration;
 use diesel::sql_types::{BigInt, Bytea, Integer, Nullable, Text, Timestamptz};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use tokio::task::JoinSet;
-use tonic::{Code, Request, Status};
-
-/// 127.0.0.1 is a trusted proxy, so `x-forwarded-for` names the client.
-fn behind_proxy(c: &mut Config) {
-    c.trusted_proxies = vec![parse_net("127.0.0.1").unwrap()].into();
-}
-
-fn from_ip<T>(msg: T, ip: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("x-forwarded-for", ip.parse().unwrap());
-    r
-}
+use tonic::{Code, Status};
 
 async fn refresh_from(
     srv: &TestServer,
@@ -128,12 +115,6 @@ async fn session_from(srv: &TestServer, ip: &str) -> proto::TokenPair {
         .into_inner()
 }
 
-async fn db(url: &str) -> AsyncPgConnection {
-    AsyncPgConnection::establish(url)
-        .await
-        .expect("connect to the test database")
-}
-
 #[derive(diesel::QueryableByName, Debug)]
 struct AuditRow {
     #[diesel(sql_type = Text)]
@@ -148,7 +129,7 @@ async fn events(url: &str, kind: &str) -> Vec<AuditRow> {
         "SELECT ip_address, detail FROM audit_events WHERE kind = $1 ORDER BY create_time, id",
     )
     .bind::<Text, _>(kind)
-    .load(&mut db(url).await)
+    .load(&mut connect_db(url).await)
     .await
     .expect("audit events")
 }
@@ -176,26 +157,13 @@ async fn session_row(url: &str, session_id: &str) -> SessionRow {
          FROM sessions s WHERE s.id = $1::uuid",
     )
     .bind::<Text, _>(session_id)
-    .get_result(&mut db(url).await)
+    .get_result(&mut connect_db(url).await)
     .await
     .expect("session row")
 }
 
 async fn is_valid(srv: &TestServer, access_token: &str) -> bool {
     srv.validate(access_token).await.valid
-}
-
-/// Polls `f` until it holds, for at most `limit` (background work such as the replay sweep).
-async fn wait_until<F, Fut>(what: &str, limit: StdDuration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = std::time::Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        tokio::time::sleep(StdDuration::from_millis(50)).await;
-    }
 }
 
 // ----- 4a: grace replays are bound to the spending client -----------------------------------------
@@ -386,7 +354,7 @@ async fn successors_are_random_and_nothing_readable_stays_after_the_window() {
     let secrets: i64 = diesel::sql_query(
         "SELECT count(*) AS n FROM server_secrets WHERE name = 'refresh_token_hmac'",
     )
-    .get_result::<Count>(&mut db(&srv.url).await)
+    .get_result::<Count>(&mut connect_db(&srv.url).await)
     .await
     .expect("count")
     .n;
@@ -437,12 +405,6 @@ async fn successors_are_random_and_nothing_readable_stays_after_the_window() {
         !is_valid(&srv, &p2.access_token).await,
         "two generations back is reuse"
     );
-}
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
 }
 
 #[tokio::test]

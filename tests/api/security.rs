@@ -1,4 +1,4 @@
-use crate::common::*;
+use authd_testkit::*;
 
 // Issue C, end to end: brute-force throttling of Login and of the `current_password` checks, the
 // per-IP token bucket, trusted proxies, password strength, bcrypt cost upgrades, input limits,
@@ -9,13 +9,13 @@ use crate::common::*;
 
 use std::time::Duration;
 
-use authd::config::{Config, parse_net};
+use authd::config::Config;
 use authd::proto;
 use authd::proto::auth_service_client::AuthServiceClient;
 use authd::proto::login_request::Identifier;
 use authd::proto::user_service_client::UserServiceClient;
 use chrono::Duration as ChronoDuration;
-use diesel::sql_types::{BigInt, Integer, Text};
+use diesel::sql_types::{Integer, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -31,19 +31,6 @@ const WRONG: &str = "Wrong-Horse-Battery-Staple-99";
 fn throttle_on(c: &mut Config) {
     c.login_max_failures = 5;
     c.login_max_failures_per_hour = 100;
-}
-
-/// 127.0.0.1 (the test client) is a trusted proxy, so `x-forwarded-for` names the client.
-fn behind_proxy(c: &mut Config) {
-    c.trusted_proxies = vec![parse_net("127.0.0.1").unwrap()].into();
-}
-
-/// A request from client `ip`, through the (trusted or not) proxy at 127.0.0.1.
-fn from_ip<T>(msg: T, ip: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("x-forwarded-for", ip.parse().unwrap());
-    r
 }
 
 /// A bearer request from client `ip`.
@@ -134,14 +121,6 @@ async fn login_from(
         .map(|r| r.into_inner())
 }
 
-fn reg(email: &str, password: &str) -> proto::RegisterRequest {
-    proto::RegisterRequest {
-        email: email.into(),
-        password: password.into(),
-        ..Default::default()
-    }
-}
-
 async fn register(
     auth: &mut AuthServiceClient<Channel>,
     req: proto::RegisterRequest,
@@ -166,22 +145,10 @@ async fn health_is_serving(srv: &TestServer, channel: Channel) {
     assert_eq!(resp.status, ServingStatus::Serving as i32, "{:?}", srv.addr);
 }
 
-async fn db(srv: &TestServer) -> AsyncPgConnection {
-    AsyncPgConnection::establish(&srv.url)
-        .await
-        .expect("connect to the test database")
-}
-
 #[derive(diesel::QueryableByName)]
 struct TextRow {
     #[diesel(sql_type = Text)]
     v: String,
-}
-
-#[derive(diesel::QueryableByName)]
-struct CountRow {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
 }
 
 #[derive(diesel::QueryableByName)]
@@ -502,7 +469,7 @@ async fn replicas_share_the_throttle_state() {
 
 // ----- re-authentication ----------------------------------------------------------------------------
 
-async fn change_password(
+async fn change_password_on(
     users: &mut UserServiceClient<Channel>,
     token: &str,
     current: &str,
@@ -520,7 +487,7 @@ async fn change_password(
         .map(|r| r.into_inner().revoked_sessions)
 }
 
-async fn delete_me(
+async fn delete_me_on(
     users: &mut UserServiceClient<Channel>,
     token: &str,
     password: &str,
@@ -544,7 +511,7 @@ fn email_change(email: &str, current_password: &str) -> proto::UpdateMeRequest {
     }
 }
 
-async fn update_me(
+async fn update_me_on(
     users: &mut UserServiceClient<Channel>,
     token: &str,
     req: proto::UpdateMeRequest,
@@ -565,40 +532,40 @@ async fn current_password_checks_are_throttled_per_user() {
     let t = &pair.access_token;
     for _ in 0..5 {
         let e = expect_code(
-            change_password(&mut users, t, WRONG, OTHER_PASSWORD).await,
+            change_password_on(&mut users, t, WRONG, OTHER_PASSWORD).await,
             Code::Unauthenticated,
         );
         assert_eq!(reason(&e).as_deref(), Some("INVALID_CREDENTIALS"));
     }
     assert_eq!(
-        expect_throttled(change_password(&mut users, t, PASSWORD, OTHER_PASSWORD).await),
+        expect_throttled(change_password_on(&mut users, t, PASSWORD, OTHER_PASSWORD).await),
         1
     );
     // The three checks share the per-user count.
-    expect_throttled(delete_me(&mut users, t, PASSWORD).await);
-    expect_throttled(update_me(&mut users, t, email_change(&unique_email(), PASSWORD)).await);
+    expect_throttled(delete_me_on(&mut users, t, PASSWORD).await);
+    expect_throttled(update_me_on(&mut users, t, email_change(&unique_email(), PASSWORD)).await);
     advance(&srv, 1);
     // One more failure doubles the wait.
     expect_code(
-        change_password(&mut users, t, WRONG, OTHER_PASSWORD).await,
+        change_password_on(&mut users, t, WRONG, OTHER_PASSWORD).await,
         Code::Unauthenticated,
     );
     assert_eq!(
-        expect_throttled(change_password(&mut users, t, PASSWORD, OTHER_PASSWORD).await),
+        expect_throttled(change_password_on(&mut users, t, PASSWORD, OTHER_PASSWORD).await),
         2
     );
     advance(&srv, 2);
-    change_password(&mut users, t, PASSWORD, OTHER_PASSWORD)
+    change_password_on(&mut users, t, PASSWORD, OTHER_PASSWORD)
         .await
         .expect("the right password after the wait");
     // The success reset the count.
     for _ in 0..4 {
         expect_code(
-            update_me(&mut users, t, email_change(&unique_email(), WRONG)).await,
+            update_me_on(&mut users, t, email_change(&unique_email(), WRONG)).await,
             Code::Unauthenticated,
         );
     }
-    update_me(&mut users, t, email_change(&unique_email(), OTHER_PASSWORD))
+    update_me_on(&mut users, t, email_change(&unique_email(), OTHER_PASSWORD))
         .await
         .expect("four failures after a reset are under the limit");
 
@@ -607,17 +574,17 @@ async fn current_password_checks_are_throttled_per_user() {
     let t = &pair.access_token;
     for _ in 0..5 {
         expect_code(
-            update_me(&mut users, t, email_change(&unique_email(), WRONG)).await,
+            update_me_on(&mut users, t, email_change(&unique_email(), WRONG)).await,
             Code::Unauthenticated,
         );
     }
     let new_email = unique_email();
     assert_eq!(
-        expect_throttled(update_me(&mut users, t, email_change(&new_email, PASSWORD)).await),
+        expect_throttled(update_me_on(&mut users, t, email_change(&new_email, PASSWORD)).await),
         1
     );
     advance(&srv, 1);
-    let me = update_me(&mut users, t, email_change(&new_email, PASSWORD))
+    let me = update_me_on(&mut users, t, email_change(&new_email, PASSWORD))
         .await
         .expect("e-mail change after the wait");
     assert_eq!(me.email, new_email);
@@ -626,14 +593,17 @@ async fn current_password_checks_are_throttled_per_user() {
     let (_, pair) = srv.user_session().await;
     let t = &pair.access_token;
     for _ in 0..5 {
-        expect_code(delete_me(&mut users, t, WRONG).await, Code::Unauthenticated);
+        expect_code(
+            delete_me_on(&mut users, t, WRONG).await,
+            Code::Unauthenticated,
+        );
     }
     assert_eq!(
-        expect_throttled(delete_me(&mut users, t, PASSWORD).await),
+        expect_throttled(delete_me_on(&mut users, t, PASSWORD).await),
         1
     );
     advance(&srv, 1);
-    delete_me(&mut users, t, PASSWORD)
+    delete_me_on(&mut users, t, PASSWORD)
         .await
         .expect("DeleteMe after the wait");
 }
@@ -1045,11 +1015,11 @@ async fn weak_passwords_are_refused_with_a_hint_everywhere() {
     let (_, pair) = srv.user_session().await;
     let t = &pair.access_token;
     let e = assert_weak(
-        change_password(&mut users, t, PASSWORD, "qwertyuiop").await,
+        change_password_on(&mut users, t, PASSWORD, "qwertyuiop").await,
         "ChangePassword",
     );
     assert!(e.message().contains("new_password"), "{e:?}");
-    change_password(&mut users, t, PASSWORD, "plinth marzipan obelisk turnip")
+    change_password_on(&mut users, t, PASSWORD, "plinth marzipan obelisk turnip")
         .await
         .expect("ChangePassword to a strong passphrase");
 
@@ -1440,14 +1410,17 @@ async fn every_string_field_has_a_maximum_length() {
             email_change(&unique_email(), &"p".repeat(1025)),
         ),
     ] {
-        let e = expect_code(update_me(&mut users, t, req).await, invalid);
+        let e = expect_code(update_me_on(&mut users, t, req).await, invalid);
         assert!(e.message().contains(what), "{what}: {e:?}");
     }
     expect_code(
-        change_password(&mut users, t, &"p".repeat(1025), OTHER_PASSWORD).await,
+        change_password_on(&mut users, t, &"p".repeat(1025), OTHER_PASSWORD).await,
         invalid,
     );
-    expect_code(delete_me(&mut users, t, &"p".repeat(1025)).await, invalid);
+    expect_code(
+        delete_me_on(&mut users, t, &"p".repeat(1025)).await,
+        invalid,
+    );
 
     // CreateUser and UpdateUser.
     let r = users
@@ -1528,14 +1501,14 @@ async fn fill_the_pool(
             let _ = users.update_me(with_bearer(req, &token)).await;
         });
     }
-    let mut watcher = db(srv).await;
+    let mut watcher = srv.db().await;
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_millis(800) {
         let waiting = diesel::sql_query(
             "SELECT count(*) AS n FROM pg_stat_activity \
              WHERE datname = current_database() AND wait_event_type = 'Lock'",
         )
-        .get_result::<CountRow>(&mut watcher)
+        .get_result::<Count>(&mut watcher)
         .await
         .expect("count waiting backends")
         .n;
@@ -1553,7 +1526,7 @@ async fn poll_until_zero(conn: &mut AsyncPgConnection, sql: &str, budget: Durati
     let start = std::time::Instant::now();
     loop {
         let n = diesel::sql_query(sql)
-            .get_result::<CountRow>(conn)
+            .get_result::<Count>(conn)
             .await
             .expect("count")
             .n;
@@ -1577,7 +1550,7 @@ async fn a_timed_out_request_gets_deadline_exceeded_and_leaves_no_transaction_op
     })
     .await;
     let (user, pair) = srv.user_session().await;
-    let mut locker = db(&srv).await;
+    let mut locker = srv.db().await;
     fill_the_pool(&srv, &mut locker, &user.id, &pair.access_token, 10).await;
 
     // Hold the session row, so Refresh blocks inside its transaction.
@@ -1599,7 +1572,7 @@ async fn a_timed_out_request_gets_deadline_exceeded_and_leaves_no_transaction_op
 
     // While the test still holds the lock, the abandoned request stops waiting for it: its
     // connection was closed, not handed back to the pool mid-transaction.
-    let mut conn = db(&srv).await;
+    let mut conn = srv.db().await;
     let waiting = poll_until_zero(
         &mut conn,
         "SELECT count(*) AS n FROM pg_stat_activity \

@@ -1,4 +1,4 @@
-use crate::common::*;
+use authd_testkit::*;
 
 // Self-service (UpdateMe, ChangePassword, DeleteMe, ListMySessions, RevokeMySession), closed
 // registration, the `users` / `service-keys` / `migrate` CLI, and the audit events of self-service,
@@ -13,8 +13,8 @@ use authd::proto;
 use authd::proto::auth_service_client::AuthServiceClient;
 use authd::proto::user_service_client::UserServiceClient;
 use chrono::{DateTime, Duration as ChronoDuration, SubsecRound, Utc};
-use diesel::sql_types::{BigInt, Text};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel::sql_types::Text;
+use diesel_async::RunQueryDsl;
 use tokio::io::AsyncWriteExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
@@ -79,72 +79,6 @@ async fn register_full(
         .into_inner()
         .user
         .expect("user in RegisterResponse")
-}
-
-async fn try_login(srv: &TestServer, req: proto::LoginRequest) -> Result<proto::TokenPair, Status> {
-    srv.auth().await.login(req).await.map(|r| r.into_inner())
-}
-
-async fn try_refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::TokenPair, Status> {
-    srv.auth()
-        .await
-        .refresh(proto::RefreshRequest {
-            refresh_token: refresh_token.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn get_me(srv: &TestServer, token: &str) -> Result<proto::User, Status> {
-    srv.users()
-        .await
-        .get_me(with_bearer(proto::GetMeRequest {}, token))
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn update_me(
-    srv: &TestServer,
-    token: &str,
-    req: proto::UpdateMeRequest,
-) -> Result<proto::User, Status> {
-    srv.users()
-        .await
-        .update_me(with_bearer(req, token))
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn change_password(
-    srv: &TestServer,
-    token: &str,
-    current: &str,
-    new: &str,
-) -> Result<i64, Status> {
-    srv.users()
-        .await
-        .change_password(with_bearer(
-            proto::ChangePasswordRequest {
-                current_password: current.into(),
-                new_password: new.into(),
-            },
-            token,
-        ))
-        .await
-        .map(|r| r.into_inner().revoked_sessions)
-}
-
-async fn delete_me(srv: &TestServer, token: &str, password: &str) -> Result<(), Status> {
-    srv.users()
-        .await
-        .delete_me(with_bearer(
-            proto::DeleteMeRequest {
-                password: password.into(),
-            },
-            token,
-        ))
-        .await
-        .map(|_| ())
 }
 
 async fn list_sessions(srv: &TestServer, token: &str) -> Result<Vec<proto::Session>, Status> {
@@ -257,22 +191,10 @@ fn one_of_kind<'a>(events: &'a [proto::AuditEvent], kind: &str) -> &'a proto::Au
     found[0]
 }
 
-async fn db(url: &str) -> AsyncPgConnection {
-    AsyncPgConnection::establish(url)
-        .await
-        .expect("connect to the test database")
-}
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
 async fn count(url: &str, sql: &str, id: &str) -> i64 {
     diesel::sql_query(sql)
         .bind::<Text, _>(id)
-        .get_result::<Count>(&mut db(url).await)
+        .get_result::<Count>(&mut connect_db(url).await)
         .await
         .expect("count query")
         .n
@@ -281,7 +203,7 @@ async fn count(url: &str, sql: &str, id: &str) -> i64 {
 async fn exec(url: &str, sql: &str, id: &str) {
     let n = diesel::sql_query(sql)
         .bind::<Text, _>(id)
-        .execute(&mut db(url).await)
+        .execute(&mut connect_db(url).await)
         .await
         .expect("update");
     assert_eq!(n, 1, "{sql} should touch exactly one row");
@@ -296,7 +218,7 @@ struct RowText {
 /// Every audit row, each as the whole record's text (all columns, present and future).
 async fn audit_table_text(url: &str) -> Vec<String> {
     diesel::sql_query("SELECT e::text AS row FROM audit_events e ORDER BY create_time, id")
-        .load::<RowText>(&mut db(url).await)
+        .load::<RowText>(&mut connect_db(url).await)
         .await
         .expect("read audit_events")
         .into_iter()
@@ -1158,19 +1080,9 @@ async fn delete_me_keeps_the_service_keys_the_admin_created() {
     let staying = srv.admin_session().await;
     let leaving_id = get_me(&srv, &leaving.access_token).await.expect("GetMe").id;
 
-    let created = srv
-        .auth()
+    let created = try_create_service_key(&srv, &leaving.access_token, "billing")
         .await
-        .create_service_key(with_bearer(
-            proto::CreateServiceKeyRequest {
-                name: "billing".into(),
-                ..Default::default()
-            },
-            &leaving.access_token,
-        ))
-        .await
-        .expect("CreateServiceKey")
-        .into_inner();
+        .expect("CreateServiceKey");
 
     delete_me(&srv, &leaving.access_token, PASSWORD)
         .await
@@ -1302,7 +1214,7 @@ async fn two_admins_deleting_themselves_at_once_leave_one() {
         }
         let admins =
             diesel::sql_query("SELECT count(*) AS n FROM users WHERE role = 'admin' AND active")
-                .get_result::<Count>(&mut db(&srv.url).await)
+                .get_result::<Count>(&mut connect_db(&srv.url).await)
                 .await
                 .expect("count admins")
                 .n;
@@ -1967,7 +1879,7 @@ async fn cli_migrate_applies_once_and_is_idempotent() {
     // An empty database, not a copy of the migrated template.
     let name = format!("cli_migrate_{}", uuid::Uuid::new_v4().simple());
     diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut db(&db_url("postgres")).await)
+        .execute(&mut connect_db(&db_url("postgres")).await)
         .await
         .expect("create an empty database");
     let url = db_url(&name);
@@ -2351,19 +2263,9 @@ async fn audit_log_never_contains_passwords_tokens_or_keys() {
         .expect("revoke p4");
 
     // Service keys: through the API (created and revoked) and through the domain (as the CLI).
-    let created = srv
-        .auth()
+    let created = try_create_service_key(&srv, &admin.access_token, "audited")
         .await
-        .create_service_key(with_bearer(
-            proto::CreateServiceKeyRequest {
-                name: "audited".into(),
-                ..Default::default()
-            },
-            &admin.access_token,
-        ))
-        .await
-        .expect("create service key")
-        .into_inner();
+        .expect("create service key");
     secrets.push(created.key.clone());
     srv.auth()
         .await

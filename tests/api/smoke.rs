@@ -3,7 +3,7 @@
 use authd::proto;
 use tonic::Code;
 
-use crate::common::*;
+use authd_testkit::*;
 
 #[tokio::test]
 async fn register_login_get_me_validate() {

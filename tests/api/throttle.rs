@@ -1,4 +1,4 @@
-use crate::common::*;
+use authd_testkit::*;
 
 // Issue F, sections 2 and 3: password checks are reserved atomically before bcrypt, so concurrent
 // guesses get no more checks than sequential ones (per client, per identifier past the hourly cap,
@@ -10,26 +10,13 @@ use crate::common::*;
 // the test client (127.0.0.1) is a trusted proxy.
 
 use authd::clock::Clock;
-use authd::config::{Config, parse_net};
 use authd::proto;
 use authd::proto::login_request::Identifier;
 use chrono::Duration as ChronoDuration;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
 /// A password that is never right.
 const WRONG: &str = "Wrong-Horse-Battery-Staple-99";
-
-/// 127.0.0.1 (the test client) is a trusted proxy, so `x-forwarded-for` names the client.
-fn behind_proxy(c: &mut Config) {
-    c.trusted_proxies = vec![parse_net("127.0.0.1").unwrap()].into();
-}
-
-fn from_ip<T>(msg: T, ip: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("x-forwarded-for", ip.parse().unwrap());
-    r
-}
 
 fn login_req(id: &Identifier, password: &str) -> proto::LoginRequest {
     proto::LoginRequest {
@@ -421,19 +408,13 @@ async fn the_slot_delay_is_capped_at_15_minutes() {
     );
 }
 
-#[derive(diesel::QueryableByName)]
-struct CountRow {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
 async fn rows(srv: &TestServer, table: &str) -> i64 {
     use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
     let mut conn = AsyncPgConnection::establish(&srv.url)
         .await
         .expect("connect");
     diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
-        .get_result::<CountRow>(&mut conn)
+        .get_result::<Count>(&mut conn)
         .await
         .expect("count")
         .n

@@ -1,6 +1,5 @@
 //! Access-token validation, tampering, JWKS, service keys, health, restart.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -10,7 +9,7 @@ use authd::proto;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{Duration, Utc};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use ed25519_dalek::Signer;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use hmac::Mac;
@@ -20,7 +19,7 @@ use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::common::*;
+use authd_testkit::*;
 
 // ----- helpers -----------------------------------------------------------------------------------
 
@@ -61,14 +60,6 @@ async fn validate_ok(srv: &TestServer, key: &str, token: &str) -> proto::Validat
     }
 }
 
-async fn get_me(srv: &TestServer, token: &str) -> Result<proto::User, Status> {
-    srv.users()
-        .await
-        .get_me(with_bearer(proto::GetMeRequest {}, token))
-        .await
-        .map(|r| r.into_inner())
-}
-
 /// Asserts UNAUTHENTICATED with the given `ErrorInfo.reason`.
 #[track_caller]
 fn expect_unauthenticated<T: std::fmt::Debug>(result: Result<T, Status>, want_reason: &str) {
@@ -78,25 +69,6 @@ fn expect_unauthenticated<T: std::fmt::Debug>(result: Result<T, Status>, want_re
         Some(want_reason),
         "wrong reason in {status:?}"
     );
-}
-
-/// Polls `f` every 100 ms until it returns true; panics after `limit`.
-async fn wait_until<F, Fut>(what: &str, limit: StdDuration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(StdDuration::from_millis(100)).await;
-    }
 }
 
 async fn register_named(srv: &TestServer, email: &str, username: &str) -> proto::User {
@@ -116,26 +88,6 @@ async fn register_named(srv: &TestServer, email: &str, username: &str) -> proto:
         .expect("user in RegisterResponse")
 }
 
-async fn refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::TokenPair, Status> {
-    srv.auth()
-        .await
-        .refresh(proto::RefreshRequest {
-            refresh_token: refresh_token.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn jwks(srv: &TestServer) -> Vec<proto::Jwk> {
-    srv.auth()
-        .await
-        .get_jwks(proto::GetJwksRequest {})
-        .await
-        .expect("GetJwks")
-        .into_inner()
-        .keys
-}
-
 async fn health(srv: &TestServer, service: &str) -> Result<i32, Status> {
     srv.health()
         .await
@@ -146,33 +98,15 @@ async fn health(srv: &TestServer, service: &str) -> Result<i32, Status> {
         .map(|r| r.into_inner().status)
 }
 
-async fn db(url: &str) -> AsyncPgConnection {
-    AsyncPgConnection::establish(url)
-        .await
-        .expect("connect to the test database")
-}
-
-#[derive(diesel::QueryableByName)]
-struct TextRow {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    t: String,
-}
-
 #[derive(diesel::QueryableByName)]
 struct BytesRow {
     #[diesel(sql_type = diesel::sql_types::Bytea)]
     b: Vec<u8>,
 }
 
-#[derive(diesel::QueryableByName)]
-struct CountRow {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
 /// Every row of every table of the database, as JSON text (bytea shows as `\x<hex>`).
 async fn dump_database(url: &str) -> Vec<String> {
-    let mut conn = db(url).await;
+    let mut conn = connect_db(url).await;
     let tables: Vec<TextRow> = diesel::sql_query(
         "SELECT table_name::text AS t FROM information_schema.tables \
          WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
@@ -287,7 +221,7 @@ impl Forge {
                 activate_time: when,
                 encrypted: false,
             })
-            .execute(&mut db(&url).await)
+            .execute(&mut connect_db(&url).await)
             .await
             .expect("insert test signing key");
 
@@ -412,19 +346,9 @@ async fn validate_token_requires_a_service_key() {
 
     // A revoked key.
     let admin = srv.admin_session().await;
-    let created = srv
-        .auth()
+    let created = try_create_service_key(&srv, &admin.access_token, "soon revoked")
         .await
-        .create_service_key(with_bearer(
-            proto::CreateServiceKeyRequest {
-                name: "soon revoked".into(),
-                ..Default::default()
-            },
-            &admin.access_token,
-        ))
-        .await
-        .expect("create service key")
-        .into_inner();
+        .expect("create service key");
     assert!(
         validate_ok(&srv, &created.key, &pair.access_token)
             .await
@@ -555,7 +479,7 @@ async fn validate_token_returns_every_field_of_a_valid_token() {
         diesel::sql_query("UPDATE users SET role = $1 WHERE id = $2")
             .bind::<diesel::sql_types::Text, _>(db_role)
             .bind::<diesel::sql_types::Uuid, _>(uuid::Uuid::parse_str(&plain.id).expect("uuid"))
-            .execute(&mut db(&srv.url).await)
+            .execute(&mut connect_db(&srv.url).await)
             .await
             .expect("set role");
         let p = srv.login(&plain.email, PASSWORD).await;
@@ -624,7 +548,7 @@ async fn logout_by_refresh_token_invalidates_the_access_token() {
     );
     expect_unauthenticated(get_me(&srv, &pair.access_token).await, "TOKEN_INVALID");
     expect_code(
-        refresh(&srv, &pair.refresh_token).await,
+        try_refresh(&srv, &pair.refresh_token).await,
         Code::Unauthenticated,
     );
     // Someone else's session is untouched.
@@ -695,7 +619,7 @@ async fn refresh_reuse_invalidates_the_sessions_access_tokens() {
     let srv = TestServer::start_with(|c| c.refresh_reuse_grace = StdDuration::ZERO).await;
     let key = srv.service_key().await;
     let (_, first) = srv.user_session().await;
-    let second = refresh(&srv, &first.refresh_token)
+    let second = try_refresh(&srv, &first.refresh_token)
         .await
         .expect("first rotation");
     assert_eq!(second.session_id, first.session_id);
@@ -705,7 +629,7 @@ async fn refresh_reuse_invalidates_the_sessions_access_tokens() {
 
     // The spent token comes back: reuse. The whole session dies.
     expect_code(
-        refresh(&srv, &first.refresh_token).await,
+        try_refresh(&srv, &first.refresh_token).await,
         Code::Unauthenticated,
     );
     for token in [&first.access_token, &second.access_token] {
@@ -713,7 +637,7 @@ async fn refresh_reuse_invalidates_the_sessions_access_tokens() {
         expect_unauthenticated(get_me(&srv, token).await, "TOKEN_INVALID");
     }
     expect_code(
-        refresh(&srv, &second.refresh_token).await,
+        try_refresh(&srv, &second.refresh_token).await,
         Code::Unauthenticated,
     );
 }
@@ -1187,7 +1111,7 @@ async fn access_tokens_expire_with_a_small_leeway() {
     expect_unauthenticated(get_me(&srv, &pair.access_token).await, "TOKEN_EXPIRED");
 
     // The session lives on: the refresh token still gives a fresh, valid access token.
-    let next = refresh(&srv, &pair.refresh_token)
+    let next = try_refresh(&srv, &pair.refresh_token)
         .await
         .expect("refresh after access expiry");
     let v = validate_ok(&srv, &key, &next.access_token).await;
@@ -1464,7 +1388,7 @@ async fn service_key_lifecycle() {
     assert_eq!(other.last_use_time, None);
 
     // Only a hash is stored.
-    let mut conn = db(&srv.url).await;
+    let mut conn = connect_db(&srv.url).await;
     let hashes: Vec<BytesRow> =
         diesel::sql_query("SELECT key_hash AS b FROM service_keys WHERE id = $1")
             .bind::<diesel::sql_types::Uuid, _>(id)
@@ -1552,7 +1476,7 @@ async fn a_service_key_belongs_to_the_deployment_not_its_creator() {
     // The creator's account goes away: the key keeps working, and its creator is forgotten.
     diesel::sql_query("DELETE FROM users WHERE id = $1")
         .bind::<diesel::sql_types::Uuid, _>(uuid::Uuid::parse_str(&admin_id).expect("uuid"))
-        .execute(&mut db(&srv.url).await)
+        .execute(&mut connect_db(&srv.url).await)
         .await
         .expect("delete the admin");
     assert!(
@@ -1580,14 +1504,16 @@ async fn a_service_key_belongs_to_the_deployment_not_its_creator() {
 async fn refresh_tokens_are_stored_only_as_sha256() {
     let srv = TestServer::start().await;
     let (_, pair) = srv.user_session().await;
-    let next = refresh(&srv, &pair.refresh_token).await.expect("refresh");
+    let next = try_refresh(&srv, &pair.refresh_token)
+        .await
+        .expect("refresh");
     assert!(
         next.refresh_token.len() >= 43,
         "at least 256 bits: {}",
         next.refresh_token
     );
 
-    let mut conn = db(&srv.url).await;
+    let mut conn = connect_db(&srv.url).await;
     let session = uuid::Uuid::parse_str(&pair.session_id).expect("session id");
     let hashes: Vec<BytesRow> = diesel::sql_query(
         "SELECT token_hash AS b FROM refresh_tokens WHERE session_id = $1 ORDER BY generation",
@@ -1641,10 +1567,10 @@ async fn bootstrap_admin_is_created_once() {
     );
 
     let count = |url: String, email: String| async move {
-        let rows: Vec<CountRow> =
+        let rows: Vec<Count> =
             diesel::sql_query("SELECT count(*) AS n FROM users WHERE lower(email) = $1")
                 .bind::<diesel::sql_types::Text, _>(email)
-                .load(&mut db(&url).await)
+                .load(&mut connect_db(&url).await)
                 .await
                 .expect("count");
         rows[0].n
@@ -1671,8 +1597,8 @@ async fn bootstrap_admin_is_created_once() {
         d.auth().await.login(login_email(&email, PASSWORD)).await,
         Code::Unauthenticated,
     );
-    let total: Vec<CountRow> = diesel::sql_query("SELECT count(*) AS n FROM users")
-        .load(&mut db(&srv.url).await)
+    let total: Vec<Count> = diesel::sql_query("SELECT count(*) AS n FROM users")
+        .load(&mut connect_db(&srv.url).await)
         .await
         .expect("count users");
     assert_eq!(total[0].n, 1);
@@ -1735,7 +1661,7 @@ async fn restart_keeps_users_keys_and_sessions() {
         .await
         .expect("login by username after restart");
     // The old refresh token still rotates, and the new access token has the same kid.
-    let next = refresh(&second, &pair.refresh_token)
+    let next = try_refresh(&second, &pair.refresh_token)
         .await
         .expect("refresh after restart");
     assert_eq!(next.session_id, pair.session_id);
@@ -1846,8 +1772,8 @@ async fn health_follows_the_database() {
 
 /// Creates database `name` in `pg` unless it exists.
 async fn ensure_database(pg: &EmbeddedPostgres, name: &str) {
-    let mut conn = db(&pg.database_url("postgres")).await;
-    let rows: Vec<CountRow> =
+    let mut conn = connect_db(&pg.database_url("postgres")).await;
+    let rows: Vec<Count> =
         diesel::sql_query("SELECT count(*) AS n FROM pg_database WHERE datname = $1")
             .bind::<diesel::sql_types::Text, _>(name)
             .load(&mut conn)

@@ -1,8 +1,5 @@
-//! Test harness: the shared private PostgreSQL cluster (`tests/support/cluster.rs`, the same `embedded_pg` module the
-//! server uses), a template database with the migrations applied once, a fresh copy of it for each
-//! test, and the real server in-process on 127.0.0.1:0 with real tonic clients.
-
-#![allow(dead_code)]
+//! The in-process `TestServer`: the real server on 127.0.0.1:0 over a fresh database of the test
+//! cluster ([`crate::cluster`]), with a [`ManualClock`] the test moves, and real tonic clients.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,15 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
 use tonic_health::pb::health_client::HealthClient;
-use tonic_types::StatusExt;
 
-/// A password that strength estimators accept, so fixtures survive stricter policies.
-pub const PASSWORD: &str = "Correct-Horse-Battery-Staple-42";
-pub const OTHER_PASSWORD: &str = "Tr0ub4dor&3-Quantum-Walrus";
-
-pub use crate::cluster::{db_url, fresh_database};
+use crate::cluster::{connect_db, fresh_database};
+use crate::requests::{PASSWORD, login_email, unique_email, with_key};
 
 /// The configuration tests start from: bcrypt cost 4, the given database.
 pub fn test_config(url: &str) -> Config {
@@ -120,6 +112,11 @@ impl TestServer {
             let _ = h.await;
         }
         self.svc.pool().close();
+    }
+
+    /// A connection to this server's database, for tests that inspect or change rows directly.
+    pub async fn db(&self) -> diesel_async::AsyncPgConnection {
+        connect_db(&self.url).await
     }
 
     pub async fn channel(&self) -> Channel {
@@ -233,63 +230,6 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
-        }
-    }
-}
-
-pub fn login_email(email: &str, password: &str) -> proto::LoginRequest {
-    proto::LoginRequest {
-        identifier: Some(proto::login_request::Identifier::Email(email.into())),
-        password: password.into(),
-    }
-}
-
-pub fn login_username(username: &str, password: &str) -> proto::LoginRequest {
-    proto::LoginRequest {
-        identifier: Some(proto::login_request::Identifier::Username(username.into())),
-        password: password.into(),
-    }
-}
-
-pub fn unique_email() -> String {
-    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
-}
-
-pub fn unique_username() -> String {
-    format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-}
-
-/// A request with `authorization: Bearer <token>`.
-pub fn with_bearer<T>(msg: T, token: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("metadata"),
-    );
-    r
-}
-
-/// A request with `x-api-key: <key>`.
-pub fn with_key<T>(msg: T, key: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("x-api-key", key.parse().expect("metadata"));
-    r
-}
-
-/// The `ErrorInfo.reason` of a status, if any.
-pub fn reason(status: &Status) -> Option<String> {
-    status.get_details_error_info().map(|info| info.reason)
-}
-
-/// Asserts the code of a failed call and returns the status.
-#[track_caller]
-pub fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
-    match result {
-        Ok(v) => panic!("expected {code:?}, got OK: {v:?}"),
-        Err(s) => {
-            assert_eq!(s.code(), code, "unexpected status: {s:?}");
-            s
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Shared by the test binaries (included with `#[path]`): an in-memory sink for captured log output.
+//! An in-memory sink for captured log output (`tracing_subscriber` writes into it).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

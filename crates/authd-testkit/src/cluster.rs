@@ -1,10 +1,8 @@
-//! Shared by the test binaries (included with `#[path]`): one private PostgreSQL cluster per test
+//! The test cluster: one private PostgreSQL cluster per test
 //! process (the same `embedded_pg` module the server uses), a template database with the migrations
 //! applied once, and a fresh copy of it for each test. A test's databases are dropped when its
 //! thread ends (libtest runs each test on a thread of its own), so a run's disk use stays at about
 //! one database per test running at once rather than one per test.
-
-#![allow(dead_code)]
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -143,4 +141,11 @@ pub async fn fresh_named_database() -> (String, String) {
     let _ = THREAD_DATABASES.try_with(|d| d.borrow_mut().0.push(name.clone()));
     let url = db_url(&name);
     (name, url)
+}
+
+/// A connection to the database at `url` (a test's own database, or the cluster's `postgres`).
+pub async fn connect_db(url: &str) -> AsyncPgConnection {
+    AsyncPgConnection::establish(url)
+        .await
+        .expect("connect to the test database")
 }
