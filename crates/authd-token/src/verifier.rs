@@ -71,7 +71,10 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("kids", &self.jwks.iter().map(|j| &j.kid).collect::<Vec<_>>())
+            .field(
+                "kids",
+                &self.jwks.iter().map(|j| &j.kid).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

@@ -84,7 +84,10 @@ fn round_trip_and_expiry() {
     assert_eq!(ok.expire_time.timestamp(), c.exp);
     // Within the leeway after exp, then expired.
     let at = |s: i64| now + Duration::seconds(s);
-    assert!(v.verify(&t, "authd", "authd", at(900 + LEEWAY_SECS - 1)).is_ok());
+    assert!(
+        v.verify(&t, "authd", "authd", at(900 + LEEWAY_SECS - 1))
+            .is_ok()
+    );
     assert_eq!(
         v.verify(&t, "authd", "authd", at(900 + LEEWAY_SECS))
             .unwrap_err(),
@@ -198,10 +201,7 @@ fn claims_must_be_well_formed() {
         check(|c| c.sid = String::new()).unwrap_err(),
         TokenError::Invalid
     );
-    assert_eq!(
-        check(|c| c.iat += 60).unwrap_err(),
-        TokenError::Invalid
-    );
+    assert_eq!(check(|c| c.iat += 60).unwrap_err(), TokenError::Invalid);
     // An exp near i64::MAX must not overflow.
     assert!(check(|c| c.exp = i64::MAX).is_err());
     assert_eq!(
