@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use authd::proto;
-use authd_token::TokenError;
 use authd_fuzz::token::{self, AUDIENCE, ISSUER, NOW, fixture};
+use authd_token::TokenError;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message;
