@@ -13,7 +13,7 @@
 //!
 //! What each group measures:
 //!
-//! - `token_verify/cold`: [`Keyring::verify`] of a freshly signed access token: header checks,
+//! - `token_verify/cold`: [`Keyring::verify`] (`authd_token::Verifier::verify`) of a freshly signed access token: header checks,
 //!   the EdDSA signature and claims through jsonwebtoken, then the time and UUID checks. This is
 //!   a ValidateToken or bearer-token check that misses the token cache.
 //! - `token_verify/cached`: what the same call costs on a cache hit, exactly as the service runs
@@ -41,10 +41,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use authd::db::models::SigningKey;
 use authd::domain::opaque::{self, HashedToken};
 use authd::domain::password;
-use authd::domain::tokens::{AccessClaims, Keyring, TokenCache, generate_key};
+use authd::domain::tokens::{AccessClaims, Keyring, TokenCache, Verifier, generate_key};
 use chrono::{DateTime, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use uuid::Uuid;
@@ -57,19 +56,10 @@ const USERNAME: &str = "mhamilton";
 const PASSPHRASE: &str = "Lantern orbit Kelso walnut 7";
 
 /// A keyring with one active Ed25519 key, built as the unit tests in `src/domain/tokens.rs` do.
-fn keyring(now: DateTime<Utc>) -> Keyring {
+fn keyring() -> Keyring {
     let k = generate_key().expect("generate key");
-    let row = SigningKey {
-        kid: k.kid,
-        algorithm: "EdDSA".into(),
-        private_key: k.private_pkcs8,
-        public_key: k.public,
-        create_time: now,
-        activate_time: now,
-        retire_time: None,
-        encrypted: false,
-    };
-    Keyring::from_rows(&[row], now).expect("keyring")
+    let verifier = Verifier::new([k.public_key().expect("public key")]);
+    Keyring::new(Some(k.signer()), verifier)
 }
 
 /// The claims of an access token as Login issues them (15 minutes).
@@ -92,7 +82,7 @@ fn claims(now: DateTime<Utc>) -> AccessClaims {
 
 fn token_verify(c: &mut Criterion) {
     let now = Utc::now();
-    let kr = keyring(now);
+    let kr = keyring();
     let token = kr.sign(&claims(now)).expect("sign");
     let verified = kr.verify(&token, ISSUER, AUDIENCE, now).expect("verify");
 
@@ -102,9 +92,10 @@ fn token_verify(c: &mut Criterion) {
         cache.insert(
             TokenCache::digest(&format!("{token}{i}")),
             Arc::new(verified.clone()),
+            now,
         );
     }
-    cache.insert(TokenCache::digest(&token), Arc::new(verified));
+    cache.insert(TokenCache::digest(&token), Arc::new(verified), now);
     assert!(matches!(
         cache.get(&kr, &TokenCache::digest(&token), now),
         Some(Ok(_))
@@ -128,7 +119,7 @@ fn token_verify(c: &mut Criterion) {
 
 fn token_sign(c: &mut Criterion) {
     let now = Utc::now();
-    let kr = keyring(now);
+    let kr = keyring();
     let claims = claims(now);
     c.bench_function("token_sign", |b| {
         b.iter(|| kr.sign(black_box(&claims)).expect("sign"))

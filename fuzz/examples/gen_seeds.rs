@@ -6,9 +6,9 @@
 
 use std::path::Path;
 
-use authd::domain::tokens::TokenError;
 use authd::proto;
 use authd_fuzz::token::{self, AUDIENCE, ISSUER, NOW, fixture};
+use authd_token::TokenError;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message;
@@ -19,12 +19,9 @@ fn main() -> std::io::Result<()> {
     let b64 = |s: &str| URL_SAFE_NO_PAD.encode(s);
     let claims_json = String::from_utf8_lossy(&f.valid_claims).into_owned();
     let header_json = String::from_utf8_lossy(&f.valid_header).into_owned();
-    let expired = f
-        .keyring
-        .sign(&token::valid_claims(NOW - 3600))
-        .expect("sign");
+    let expired = f.sign(&token::valid_claims(NOW - 3600));
     assert_eq!(
-        f.keyring
+        f.verifier
             .verify(&expired, ISSUER, AUDIENCE, f.now)
             .unwrap_err(),
         TokenError::Expired

@@ -156,15 +156,21 @@ fn presented_password(field: &str, raw: &str) {
     }
 }
 
-/// Refresh, Logout and service keys: bounded, then hashed (and, for Refresh, a successor derived).
+/// Refresh, Logout and service keys: bounded, then hashed (and, for Refresh, a random successor
+/// sealed for grace replays under a key from the presented token, which opens it again).
 fn opaque_secret(raw: &str) {
     if raw.len() > MAX_OPAQUE_BYTES {
         return;
     }
     let h = HashedToken::of(raw);
     assert!(h.matches(HashedToken::of(raw).as_bytes()));
-    let next = opaque::successor(b"fuzz-refresh-secret", raw);
+    let next = opaque::new_refresh_token();
     assert!(next.starts_with(opaque::REFRESH_TOKEN_PREFIX) && next.len() == 46);
+    let sealed = opaque::ReplayBox::seal(raw, &next);
+    assert_eq!(
+        opaque::ReplayBox::open(raw, &sealed).as_deref(),
+        Some(next.as_str())
+    );
 }
 
 fn role(n: i32) {

@@ -1,4 +1,5 @@
-//! The `token_validation` target: [`Keyring::verify`] on arbitrary and on structure-aware input.
+//! The `token_validation` target: [`Verifier::verify`] (crate `authd-token`, the checks the server
+//! and its clients share) on arbitrary and on structure-aware input.
 //!
 //! The input's first byte selects a mode (`byte % 4`):
 //!
@@ -20,16 +21,15 @@
 //! right `iss` and `aud`, time claims within the leeway, and results that match the claims.
 //!
 //! The key is fixed (derived from a constant seed), not random, so that checked-in seeds are valid
-//! tokens and every crash reproduces. A second, random key from [`tokens::generate_key`] is published
-//! but not yet active, as right after a rotation.
+//! tokens and every crash reproduces. A second fixed key is published but signs nothing, as right
+//! after a rotation. Tokens are signed as the server signs them (jsonwebtoken, EdDSA, `typ` at+jwt,
+//! `kid`); signing is the server's, so the fixture does it itself.
 
 use std::sync::OnceLock;
 
-use authd::db::models::SigningKey;
-use authd::domain::Role;
-use authd::domain::tokens::{
-    self, ACCESS_TOKEN_TYP, AccessClaims, Keyring, LEEWAY_SECS, MAX_TOKEN_BYTES, TokenError,
-    VerifiedToken,
+use authd_token::{
+    ACCESS_TOKEN_TYP, AccessClaims, LEEWAY_SECS, MAX_TOKEN_BYTES, PublicKey, Role, TokenError,
+    VerifiedToken, Verifier,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -46,16 +46,19 @@ pub const NOW: i64 = 1_735_689_600;
 /// Lifetime of the fixture's valid token.
 pub const TTL: i64 = 900;
 const SEED: [u8; 32] = *b"authd-fuzz-fixed-ed25519-seed-01";
+/// The published key that signs nothing.
+const NEXT_SEED: [u8; 32] = *b"authd-fuzz-fixed-ed25519-seed-02";
 
-/// The keyring, the raw signing key behind it and a valid token, built once per process.
+/// The verifier, the raw signing key behind it and a valid token, built once per process.
 pub struct Fixture {
-    pub keyring: Keyring,
+    pub verifier: Verifier,
     pub kid: String,
     pub now: DateTime<Utc>,
     pub valid_token: String,
     pub valid_header: Vec<u8>,
     pub valid_claims: Vec<u8>,
     signer: ed25519_dalek::SigningKey,
+    encoding_key: jsonwebtoken::EncodingKey,
 }
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
@@ -71,49 +74,33 @@ fn build_fixture() -> Fixture {
         .single()
         .expect("fixed time is valid");
     let signer = ed25519_dalek::SigningKey::from_bytes(&SEED);
-    let public = signer.verifying_key().to_bytes().to_vec();
-    let kid = thumbprint(&public);
-    let fixed = SigningKey {
-        kid: kid.clone(),
-        algorithm: "EdDSA".into(),
-        private_key: signer
-            .to_pkcs8_der()
-            .expect("encode fixed key")
-            .as_bytes()
-            .to_vec(),
-        public_key: public,
-        create_time: now,
-        activate_time: now - chrono::Duration::hours(1),
-        retire_time: None,
-        encrypted: false,
-    };
-    let next = tokens::generate_key().expect("generate_key");
-    let published = SigningKey {
-        kid: next.kid,
-        algorithm: "EdDSA".into(),
-        private_key: next.private_pkcs8,
-        public_key: next.public,
-        create_time: now,
-        activate_time: now + chrono::Duration::minutes(10),
-        retire_time: None,
-        encrypted: false,
-    };
-    let keyring = Keyring::from_rows(&[fixed, published], now).expect("keyring");
-    let valid_token = keyring.sign(&valid_claims(NOW)).expect("sign");
+    let kid = thumbprint(&signer.verifying_key().to_bytes());
+    let next = ed25519_dalek::SigningKey::from_bytes(&NEXT_SEED);
+    let verifier = Verifier::new([
+        PublicKey::new(kid.clone(), signer.verifying_key().to_bytes()),
+        PublicKey::new(
+            thumbprint(&next.verifying_key().to_bytes()),
+            next.verifying_key().to_bytes(),
+        ),
+    ]);
+    let der = signer.to_pkcs8_der().expect("encode fixed key");
+    let encoding_key = jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes());
+    let valid_token = sign_as_authd(&encoding_key, &kid, &valid_claims(NOW));
     let (header, claims, _) = split(&valid_token).expect("three segments");
     let valid_header = URL_SAFE_NO_PAD.decode(header).expect("header b64");
     let valid_claims = URL_SAFE_NO_PAD.decode(claims).expect("claims b64");
     let f = Fixture {
-        keyring,
+        verifier,
         kid,
         now,
         valid_token,
         valid_header,
         valid_claims,
         signer,
+        encoding_key,
     };
     assert!(
-        f.keyring
+        f.verifier
             .verify(&f.valid_token, ISSUER, AUDIENCE, now)
             .is_ok(),
         "fuzz fixture broken: the valid token does not verify"
@@ -121,7 +108,7 @@ fn build_fixture() -> Fixture {
     assert_eq!(
         f.sign_raw(&f.valid_header, &f.valid_claims),
         f.valid_token,
-        "fuzz fixture broken: sign_raw differs from Keyring::sign"
+        "fuzz fixture broken: sign_raw differs from jsonwebtoken::encode"
     );
     f
 }
@@ -151,7 +138,20 @@ fn thumbprint(public: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
 }
 
+/// Signs `claims` as the server's keyring does.
+fn sign_as_authd(key: &jsonwebtoken::EncodingKey, kid: &str, claims: &AccessClaims) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, key).expect("sign")
+}
+
 impl Fixture {
+    /// A token over `claims`, signed with the active key as the server signs.
+    pub fn sign(&self, claims: &AccessClaims) -> String {
+        sign_as_authd(&self.encoding_key, &self.kid, claims)
+    }
+
     /// A compact JWS over arbitrary header and payload bytes, signed with the active key.
     pub fn sign_raw(&self, header: &[u8], payload: &[u8]) -> String {
         let input = format!(
@@ -256,7 +256,7 @@ fn splice(target: &mut Vec<u8>, ctl: &[u8]) {
 /// Verifies `token` at the fixed time and checks the outcome against what `verify` promises.
 pub fn verify_checked(token: &str) {
     let f = fixture();
-    let result = f.keyring.verify(token, ISSUER, AUDIENCE, f.now);
+    let result = f.verifier.verify(token, ISSUER, AUDIENCE, f.now);
     match result {
         Ok(v) => check_accepted(f, token, &v),
         Err(TokenError::Expired) => check_expired(f, token),
@@ -303,7 +303,7 @@ fn accepted_parts(f: &Fixture, token: &str) -> (Value, Value) {
     }
     let kid = header.get("kid").and_then(Value::as_str).unwrap_or("");
     assert!(
-        f.keyring.jwks().iter().any(|k| k.kid == kid),
+        f.verifier.jwks().iter().any(|k| k.kid == kid),
         "accepted unknown kid {kid:?}"
     );
     // Only the fixed key can have signed anything the fuzzer produced.

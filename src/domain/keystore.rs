@@ -16,7 +16,7 @@ use chrono::{DateTime, Duration, Utc};
 use diesel_async::AsyncPgConnection;
 use rand::RngCore;
 
-use super::tokens::{self, Keyring};
+use super::tokens::{self, Keyring, Signer, Verifier};
 use super::{Error, Result, opaque};
 use crate::db::keys;
 use crate::db::models::{NewServerSecret, NewSigningKey, SigningKey};
@@ -178,7 +178,7 @@ impl KeyStore {
         Ok(())
     }
 
-    /// Builds the keyring from the unretired keys.
+    /// Builds the keyring from the unretired keys (see [`keyring_from_rows`]).
     pub async fn load_keyring(
         &self,
         conn: &mut AsyncPgConnection,
@@ -205,7 +205,7 @@ impl KeyStore {
                 ..row
             });
         }
-        Keyring::from_rows(&plain, now)
+        keyring_from_rows(&plain, now)
     }
 
     /// The server secret `name`, created on first use.
@@ -271,6 +271,31 @@ impl KeyStore {
     }
 }
 
+/// The keyring of unretired key rows (private keys in plaintext): every row verifies (until its
+/// retire time) and is published, as a plain public key of an [`authd_token::Verifier`]; the newest
+/// key already active at `now` signs.
+pub fn keyring_from_rows(rows: &[SigningKey], now: DateTime<Utc>) -> Result<Keyring> {
+    let mut public = Vec::with_capacity(rows.len());
+    let mut signer: Option<&SigningKey> = None;
+    for row in rows {
+        if row.algorithm != "EdDSA" {
+            return Err(Error::internal(format!(
+                "signing key {} is not an Ed25519 key",
+                row.kid
+            )));
+        }
+        public.push(tokens::public_key(&row.kid, &row.public_key)?.valid_until(row.retire_time));
+        let newer = signer.is_none_or(|s| row.activate_time > s.activate_time);
+        if row.activate_time <= now && newer {
+            signer = Some(row);
+        }
+    }
+    Ok(Keyring::new(
+        signer.map(|row| Signer::from_pkcs8(&row.kid, &row.private_key)),
+        Verifier::new(public),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +325,53 @@ mod tests {
         let other = MasterKey::parse(&STANDARD.encode([8u8; 32])).unwrap();
         assert!(other.open(&sealed, "signing_key:a").is_err());
         assert!(m.open(&sealed[..10], "signing_key:a").is_err());
+    }
+
+    fn row(now: DateTime<Utc>, activate_in: i64, retire_in: Option<i64>) -> SigningKey {
+        let k = tokens::generate_key().unwrap();
+        SigningKey {
+            kid: k.kid,
+            algorithm: "EdDSA".into(),
+            private_key: k.private_pkcs8,
+            public_key: k.public,
+            create_time: now,
+            activate_time: now + Duration::seconds(activate_in),
+            retire_time: retire_in.map(|s| now + Duration::seconds(s)),
+            encrypted: false,
+        }
+    }
+
+    #[test]
+    fn the_newest_active_key_signs_and_every_key_verifies() {
+        let now = Utc::now();
+        let old = row(now, -600, Some(300));
+        let current = row(now, -60, None);
+        let published = row(now, 600, None);
+        let kr =
+            keyring_from_rows(&[old.clone(), current.clone(), published.clone()], now).unwrap();
+        let kids: Vec<&str> = kr.jwks().iter().map(|j| j.kid.as_str()).collect();
+        assert_eq!(kids, [&old.kid, &current.kid, &published.kid]);
+        assert!(format!("{kr:?}").contains(&format!("signing_kid: Some({:?})", current.kid)));
+        // The old key verifies until its retire time.
+        assert!(kr.verifier().accepts_key(&old.kid, now));
+        assert!(
+            !kr.verifier()
+                .accepts_key(&old.kid, now + Duration::seconds(300))
+        );
+        assert!(kr.verifier().accepts_key(&published.kid, now));
+
+        let nothing_active = keyring_from_rows(&[published], now).unwrap();
+        assert!(format!("{nothing_active:?}").contains("signing_kid: None"));
+    }
+
+    #[test]
+    fn rows_must_hold_ed25519_keys() {
+        let now = Utc::now();
+        let mut bad = row(now, 0, None);
+        bad.algorithm = "RS256".into();
+        assert!(keyring_from_rows(&[bad], now).is_err());
+        let mut short = row(now, 0, None);
+        short.public_key.pop();
+        assert!(keyring_from_rows(&[short], now).is_err());
     }
 }

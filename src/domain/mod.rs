@@ -24,33 +24,9 @@ use crate::db::DbError;
 
 pub use service::Authd;
 
-/// A user's role, ordered by power.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    User,
-    Moderator,
-    Admin,
-}
-
-impl Role {
-    /// The lowercase name used in the database and in the JWT `role` claim.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "user",
-            Role::Moderator => "moderator",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "user" => Some(Role::User),
-            "moderator" => Some(Role::Moderator),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-}
+/// A user's role, ordered by power: defined with the token model in `authd-token` (it is the
+/// JWT `role` claim), so that the server and its clients share one definition.
+pub use authd_token::Role;
 
 /// Why a request was not authenticated. The grpc layer turns the bearer-token variants into
 /// machine-readable `ErrorInfo` reasons.

@@ -1054,7 +1054,7 @@ impl Authd {
             return Err(invalid(TokenError::Invalid));
         }
         let v = Arc::new(v);
-        self.token_cache.insert(digest, v.clone());
+        self.token_cache.insert(digest, v.clone(), now);
         Ok(v)
     }
 

@@ -1,83 +1,44 @@
-//! Access tokens: RFC 9068 JWTs signed with EdDSA (Ed25519), and the keyring that signs and verifies them.
+//! Access tokens, the server's side: the [`Keyring`] that signs them (the private key lives here) and
+//! verifies them, key generation, and the [`TokenCache`] of verified tokens.
 //!
-//! Verification pins the algorithm to EdDSA, requires header `typ: at+jwt` and a known `kid`, refuses
-//! headers that try to bring their own key (`jwk`, `jku`, `x5u`, `x5c`) or `crit` extensions, and checks
-//! `iss`, `aud`, `exp` and `nbf` against the injected clock with a leeway of [`LEEWAY_SECS`].
+//! The token model and the RFC 9068 checks themselves (claims, roles, JWKs, [`Verifier`], leeway)
+//! live in the `authd-token` crate, so that clients verify exactly as the server does; they are
+//! re-exported here. The keyring is built by the key store (`keystore.rs`) from the key rows: the
+//! verifier from their plain public keys, the signer from the newest active private key.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use ed25519_dalek::pkcs8::EncodePrivateKey;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
-use super::{Error, Result, Role};
-use crate::db::models::SigningKey;
+use super::{Error, Result};
 
-/// The JOSE `typ` of access tokens (RFC 9068 section 2.1).
-pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
-/// Clock skew tolerated on `exp` and `nbf`.
-pub const LEEWAY_SECS: i64 = 2;
-/// Tokens longer than this are rejected before parsing.
-pub const MAX_TOKEN_BYTES: usize = 4096;
-
-/// The claims of an access token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AccessClaims {
-    pub iss: String,
-    pub aud: String,
-    pub sub: String,
-    pub exp: i64,
-    pub iat: i64,
-    pub nbf: i64,
-    pub jti: String,
-    pub client_id: String,
-    pub sid: String,
-    pub role: String,
-    pub email: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preferred_username: Option<String>,
-}
-
-/// A token that passed every check except the session's revocation state, which the caller checks.
-#[derive(Debug, Clone)]
-pub struct VerifiedToken {
-    /// The `kid` that verified it.
-    pub key_id: String,
-    pub user_id: Uuid,
-    pub session_id: Uuid,
-    pub role: Role,
-    pub email: String,
-    pub username: Option<String>,
-    pub issue_time: DateTime<Utc>,
-    pub expire_time: DateTime<Utc>,
-}
-
-/// Why a token was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenError {
-    Invalid,
-    Expired,
-}
-
-/// A public key as published in JWKS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublicJwk {
-    pub kid: String,
-    /// base64url of the 32-byte Ed25519 public key.
-    pub x: String,
-}
+pub use authd_token::{
+    ACCESS_TOKEN_TYP, AccessClaims, LEEWAY_SECS, MAX_TOKEN_BYTES, PublicJwk, PublicKey, TokenError,
+    VerifiedToken, Verifier,
+};
 
 /// A freshly generated Ed25519 key pair, ready to store.
 pub struct GeneratedKey {
     pub kid: String,
     pub private_pkcs8: Vec<u8>,
     pub public: Vec<u8>,
+}
+
+impl GeneratedKey {
+    /// Its public half, for a [`Verifier`].
+    pub fn public_key(&self) -> Result<PublicKey> {
+        public_key(&self.kid, &self.public)
+    }
+
+    /// Its private half, for a [`Keyring`].
+    pub fn signer(&self) -> Signer {
+        Signer::from_pkcs8(&self.kid, &self.private_pkcs8)
+    }
 }
 
 /// Generates an Ed25519 key; its `kid` is the RFC 7638 JWK thumbprint.
@@ -100,81 +61,81 @@ fn thumbprint(public: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
 }
 
-/// The signing key in use and every key that may verify.
+/// The verifying key `kid` from its stored public key, which must be a raw 32-byte Ed25519 key.
+pub fn public_key(kid: &str, public: &[u8]) -> Result<PublicKey> {
+    let ed25519: [u8; 32] = public
+        .try_into()
+        .map_err(|_| Error::internal(format!("signing key {kid} is not an Ed25519 key")))?;
+    Ok(PublicKey::new(kid, ed25519))
+}
+
+/// The private key that signs access tokens, and its `kid`.
+pub struct Signer {
+    kid: String,
+    key: EncodingKey,
+}
+
+impl Signer {
+    /// The signer of `kid` from its PKCS#8 (DER) private key.
+    pub fn from_pkcs8(kid: &str, private_pkcs8: &[u8]) -> Self {
+        Self {
+            kid: kid.to_owned(),
+            key: EncodingKey::from_ed_der(private_pkcs8),
+        }
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+}
+
+/// The signing key in use (if any is active yet) and every key that may verify.
 pub struct Keyring {
-    signer: Option<(String, EncodingKey)>,
-    verifiers: HashMap<String, DecodingKey>,
-    jwks: Vec<PublicJwk>,
+    signer: Option<Signer>,
+    verifier: Verifier,
 }
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyring")
-            .field("signing_kid", &self.signer.as_ref().map(|(k, _)| k))
+            .field("signing_kid", &self.signer.as_ref().map(Signer::kid))
             .field(
                 "verifying_kids",
-                &self.jwks.iter().map(|j| &j.kid).collect::<Vec<_>>(),
+                &self.jwks().iter().map(|j| &j.kid).collect::<Vec<_>>(),
             )
             .finish()
     }
 }
 
 impl Keyring {
-    /// Builds the keyring from unretired key rows: the newest key already active at `now` signs;
-    /// every row verifies and is published.
-    pub fn from_rows(rows: &[SigningKey], now: DateTime<Utc>) -> Result<Self> {
-        let mut verifiers = HashMap::new();
-        let mut jwks = Vec::new();
-        let mut signer: Option<(DateTime<Utc>, String, EncodingKey)> = None;
-        for row in rows {
-            if row.algorithm != "EdDSA" || row.public_key.len() != 32 {
-                return Err(Error::internal(format!(
-                    "signing key {} is not an Ed25519 key",
-                    row.kid
-                )));
-            }
-            verifiers.insert(row.kid.clone(), DecodingKey::from_ed_der(&row.public_key));
-            jwks.push(PublicJwk {
-                kid: row.kid.clone(),
-                x: URL_SAFE_NO_PAD.encode(&row.public_key),
-            });
-            let newer = signer
-                .as_ref()
-                .is_none_or(|(t, _, _)| row.activate_time > *t);
-            if row.activate_time <= now && newer {
-                signer = Some((
-                    row.activate_time,
-                    row.kid.clone(),
-                    EncodingKey::from_ed_der(&row.private_key),
-                ));
-            }
-        }
-        Ok(Self {
-            signer: signer.map(|(_, kid, key)| (kid, key)),
-            verifiers,
-            jwks,
-        })
+    pub fn new(signer: Option<Signer>, verifier: Verifier) -> Self {
+        Self { signer, verifier }
+    }
+
+    /// The verifying side alone.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
     }
 
     /// The published keys.
     pub fn jwks(&self) -> &[PublicJwk] {
-        &self.jwks
+        self.verifier.jwks()
     }
 
     /// Signs `claims` with the active key.
     pub fn sign(&self, claims: &AccessClaims) -> Result<String> {
-        let (kid, key) = self
+        let signer = self
             .signer
             .as_ref()
             .ok_or_else(|| Error::internal("no active signing key"))?;
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
-        header.kid = Some(kid.clone());
-        jsonwebtoken::encode(&header, claims, key)
+        header.kid = Some(signer.kid.clone());
+        jsonwebtoken::encode(&header, claims, &signer.key)
             .map_err(|e| Error::internal(format!("cannot sign token: {e}")))
     }
 
-    /// Verifies signature, header and claims of an access token at `now`.
+    /// Verifies signature, header and claims of an access token at `now` ([`Verifier::verify`]).
     pub fn verify(
         &self,
         token: &str,
@@ -182,64 +143,7 @@ impl Keyring {
         audience: &str,
         now: DateTime<Utc>,
     ) -> std::result::Result<VerifiedToken, TokenError> {
-        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
-            return Err(TokenError::Invalid);
-        }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
-        let typ_ok = header.typ.as_deref().is_some_and(|t| {
-            t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt")
-        });
-        if header.alg != Algorithm::EdDSA
-            || !typ_ok
-            || header.jwk.is_some()
-            || header.jku.is_some()
-            || header.x5u.is_some()
-            || header.x5c.is_some()
-            || header.crit.is_some()
-        {
-            return Err(TokenError::Invalid);
-        }
-        let (key_id, key) = header
-            .kid
-            .and_then(|kid| self.verifiers.get(&kid).map(|key| (kid, key)))
-            .ok_or(TokenError::Invalid)?;
-
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.algorithms = vec![Algorithm::EdDSA];
-        // Time is checked below against the injected clock.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "nbf", "sub", "iss", "aud"]);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        let data = jsonwebtoken::decode::<AccessClaims>(token, key, &validation)
-            .map_err(|_| TokenError::Invalid)?;
-        let c = data.claims;
-
-        let now_s = now.timestamp();
-        if c.nbf > now_s + LEEWAY_SECS || c.iat > now_s + LEEWAY_SECS {
-            return Err(TokenError::Invalid);
-        }
-        // Saturating: a signed `exp` near i64::MAX must not overflow (found in review, confirmed with
-        // the fuzz harness; seed fuzz/seeds/token_validation/m2-regress-exp-i64-max).
-        if now_s >= c.exp.saturating_add(LEEWAY_SECS) {
-            return Err(TokenError::Expired);
-        }
-        let user_id = Uuid::parse_str(&c.sub).map_err(|_| TokenError::Invalid)?;
-        let session_id = Uuid::parse_str(&c.sid).map_err(|_| TokenError::Invalid)?;
-        let role = Role::parse(&c.role).ok_or(TokenError::Invalid)?;
-        let ts = |s: i64| Utc.timestamp_opt(s, 0).single().ok_or(TokenError::Invalid);
-        Ok(VerifiedToken {
-            key_id,
-            user_id,
-            session_id,
-            role,
-            email: c.email,
-            username: c.preferred_username,
-            issue_time: ts(c.iat)?,
-            expire_time: ts(c.exp)?,
-        })
+        self.verifier.verify(token, issuer, audience, now)
     }
 }
 
@@ -247,7 +151,14 @@ impl Keyring {
 /// SHA-256 of the token and kept until the token's `exp` plus leeway. Verifying an EdDSA signature
 /// costs about as much as the rest of a ValidateToken call; a cached token costs a hash and a
 /// lookup. Only the signature and claims are cached: revocation is checked on every call.
-pub struct TokenCache(moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>);
+pub struct TokenCache(moka::sync::Cache<[u8; 32], Cached>);
+
+/// A cached token and how long it stays, computed from the injected clock when it was inserted.
+#[derive(Clone)]
+struct Cached {
+    token: Arc<VerifiedToken>,
+    ttl: std::time::Duration,
+}
 
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -273,16 +184,17 @@ impl TokenCache {
         Sha256::digest(token.as_bytes()).into()
     }
 
-    /// A token verified before: `None` if unknown (or its key left `keyring`, which then forgets
-    /// it), else the verified token, or `Expired` once past `exp` plus leeway at `now`.
+    /// A token verified before: `None` if unknown (or its key no longer verifies in `keyring`,
+    /// which then forgets it), else the verified token, or `Expired` once past `exp` plus leeway
+    /// at `now`.
     pub fn get(
         &self,
         keyring: &Keyring,
         digest: &[u8; 32],
         now: DateTime<Utc>,
     ) -> Option<std::result::Result<Arc<VerifiedToken>, TokenError>> {
-        let v = self.0.get(digest)?;
-        if !keyring.verifiers.contains_key(&v.key_id) {
+        let v = self.0.get(digest)?.token;
+        if !keyring.verifier.accepts_key(&v.key_id, now) {
             self.0.invalidate(digest);
             return None;
         }
@@ -292,44 +204,38 @@ impl TokenCache {
         Some(Ok(v))
     }
 
-    /// Remembers a token that passed [`Keyring::verify`] (and any further checks of the caller).
-    pub fn insert(&self, digest: [u8; 32], token: Arc<VerifiedToken>) {
-        self.0.insert(digest, token);
+    /// Remembers a token that passed [`Keyring::verify`] at `now` (and any further checks of the
+    /// caller), until its `exp` plus leeway.
+    pub fn insert(&self, digest: [u8; 32], token: Arc<VerifiedToken>, now: DateTime<Utc>) {
+        let until = token.expire_time + chrono::Duration::seconds(LEEWAY_SECS);
+        let ttl = (until - now).to_std().unwrap_or_default();
+        self.0.insert(digest, Cached { token, ttl });
     }
 }
 
 /// Expires a cached token when it does.
 struct UntilExpiry;
 
-impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for UntilExpiry {
+impl moka::Expiry<[u8; 32], Cached> for UntilExpiry {
     fn expire_after_create(
         &self,
         _key: &[u8; 32],
-        value: &Arc<VerifiedToken>,
+        value: &Cached,
         _created_at: std::time::Instant,
     ) -> Option<std::time::Duration> {
-        let until = value.expire_time + chrono::Duration::seconds(LEEWAY_SECS);
-        Some((until - Utc::now()).to_std().unwrap_or_default())
+        Some(value.ttl)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use authd_token::Role;
+    use uuid::Uuid;
 
-    fn keyring(now: DateTime<Utc>) -> Keyring {
+    fn keyring() -> Keyring {
         let k = generate_key().unwrap();
-        let row = SigningKey {
-            kid: k.kid,
-            algorithm: "EdDSA".into(),
-            private_key: k.private_pkcs8,
-            public_key: k.public,
-            create_time: now,
-            activate_time: now,
-            retire_time: None,
-            encrypted: false,
-        };
-        Keyring::from_rows(&[row], now).unwrap()
+        Keyring::new(Some(k.signer()), Verifier::new([k.public_key().unwrap()]))
     }
 
     fn claims(now: DateTime<Utc>) -> AccessClaims {
@@ -352,13 +258,13 @@ mod tests {
     #[test]
     fn cached_verification() {
         let now = Utc::now();
-        let kr = keyring(now);
+        let kr = keyring();
         let cache = TokenCache::new(100);
         let t = kr.sign(&claims(now)).unwrap();
         let d = TokenCache::digest(&t);
         assert!(cache.get(&kr, &d, now).is_none());
         let v = Arc::new(kr.verify(&t, "authd", "authd", now).unwrap());
-        cache.insert(d, v.clone());
+        cache.insert(d, v.clone(), now);
         let hit = cache.get(&kr, &d, now).unwrap().unwrap();
         assert!(Arc::ptr_eq(&hit, &v));
         // Expiry still applies to a cached token.
@@ -368,50 +274,39 @@ mod tests {
             TokenError::Expired
         );
         // A keyring without the verifying key does not see (and drops) the cached token.
-        let other = keyring(now);
+        let other = keyring();
         assert!(cache.get(&other, &d, now).is_none());
         assert!(cache.get(&kr, &d, now).is_none());
     }
 
     #[test]
-    fn round_trip_and_expiry() {
+    fn the_cache_lifetime_follows_the_given_clock() {
+        // A token inserted at a `now` past its expiry is not kept at all, whatever the wall clock.
         let now = Utc::now();
-        let kr = keyring(now);
+        let kr = keyring();
+        let cache = TokenCache::new(100);
         let t = kr.sign(&claims(now)).unwrap();
-        let v = kr.verify(&t, "authd", "authd", now).unwrap();
-        assert_eq!(v.role, Role::User);
-        assert_eq!(
-            kr.verify(
-                &t,
-                "authd",
-                "authd",
-                now + chrono::Duration::seconds(901 + LEEWAY_SECS)
-            )
-            .unwrap_err(),
-            TokenError::Expired
-        );
-        assert_eq!(
-            kr.verify(&t, "other", "authd", now).unwrap_err(),
-            TokenError::Invalid
-        );
-        assert_eq!(
-            kr.verify(&t, "authd", "other", now).unwrap_err(),
-            TokenError::Invalid
-        );
-        // Not yet valid (issued in the future).
-        assert_eq!(
-            kr.verify(&t, "authd", "authd", now - chrono::Duration::seconds(60))
-                .unwrap_err(),
-            TokenError::Invalid
-        );
+        let v = Arc::new(kr.verify(&t, "authd", "authd", now).unwrap());
+        let d = TokenCache::digest(&t);
+        cache.insert(d, v, now + chrono::Duration::hours(1));
+        cache.0.run_pending_tasks();
+        assert!(cache.0.get(&d).is_none());
     }
 
     #[test]
-    fn a_foreign_key_does_not_verify() {
+    fn sign_then_verify() {
         let now = Utc::now();
-        let t = keyring(now).sign(&claims(now)).unwrap();
+        let kr = keyring();
+        let t = kr.sign(&claims(now)).unwrap();
+        let v = kr.verify(&t, "authd", "authd", now).unwrap();
+        assert_eq!(v.role, Role::User);
+        assert_eq!(Some(v.key_id.as_str()), kr.signer.as_ref().map(Signer::kid));
+        // A keyring that publishes a key but has none active yet cannot sign.
+        let k = generate_key().unwrap();
+        let idle = Keyring::new(None, Verifier::new([k.public_key().unwrap()]));
+        assert!(idle.sign(&claims(now)).is_err());
         assert_eq!(
-            keyring(now).verify(&t, "authd", "authd", now).unwrap_err(),
+            keyring().verify(&t, "authd", "authd", now).unwrap_err(),
             TokenError::Invalid
         );
     }
@@ -426,5 +321,11 @@ mod tests {
             thumbprint(&x),
             "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
         );
+    }
+
+    #[test]
+    fn stored_public_keys_must_be_ed25519() {
+        assert!(public_key("k", &[0u8; 32]).is_ok());
+        assert!(public_key("k", &[0u8; 31]).is_err());
     }
 }
