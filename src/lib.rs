@@ -24,6 +24,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod metric_names;
 pub mod metrics;
 pub mod middleware;
 pub mod server;

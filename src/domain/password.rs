@@ -358,7 +358,7 @@ impl PasswordHasher {
                     if !ok && let Some(dummy) = pad {
                         m.time(cost, || bcrypt::verify(&password, &dummy).unwrap_or(false));
                         padded.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!(crate::metrics::BCRYPT_PADDED).increment(1);
+                        metrics::counter!(crate::metric_names::BCRYPT_PADDED).increment(1);
                     }
                     ok
                 },
@@ -517,7 +517,7 @@ impl Meter<'_> {
         let r = f();
         let secs = start.elapsed().as_secs_f64();
         self.shared.lock().run_times.record(cost, secs);
-        metrics::counter!(crate::metrics::BCRYPT_COMPLETED).increment(1);
+        metrics::counter!(crate::metric_names::BCRYPT_COMPLETED).increment(1);
         r
     }
 }
@@ -777,7 +777,7 @@ impl Pool {
         let wait = match admitted {
             Ok(wait) | Err(Refusal::Deadline { wait } | Refusal::ClientQueue { wait }) => wait,
         };
-        metrics::gauge!(crate::metrics::BCRYPT_EXPECTED_WAIT).set(wait);
+        metrics::gauge!(crate::metric_names::BCRYPT_EXPECTED_WAIT).set(wait);
         let Err(refusal) = admitted else {
             return Ok(());
         };
@@ -785,7 +785,7 @@ impl Pool {
             Refusal::Deadline { .. } => "deadline",
             Refusal::ClientQueue { .. } => "client_queue",
         };
-        metrics::counter!(crate::metrics::BCRYPT_REJECTED, "reason" => reason).increment(1);
+        metrics::counter!(crate::metric_names::BCRYPT_REJECTED, "reason" => reason).increment(1);
         tracing::debug!(reason, wait, "bcrypt job refused");
         Err(Error::ResourceExhausted {
             message: POOL_FULL_MESSAGE.into(),
@@ -972,14 +972,14 @@ struct QueueDepth;
 
 impl QueueDepth {
     fn enter() -> Self {
-        metrics::gauge!(crate::metrics::BCRYPT_QUEUE_DEPTH).increment(1.0);
+        metrics::gauge!(crate::metric_names::BCRYPT_QUEUE_DEPTH).increment(1.0);
         QueueDepth
     }
 }
 
 impl Drop for QueueDepth {
     fn drop(&mut self) {
-        metrics::gauge!(crate::metrics::BCRYPT_QUEUE_DEPTH).decrement(1.0);
+        metrics::gauge!(crate::metric_names::BCRYPT_QUEUE_DEPTH).decrement(1.0);
     }
 }
 

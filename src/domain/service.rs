@@ -854,7 +854,7 @@ impl Authd {
             RefreshOutcome::Reused(session_id) => {
                 drop(conn);
                 self.views_changed().await;
-                metrics::counter!(crate::metrics::REFRESH_REUSE_DETECTED).increment(1);
+                metrics::counter!(crate::metric_names::REFRESH_REUSE_DETECTED).increment(1);
                 tracing::warn!(%session_id, "refresh token reuse detected; session revoked");
                 return Err(Error::Unauthenticated(AuthFailure::BadRefreshToken));
             }
@@ -1358,7 +1358,7 @@ fn show_ip(ip: &str) -> &str {
 /// Counts a login decision in `authd_logins_total{result}`: success, failure (wrong password or
 /// unknown account), disabled, throttled.
 fn count_login(result: &'static str) {
-    metrics::counter!(crate::metrics::LOGINS, "result" => result).increment(1);
+    metrics::counter!(crate::metric_names::LOGINS, "result" => result).increment(1);
 }
 
 /// Counts a login refused by the rate limit or the password-guessing throttle.
