@@ -1,5 +1,5 @@
 //! The names of the metrics the domain records (and their fixed label values): a leaf module with
-//! no crate imports, so that the domain and [`crate::metrics`] (which re-exports them and describes
+//! no crate imports, so that the domain and the metrics module (which re-exports them and describes
 //! them to the exporter) both import it and neither imports the other.
 
 /// `authd_logins_total{result}`: login decisions.
