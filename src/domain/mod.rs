@@ -4,12 +4,18 @@
 //! [`Principal`] where needed, and fail with the one [`Error`] enum that the `grpc` layer maps to
 //! status codes in a single place.
 
+pub mod access;
 pub mod accounts;
 pub mod audit;
+mod authd;
+mod housekeeping;
 pub mod keystore;
 pub mod opaque;
 pub mod password;
 pub mod service;
+pub mod service_keys;
+pub mod sessions;
+mod signing_keys;
 pub mod throttle;
 pub mod tokens;
 pub mod validate;
@@ -22,7 +28,7 @@ use uuid::Uuid;
 
 use crate::db::DbError;
 
-pub use service::Authd;
+pub use authd::{Authd, REDACTED};
 
 /// A user's role, ordered by power.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -144,8 +144,7 @@ pub fn client_info<T>(req: &Request<T>, svc: &Authd) -> ClientInfo {
         .get("user-agent")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let mut client =
-        ClientInfo::new(ip, ua).via_proxy_key(proxy.filter(|_| via_key).map(|p| p.id));
+    let mut client = ClientInfo::new(ip, ua).via_proxy_key(proxy.filter(|_| via_key).map(|p| p.id));
     client.deadline = req
         .extensions()
         .get::<crate::domain::RequestDeadline>()
