@@ -31,7 +31,7 @@ impl Authd {
     /// Verifies an access token: signature and claims (once per token, then from the cache), and,
     /// the first time this replica sees it, that its session exists and is not revoked in the
     /// database, so that a correctly signed token of a session that never existed is refused too.
-    /// Revocation after that is the revocation view's job, checked by every caller.
+    /// Revocation after that is the revocation view's job: see [`Authd::live_access_token`].
     pub(in crate::domain) async fn verify_access_token(
         &self,
         token: &str,
@@ -72,11 +72,7 @@ impl Authd {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
             _ => return Err(Error::Unauthenticated(AuthFailure::TokenInvalid)),
         };
-        self.views.check_fresh()?;
-        let v = self.verify_access_token(token).await?;
-        if self.views.has_ended(v.session_id) {
-            return Err(Error::Unauthenticated(AuthFailure::TokenInvalid));
-        }
+        let v = self.live_access_token(token).await?;
         Ok(Principal {
             user_id: v.user_id,
             session_id: v.session_id,
@@ -174,16 +170,10 @@ impl Authd {
                 tokens::MAX_TOKEN_BYTES
             )));
         }
-        // Fail closed before looking at the token: a stale view cannot vouch for any session.
-        self.views.check_fresh()?;
-        let v = match self.verify_access_token(token).await {
-            Ok(v) => v,
-            Err(Error::Unauthenticated(_)) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if self.views.has_ended(v.session_id) {
-            return Ok(None);
+        match self.live_access_token(token).await {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::Unauthenticated(_)) => Ok(None),
+            Err(e) => Err(e),
         }
-        Ok(Some(v))
     }
 }

@@ -191,24 +191,6 @@ impl Authd {
         self.views.sync(&mut conn, self.now()).await?;
         Ok(())
     }
-
-    /// After this replica committed a change that ends sessions or service keys: makes it visible
-    /// here at once instead of at the next poll. A failure only delays it to that poll.
-    pub(in crate::domain) async fn views_changed(&self) {
-        match self.conn().await {
-            Ok(mut conn) => self.views_changed_on(&mut conn).await,
-            Err(e) => {
-                tracing::warn!(error = %e, "refreshing the revocation view failed; the next poll will");
-            }
-        }
-    }
-
-    /// [`Authd::views_changed`] on a connection the caller already holds.
-    pub(in crate::domain) async fn views_changed_on(&self, conn: &mut db::PgConn) {
-        if let Err(e) = self.views.sync(conn, self.now()).await {
-            tracing::warn!(error = %e, "refreshing the revocation view failed; the next poll will");
-        }
-    }
 }
 
 /// Converts a configured duration, capped at 100 years so that `now + d` can never overflow.

@@ -9,6 +9,7 @@ use crate::db::models::NewServiceKey;
 use crate::db::{self, DbError, service_keys};
 use crate::domain::audit::{self, AuditEntry, AuditKind};
 use crate::domain::opaque::{self, HashedToken};
+use crate::domain::sessions::revocation;
 use crate::domain::{Authd, ClientInfo, Error, Principal, Result, Role, validate};
 
 /// `last_use_time` of a service key is written at most this often.
@@ -100,9 +101,8 @@ impl Authd {
         if !allowed_cidrs.is_empty() {
             detail.push_str(&format!("; allowed from {}", allowed_cidrs.join(", ")));
         }
-        let row = self
-            .conn()
-            .await?
+        let mut conn = self.conn().await?;
+        let row = conn
             .transaction::<_, DbError, _>(async |conn| {
                 let row = service_keys::insert(conn, &new_key).await?;
                 let entry = AuditEntry::new(AuditKind::ServiceKeyCreated, client)
@@ -112,7 +112,8 @@ impl Authd {
                 Ok(row)
             })
             .await?;
-        self.views_changed().await;
+        // Not a revocation, but the view holds the service keys: usable here at once.
+        self.refresh_views(&mut conn).await;
         Ok((row.into(), key))
     }
 
@@ -131,22 +132,16 @@ impl Authd {
         actor.require(Role::Admin)?;
         let id = validate::uuid("id", id)?;
         let now = self.now();
-        let revoked = self
-            .conn()
-            .await?
+        let entry = AuditEntry::new(AuditKind::ServiceKeyRevoked, client)
+            .actor(Some(actor.user_id))
+            .detail(format!("service key {id}"));
+        let mut conn = self.conn().await?;
+        let revoked = conn
             .transaction::<_, DbError, _>(async |conn| {
-                let revoked = service_keys::revoke(conn, id, now).await?;
-                if revoked {
-                    let entry = AuditEntry::new(AuditKind::ServiceKeyRevoked, client)
-                        .actor(Some(actor.user_id))
-                        .detail(format!("service key {id}"));
-                    audit::record(conn, now, entry).await?;
-                }
-                Ok(revoked)
+                revocation::revoke_service_key(conn, now, id, entry).await
             })
             .await?;
-        if revoked {
-            self.views_changed().await;
+        if self.publish(&mut conn, revoked).await {
             Ok(())
         } else {
             Err(Error::NotFound("service key not found".into()))

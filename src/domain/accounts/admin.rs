@@ -5,7 +5,7 @@ use diesel_async::AsyncConnection;
 
 use crate::db::models::UserChanges;
 use crate::db::users::UserFilter;
-use crate::db::{audit as audit_db, sessions, users};
+use crate::db::{audit as audit_db, users};
 use crate::domain::accounts::{
     Account, AdminUpdate, AuditEventInfo, AuditPage, MAX_QUERY_CHARS, NewAccount, ProfileFields,
     RoleArg, UserPage, UserQuery, decode_page_token, encode_page_token, escape_like, last_admin,
@@ -13,6 +13,7 @@ use crate::domain::accounts::{
 };
 use crate::domain::audit::{self, AuditEntry, AuditKind};
 use crate::domain::password;
+use crate::domain::sessions::revocation::{self, Revoked};
 use crate::domain::{Authd, ClientInfo, Error, Principal, Result, Role, validate};
 
 impl Authd {
@@ -80,26 +81,33 @@ impl Authd {
         p.require(Role::Moderator)?;
         let id = validate::uuid("user_id", user_id)?;
         let now = self.now();
-        let n = self
-            .conn()
-            .await?
+        let mut conn = self.conn().await?;
+        let revoked = conn
             .transaction::<_, Error, _>(async |conn| {
                 let target = users::find_by_id(conn, id)
                     .await?
                     .ok_or_else(|| Error::NotFound("user not found".into()))?;
                 moderator_may_act_on(p, &target.role)?;
-                let n =
-                    sessions::revoke_all_for_user(conn, id, None, now, "revoked_by_admin").await?;
-                let entry = AuditEntry::new(AuditKind::SessionsRevoked, client)
-                    .user(id)
-                    .actor(Some(p.user_id))
-                    .detail(format!("{n} session(s) revoked"));
-                audit::record(conn, now, entry).await?;
-                Ok(n)
+                let revoked = revocation::revoke_user_sessions(
+                    conn,
+                    now,
+                    id,
+                    None,
+                    "revoked_by_admin",
+                    |n| {
+                        Some(
+                            AuditEntry::new(AuditKind::SessionsRevoked, client)
+                                .user(id)
+                                .actor(Some(p.user_id))
+                                .detail(format!("{n} session(s) revoked")),
+                        )
+                    },
+                )
+                .await?;
+                Ok(revoked)
             })
             .await?;
-        self.views_changed().await;
-        Ok(n)
+        Ok(self.publish(&mut conn, revoked).await)
     }
 
     /// ADMIN: creates an account with any role (ROLE_UNSPECIFIED means ROLE_USER).
@@ -172,9 +180,8 @@ impl Authd {
             None => None,
         };
         let now = self.now();
-        let row = self
-            .conn()
-            .await?
+        let mut conn = self.conn().await?;
+        let revoked = conn
             .transaction::<_, Error, _>(async |conn| {
                 let admins = users::lock_active_admins(conn).await?;
                 let target = users::lock(conn, id)
@@ -226,11 +233,23 @@ impl Authd {
                         detail.push(name.to_owned());
                     }
                 }
-                if role_change.is_some() || active_change.is_some() || hash.is_some() {
-                    let n = sessions::revoke_all_for_user(conn, id, None, now, "account_changed")
-                        .await?;
-                    detail.push(format!("{n} session(s) revoked"));
-                }
+                let revoked = if role_change.is_some() || active_change.is_some() || hash.is_some()
+                {
+                    // The count goes into the USER_UPDATED event below.
+                    let revoked = revocation::revoke_user_sessions(
+                        conn,
+                        now,
+                        id,
+                        None,
+                        "account_changed",
+                        |_| None,
+                    )
+                    .await?;
+                    detail.push(format!("{} session(s) revoked", revoked.get()));
+                    revoked
+                } else {
+                    Revoked::nothing(0)
+                };
                 let actor = Some(p.user_id);
                 let entry = AuditEntry::new(AuditKind::UserUpdated, client)
                     .user(id)
@@ -251,10 +270,10 @@ impl Authd {
                         .detail("set by an admin");
                     audit::record(conn, now, entry).await?;
                 }
-                Ok(row)
+                Ok(revoked.map(|_| row))
             })
             .await?;
-        self.views_changed().await;
+        let row = self.publish(&mut conn, revoked).await;
         Account::try_from(row)
     }
 

@@ -340,6 +340,19 @@ pub(in crate::domain) fn decode_page_token(
     Ok(Some((t, id)))
 }
 
+/// Maps a uniqueness conflict on users to ALREADY_EXISTS.
+pub(in crate::domain) fn uniqueness_error(e: DbError) -> Error {
+    match &e {
+        DbError::UniqueViolation { constraint } if constraint == users::EMAIL_UNIQUE => {
+            Error::AlreadyExists("email is already registered".into())
+        }
+        DbError::UniqueViolation { constraint } if constraint == users::USERNAME_UNIQUE => {
+            Error::AlreadyExists("username is already taken".into())
+        }
+        _ => e.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,18 +382,5 @@ mod tests {
     #[test]
     fn like_is_escaped() {
         assert_eq!(escape_like("a%b_c\\"), "a\\%b\\_c\\\\");
-    }
-}
-
-/// Maps a uniqueness conflict on users to ALREADY_EXISTS.
-pub(in crate::domain) fn uniqueness_error(e: DbError) -> Error {
-    match &e {
-        DbError::UniqueViolation { constraint } if constraint == users::EMAIL_UNIQUE => {
-            Error::AlreadyExists("email is already registered".into())
-        }
-        DbError::UniqueViolation { constraint } if constraint == users::USERNAME_UNIQUE => {
-            Error::AlreadyExists("username is already taken".into())
-        }
-        _ => e.into(),
     }
 }

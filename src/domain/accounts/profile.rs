@@ -10,6 +10,7 @@ use crate::domain::accounts::{
 };
 use crate::domain::audit::{self, AuditEntry, AuditKind};
 use crate::domain::password;
+use crate::domain::sessions::revocation;
 use crate::domain::throttle;
 use crate::domain::{AuthFailure, Authd, ClientInfo, Error, Principal, Result, validate};
 
@@ -154,29 +155,29 @@ impl Authd {
             update_time: Some(now),
             ..Default::default()
         };
-        let revoked = self
-            .conn()
-            .await?
+        let mut conn = self.conn().await?;
+        let revoked = conn
             .transaction::<_, DbError, _>(async |conn| {
                 users::update(conn, p.user_id, &changes).await?;
-                let n = sessions::revoke_all_for_user(
+                revocation::revoke_user_sessions(
                     conn,
+                    now,
                     p.user_id,
                     Some(p.session_id),
-                    now,
                     "password_changed",
+                    |n| {
+                        Some(
+                            AuditEntry::new(AuditKind::PasswordChanged, client)
+                                .user(p.user_id)
+                                .actor(Some(p.user_id))
+                                .detail(format!("{n} other session(s) revoked")),
+                        )
+                    },
                 )
-                .await?;
-                let entry = AuditEntry::new(AuditKind::PasswordChanged, client)
-                    .user(p.user_id)
-                    .actor(Some(p.user_id))
-                    .detail(format!("{n} other session(s) revoked"));
-                audit::record(conn, now, entry).await?;
-                Ok(n)
+                .await
             })
             .await?;
-        self.views_changed().await;
-        Ok(revoked)
+        Ok(self.publish(&mut conn, revoked).await)
     }
 
     /// DeleteMe: requires the password; the last active admin cannot delete themselves.
@@ -203,8 +204,8 @@ impl Authd {
         how: &str,
     ) -> Result<()> {
         let now = self.now();
-        self.conn()
-            .await?
+        let mut conn = self.conn().await?;
+        let deleted = conn
             .transaction::<_, Error, _>(async |conn| {
                 let admins = users::lock_active_admins(conn).await?;
                 let user = users::lock(conn, target)
@@ -213,16 +214,14 @@ impl Authd {
                 if admins == [user.id] {
                     return Err(last_admin());
                 }
-                users::delete(conn, target).await?;
                 let entry = AuditEntry::new(AuditKind::UserDeleted, client)
                     .user(target)
                     .actor(actor)
                     .detail(format!("{how}; was {} ({})", user.email, user.role));
-                audit::record(conn, now, entry).await?;
-                Ok(())
+                Ok(revocation::delete_account(conn, now, target, entry).await?)
             })
             .await?;
-        self.views_changed().await;
+        self.publish(&mut conn, deleted).await;
         Ok(())
     }
 
@@ -252,24 +251,18 @@ impl Authd {
     ) -> Result<()> {
         let id = validate::uuid("session_id", session_id)?;
         let now = self.now();
-        let revoked = self
-            .conn()
-            .await?
+        let entry = AuditEntry::new(AuditKind::SessionsRevoked, client)
+            .user(p.user_id)
+            .actor(Some(p.user_id))
+            .detail(format!("session {id} revoked by its owner"));
+        let mut conn = self.conn().await?;
+        let revoked = conn
             .transaction::<_, DbError, _>(async |conn| {
-                let revoked =
-                    sessions::revoke_own(conn, p.user_id, id, now, "revoked_by_owner").await?;
-                if revoked {
-                    let entry = AuditEntry::new(AuditKind::SessionsRevoked, client)
-                        .user(p.user_id)
-                        .actor(Some(p.user_id))
-                        .detail(format!("session {id} revoked by its owner"));
-                    audit::record(conn, now, entry).await?;
-                }
-                Ok(revoked)
+                revocation::revoke_own_session(conn, now, p.user_id, id, "revoked_by_owner", entry)
+                    .await
             })
             .await?;
-        if revoked {
-            self.views_changed().await;
+        if self.publish(&mut conn, revoked).await {
             Ok(())
         } else {
             Err(Error::NotFound("session not found".into()))

@@ -5,8 +5,9 @@ use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
 use crate::db::{self, DbError, sessions};
-use crate::domain::audit::{self, AuditEntry, AuditKind};
+use crate::domain::audit::{AuditEntry, AuditKind};
 use crate::domain::opaque::{HashedToken, MAX_OPAQUE_BYTES};
+use crate::domain::sessions::revocation;
 use crate::domain::{Authd, ClientInfo, Error, Principal, Result};
 
 impl Authd {
@@ -40,18 +41,16 @@ impl Authd {
         client: &ClientInfo,
     ) -> Result<()> {
         let now = self.now();
-        conn.transaction::<_, DbError, _>(async |conn| {
-            if sessions::revoke(conn, session_id, now, "logout").await? {
-                let entry = AuditEntry::new(AuditKind::Logout, client)
-                    .user(user_id)
-                    .actor(Some(user_id))
-                    .detail(format!("session {session_id}"));
-                audit::record(conn, now, entry).await?;
-            }
-            Ok(())
-        })
-        .await?;
-        self.views_changed_on(conn).await;
+        let entry = AuditEntry::new(AuditKind::Logout, client)
+            .user(user_id)
+            .actor(Some(user_id))
+            .detail(format!("session {session_id}"));
+        let revoked = conn
+            .transaction::<_, DbError, _>(async |conn| {
+                revocation::revoke_session(conn, now, session_id, "logout", entry).await
+            })
+            .await?;
+        self.publish(conn, revoked).await;
         Ok(())
     }
 
@@ -65,21 +64,20 @@ impl Authd {
     /// Revokes every live session of the caller. Returns how many.
     pub async fn logout_all(&self, p: &Principal, client: &ClientInfo) -> Result<i64> {
         let now = self.now();
-        let n = self
-            .conn()
-            .await?
+        let mut conn = self.conn().await?;
+        let revoked = conn
             .transaction::<_, DbError, _>(async |conn| {
-                let n =
-                    sessions::revoke_all_for_user(conn, p.user_id, None, now, "logout_all").await?;
-                let entry = AuditEntry::new(AuditKind::LogoutAll, client)
-                    .user(p.user_id)
-                    .actor(Some(p.user_id))
-                    .detail(format!("{n} session(s) revoked"));
-                audit::record(conn, now, entry).await?;
-                Ok(n)
+                revocation::revoke_user_sessions(conn, now, p.user_id, None, "logout_all", |n| {
+                    Some(
+                        AuditEntry::new(AuditKind::LogoutAll, client)
+                            .user(p.user_id)
+                            .actor(Some(p.user_id))
+                            .detail(format!("{n} session(s) revoked")),
+                    )
+                })
+                .await
             })
             .await?;
-        self.views_changed().await;
-        Ok(n)
+        Ok(self.publish(&mut conn, revoked).await)
     }
 }

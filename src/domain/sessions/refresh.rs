@@ -10,6 +10,7 @@ use crate::db::{DbError, sessions, users};
 use crate::domain::audit::{self, AuditEntry, AuditKind};
 use crate::domain::authd::chrono_duration;
 use crate::domain::opaque::{self, HashedToken, MAX_OPAQUE_BYTES, ReplayBox};
+use crate::domain::sessions::revocation::{self, Revoked};
 use crate::domain::sessions::{TokenPair, TokenSubject, session_end, show_ip};
 use crate::domain::{AuthFailure, Authd, ClientInfo, ClientKey, Error, Result};
 
@@ -88,18 +89,18 @@ impl Authd {
                 let Some((token, session)) =
                     sessions::lock_by_refresh_hash(conn, presented.as_bytes()).await?
                 else {
-                    return Ok(RefreshOutcome::Dead);
+                    return Ok(Revoked::nothing(RefreshOutcome::Dead));
                 };
                 if session.revoke_time.is_some()
                     || now >= session.expire_time
                     || now >= session.idle_expire_time
                 {
-                    return Ok(RefreshOutcome::Dead);
+                    return Ok(Revoked::nothing(RefreshOutcome::Dead));
                 }
                 if token.spend_time.is_none() {
                     let s =
                         sessions::rotate(conn, &session, presented.as_bytes(), &rotation).await?;
-                    return Ok(RefreshOutcome::Rotated(s, successor));
+                    return Ok(Revoked::nothing(RefreshOutcome::Rotated(s, successor)));
                 }
                 match self.judge_replay(&token, &session, refresh_token, client, now) {
                     Replay::Honoured { successor, spender } => {
@@ -116,28 +117,36 @@ impl Authd {
                                 show_ip(&spender)
                             ));
                         audit::record(conn, now, entry).await?;
-                        Ok(RefreshOutcome::Replayed(session, successor))
+                        Ok(Revoked::nothing(RefreshOutcome::Replayed(
+                            session, successor,
+                        )))
                     }
                     Replay::Reuse(why) => {
-                        sessions::revoke(conn, session.id, now, "refresh_token_reuse").await?;
                         let entry = AuditEntry::new(AuditKind::RefreshReuseDetected, client)
                             .user(session.user_id)
                             .detail(format!(
                                 "session {} revoked; generation {} presented, current {}{why}",
                                 session.id, token.generation, session.generation
                             ));
-                        audit::record(conn, now, entry).await?;
-                        Ok(RefreshOutcome::Reused(session.id))
+                        let revoked = revocation::revoke_session(
+                            conn,
+                            now,
+                            session.id,
+                            "refresh_token_reuse",
+                            entry,
+                        )
+                        .await?;
+                        Ok(revoked.map(|_| RefreshOutcome::Reused(session.id)))
                     }
                 }
             })
             .await?;
+        let outcome = self.publish(&mut conn, outcome).await;
 
         let (session, token) = match outcome {
             RefreshOutcome::Rotated(s, t) | RefreshOutcome::Replayed(s, t) => (s, t),
             RefreshOutcome::Reused(session_id) => {
                 drop(conn);
-                self.views_changed().await;
                 metrics::counter!(crate::metric_names::REFRESH_REUSE_DETECTED).increment(1);
                 tracing::warn!(%session_id, "refresh token reuse detected; session revoked");
                 return Err(Error::Unauthenticated(AuthFailure::BadRefreshToken));
