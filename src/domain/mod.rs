@@ -11,7 +11,7 @@ mod authd;
 mod housekeeping;
 pub mod keystore;
 pub mod opaque;
-pub mod password;
+pub mod passwords;
 pub mod service;
 pub mod service_keys;
 pub mod sessions;
@@ -20,6 +20,9 @@ pub mod throttle;
 pub mod tokens;
 pub mod validate;
 pub mod views;
+
+/// The old path of [`passwords`].
+pub use passwords as password;
 
 use std::net::IpAddr;
 use std::time::Duration;
