@@ -138,7 +138,7 @@ impl std::fmt::Debug for ProfileUpdate {
             .field("first_name", first_name)
             .field("last_name", last_name)
             .field("email", email)
-            .field("current_password", &super::service::REDACTED)
+            .field("current_password", &REDACTED)
             .finish()
     }
 }
@@ -173,10 +173,7 @@ impl std::fmt::Debug for AdminUpdate {
             .field("last_name", last_name)
             .field("role", role)
             .field("active", active)
-            .field(
-                "password",
-                &password.as_ref().map(|_| super::service::REDACTED),
-            )
+            .field("password", &password.as_ref().map(|_| REDACTED))
             .finish()
     }
 }

@@ -16,13 +16,17 @@
 //!
 //! Files: `policy.rs` (the rules of new and presented passwords), `hasher.rs` ([`PasswordHasher`]:
 //! hashing and verification, the dummy hash, cost upgrades), `pool.rs` (the bcrypt thread pool, its
-//! fair queues and admission by deadline; the pool is described in its module docs).
+//! fair queues and admission by deadline; the pool is described in its module docs), `jobs.rs`
+//! (what the hasher and the pool share: the pool settings, a job's admission, run times).
 
 mod hasher;
+mod jobs;
 mod policy;
 mod pool;
 #[cfg(test)]
 mod tests;
 
 pub use hasher::*;
+pub use jobs::{Admission, DEFAULT_QUEUE_PER_CLIENT, POOL_FULL_MESSAGE, PoolOptions, RunTimes};
 pub use policy::*;
+pub use pool::Meter;

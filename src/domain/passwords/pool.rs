@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::hasher::*;
+use super::jobs::*;
 use crate::domain::{ClientKey, Error, Result};
 
 /// The queue of a client: its [`ClientKey`], or None for calls with no known address.
@@ -532,4 +532,21 @@ impl Drop for QueueDepth {
 
 pub(super) fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a job may use while it runs: a timer that feeds [`RunTimes`].
+pub struct Meter<'a> {
+    pub(super) shared: &'a Shared,
+}
+
+impl Meter<'_> {
+    /// Runs `f`, one bcrypt run at `cost`, and records its wall time.
+    pub fn time<R>(&self, cost: u32, f: impl FnOnce() -> R) -> R {
+        let start = Instant::now();
+        let r = f();
+        let secs = start.elapsed().as_secs_f64();
+        self.shared.lock().run_times.record(cost, secs);
+        metrics::counter!(crate::metric_names::BCRYPT_COMPLETED).increment(1);
+        r
+    }
 }

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::domain::{ClientInfo, ClientKey, Error, Result};
 
 use super::hasher::*;
+use super::jobs::*;
 use super::policy::*;
 use super::pool::*;
 
