@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::db::{self, Pool};
 use crate::domain::Result;
 use crate::domain::keystore::{KeyStore, MasterKey};
-use crate::domain::password::{self, PasswordHasher};
+use crate::domain::passwords::{self, PasswordHasher};
 use crate::domain::throttle::{self, IpRateLimiter, ProxyKeyBudget};
 use crate::domain::tokens::{Keyring, TokenCache};
 use crate::domain::views::Views;
@@ -31,7 +31,7 @@ pub struct Authd {
     pub(in crate::domain) hasher: PasswordHasher,
     pub(in crate::domain) keystore: KeyStore,
     pub(in crate::domain) keyring: RwLock<Arc<Keyring>>,
-    /// Keys [`audit::identifier_digest`].
+    /// Keys [`crate::domain::audit::identifier_digest`].
     pub(in crate::domain) audit_secret: Vec<u8>,
     pub(in crate::domain) rate_limiter: IpRateLimiter,
     pub(in crate::domain) proxy_budget: ProxyKeyBudget,
@@ -120,7 +120,7 @@ impl Authd {
 
     /// For tests: occupies a place in the bcrypt pool until released (see [`PasswordHasher::hold`]).
     #[doc(hidden)]
-    pub fn hold_bcrypt(&self) -> Result<password::Hold> {
+    pub fn hold_bcrypt(&self) -> Result<passwords::Hold> {
         self.hasher.hold()
     }
 
@@ -131,7 +131,7 @@ impl Authd {
         &self,
         client: Option<super::ClientKey>,
         expected: std::time::Duration,
-    ) -> Result<password::Hold> {
+    ) -> Result<passwords::Hold> {
         self.hasher.hold_for(client, expected)
     }
 

@@ -12,7 +12,7 @@ use crate::domain::accounts::{
     moderator_may_act_on, page_size, uniqueness_error,
 };
 use crate::domain::audit::{self, AuditEntry, AuditKind};
-use crate::domain::password;
+use crate::domain::passwords;
 use crate::domain::sessions::revocation::{self, Revoked};
 use crate::domain::{Authd, ClientInfo, Error, Principal, Result, Role, validate};
 
@@ -159,7 +159,7 @@ impl Authd {
         let password = upd
             .password
             .as_deref()
-            .map(|pw| password::new_password("password", pw))
+            .map(|pw| passwords::new_password("password", pw))
             .transpose()?;
         let hash = match password {
             Some(pw) => {
@@ -169,7 +169,7 @@ impl Authd {
                     Some(u) => u.as_deref(),
                     None => target.username.as_deref(),
                 };
-                password::check_strength(
+                passwords::check_strength(
                     "password",
                     &pw,
                     self.config().min_password_score,

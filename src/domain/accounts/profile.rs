@@ -9,7 +9,7 @@ use crate::domain::accounts::{
     Account, ProfileFields, ProfileUpdate, SessionInfo, last_admin, uniqueness_error,
 };
 use crate::domain::audit::{self, AuditEntry, AuditKind};
-use crate::domain::password;
+use crate::domain::passwords;
 use crate::domain::sessions::revocation;
 use crate::domain::throttle;
 use crate::domain::{AuthFailure, Authd, ClientInfo, Error, Principal, Result, validate};
@@ -78,7 +78,7 @@ impl Authd {
         if password_input.is_empty() {
             return Err(Error::Unauthenticated(AuthFailure::BadCredentials));
         }
-        let presented = password::presented_password("current_password", password_input)?;
+        let presented = passwords::presented_password("current_password", password_input)?;
         let key = throttle::reauth_key(user_id);
         let budget = self.proxy_budget().reserve(client.proxy_key, self.now())?;
         let client_key = client.key_string();
@@ -138,9 +138,9 @@ impl Authd {
         if current_password.is_empty() {
             return Err(Error::invalid("current_password is required"));
         }
-        let new_password = password::new_password("new_password", new_password)?;
+        let new_password = passwords::new_password("new_password", new_password)?;
         let me = self.get_me(p).await?;
-        password::check_strength(
+        passwords::check_strength(
             "new_password",
             &new_password,
             self.config().min_password_score,

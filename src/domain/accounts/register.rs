@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::db::{self, DbError, users};
 use crate::domain::accounts::{Account, NewAccount, uniqueness_error};
 use crate::domain::audit::{self, AuditEntry, AuditKind};
-use crate::domain::password;
+use crate::domain::passwords;
 use crate::domain::{Authd, ClientInfo, Error, Principal, Result, Role, validate};
 
 impl Authd {
@@ -44,8 +44,8 @@ impl Authd {
         let username = validate::username(&input.username)?;
         let first_name = validate::person_name("first_name", &input.first_name)?;
         let last_name = validate::person_name("last_name", &input.last_name)?;
-        let password = password::new_password("password", &input.password)?;
-        password::check_strength(
+        let password = passwords::new_password("password", &input.password)?;
+        passwords::check_strength(
             "password",
             &password,
             self.config.min_password_score,

@@ -8,7 +8,7 @@ use crate::db::{self, DbError, sessions, users};
 use crate::domain::audit::{self, AuditEntry, AuditKind};
 use crate::domain::authd::chrono_duration;
 use crate::domain::opaque::{self, HashedToken};
-use crate::domain::password;
+use crate::domain::passwords;
 use crate::domain::sessions::{TokenPair, TokenSubject};
 use crate::domain::throttle;
 use crate::domain::{AuthFailure, Authd, ClientInfo, Error, Result, validate};
@@ -56,7 +56,7 @@ impl Authd {
                 validate::MAX_IDENTIFIER_BYTES
             )));
         }
-        let password = password::presented_password("password", password)?;
+        let password = passwords::presented_password("password", password)?;
         // A check the bcrypt pool would refuse is refused before any database work.
         self.hasher.precheck(client)?;
 
@@ -241,7 +241,7 @@ impl Authd {
         let Some(password) = password else {
             return Ok(());
         };
-        match password::hash_cost(&user.password_hash) {
+        match passwords::hash_cost(&user.password_hash) {
             Some(cost) if cost < self.hasher.cost() => {}
             _ => return Ok(()),
         }
