@@ -23,6 +23,7 @@ pub mod embedded_pg;
 mod grpc;
 mod layers;
 mod limits;
+pub mod metric_names;
 pub mod metrics;
 pub mod server;
 pub mod transport;

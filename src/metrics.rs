@@ -30,21 +30,12 @@ use std::time::Duration;
 
 use ::metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+pub use crate::metric_names::*;
 
 pub const GRPC_STARTED: &str = "grpc_server_started_total";
 pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
 pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
-pub const LOGINS: &str = "authd_logins_total";
-pub const REFRESH_REUSE_DETECTED: &str = "authd_refresh_reuse_detected_total";
 pub const DB_POOL_CONNECTIONS: &str = "authd_db_pool_connections";
-pub const BCRYPT_QUEUE_DEPTH: &str = "authd_bcrypt_queue_depth";
-pub const BCRYPT_REJECTED: &str = "authd_bcrypt_rejected_total";
-pub const BCRYPT_COMPLETED: &str = "authd_bcrypt_completed_total";
-pub const BCRYPT_PADDED: &str = "authd_bcrypt_padded_total";
-pub const BCRYPT_EXPECTED_WAIT: &str = "authd_bcrypt_expected_wait_seconds";
-
-/// The `result` label values of [`LOGINS`].
-pub const LOGIN_RESULTS: [&str; 4] = ["success", "failure", "disabled", "throttled"];
 
 /// Histogram buckets (seconds). Without them the exporter would emit summaries.
 pub const HANDLING_SECONDS_BUCKETS: [f64; 14] = [

@@ -4,16 +4,25 @@
 //! [`Principal`] where needed, and fail with the one [`Error`] enum that the `grpc` layer maps to
 //! status codes in a single place.
 
+pub mod access;
 pub mod accounts;
 pub mod audit;
+mod authd;
+mod housekeeping;
 pub mod keystore;
 pub mod opaque;
-pub mod password;
+pub mod passwords;
 pub mod service;
+pub mod service_keys;
+pub mod sessions;
+mod signing_keys;
 pub mod throttle;
 pub mod tokens;
 pub mod validate;
 pub mod views;
+
+/// The old path of [`passwords`].
+pub use passwords as password;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -22,7 +31,7 @@ use uuid::Uuid;
 
 use crate::db::DbError;
 
-pub use service::Authd;
+pub use authd::{Authd, REDACTED};
 
 /// A user's role, ordered by power: defined with the token model in `authd-token` (it is the
 /// JWT `role` claim), so that the server and its clients share one definition.

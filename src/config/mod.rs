@@ -48,12 +48,26 @@
 //! | `AUTHD_TOKEN_CACHE_SIZE` | `--token-cache-size` | `10000` (verified access tokens kept in memory; `0` = off) |
 //!
 //! Durations are written as a number and a unit: `500ms`, `90s`, `15m`, `12h`, `7d` (a bare `0` is zero).
+//!
+//! Files: this one holds the flat clap [`Config`] (its field names and variables are the
+//! interface) and its defaults; `parse.rs` the value parsers, `debug.rs` the redacted Debug.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+
+mod debug;
+mod parse;
+#[cfg(test)]
+mod tests;
+
+pub use debug::redact_url;
+use parse::parse_bcrypt_priority;
+pub use parse::{
+    BCRYPT_SCHED_IDLE, TrustedProxies, parse_duration, parse_net, parse_trusted_proxies,
+};
 
 /// Every setting of the server; also used by the CLI subcommands that touch the database.
 #[derive(Clone, Args)]
@@ -281,144 +295,6 @@ pub struct Config {
     pub token_cache_size: u64,
 }
 
-impl std::fmt::Debug for Config {
-    /// Every setting, with the master key and the bootstrap admin's password hidden and the
-    /// password of `DATABASE_URL` masked.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Destructured, so a new setting cannot be added without deciding how it is shown.
-        let Config {
-            database_url,
-            listen,
-            data_dir,
-            access_token_ttl,
-            refresh_token_ttl,
-            session_max_lifetime,
-            refresh_reuse_grace,
-            refresh_replay_same_client,
-            bcrypt_cost,
-            bcrypt_concurrency,
-            bcrypt_queue,
-            bcrypt_nice,
-            issuer,
-            audience,
-            bootstrap_admin_email,
-            bootstrap_admin_password,
-            validate_require_key,
-            allow_registration,
-            audit_retention,
-            login_max_failures,
-            login_max_failures_per_hour,
-            rate_limit_per_ip,
-            proxy_key_max_failures_per_minute,
-            trusted_proxies,
-            min_password_score,
-            request_timeout,
-            key_publish_delay,
-            master_key,
-            http_listen,
-            health_listen,
-            log_format,
-            shutdown_delay,
-            shutdown_grace,
-            handshake_timeout,
-            tls_cert,
-            tls_key,
-            tls_client_ca,
-            tls_require_client_cert,
-            grpc_web,
-            cors_origins,
-            db_pool_size,
-            db_timeout,
-            log,
-            token_cache_size,
-        } = self;
-        let hidden = |s: &Option<String>| s.as_ref().map(|_| REDACTED);
-        f.debug_struct("Config")
-            .field("database_url", &database_url.as_deref().map(redact_url))
-            .field("listen", listen)
-            .field("data_dir", data_dir)
-            .field("access_token_ttl", access_token_ttl)
-            .field("refresh_token_ttl", refresh_token_ttl)
-            .field("session_max_lifetime", session_max_lifetime)
-            .field("refresh_reuse_grace", refresh_reuse_grace)
-            .field("refresh_replay_same_client", refresh_replay_same_client)
-            .field("bcrypt_cost", bcrypt_cost)
-            .field("bcrypt_concurrency", bcrypt_concurrency)
-            .field("bcrypt_queue", bcrypt_queue)
-            .field("bcrypt_nice", bcrypt_nice)
-            .field("issuer", issuer)
-            .field("audience", audience)
-            .field("bootstrap_admin_email", bootstrap_admin_email)
-            .field(
-                "bootstrap_admin_password",
-                &hidden(bootstrap_admin_password),
-            )
-            .field("validate_require_key", validate_require_key)
-            .field("allow_registration", allow_registration)
-            .field("audit_retention", audit_retention)
-            .field("login_max_failures", login_max_failures)
-            .field("login_max_failures_per_hour", login_max_failures_per_hour)
-            .field("rate_limit_per_ip", rate_limit_per_ip)
-            .field(
-                "proxy_key_max_failures_per_minute",
-                proxy_key_max_failures_per_minute,
-            )
-            .field("trusted_proxies", trusted_proxies)
-            .field("min_password_score", min_password_score)
-            .field("request_timeout", request_timeout)
-            .field("key_publish_delay", key_publish_delay)
-            .field("master_key", &hidden(master_key))
-            .field("http_listen", http_listen)
-            .field("health_listen", health_listen)
-            .field("log_format", log_format)
-            .field("shutdown_delay", shutdown_delay)
-            .field("shutdown_grace", shutdown_grace)
-            .field("handshake_timeout", handshake_timeout)
-            .field("tls_cert", tls_cert)
-            .field("tls_key", tls_key)
-            .field("tls_client_ca", tls_client_ca)
-            .field("tls_require_client_cert", tls_require_client_cert)
-            .field("grpc_web", grpc_web)
-            .field("cors_origins", cors_origins)
-            .field("db_pool_size", db_pool_size)
-            .field("db_timeout", db_timeout)
-            .field("log", log)
-            .field("token_cache_size", token_cache_size)
-            .finish()
-    }
-}
-
-/// What Debug shows in place of a secret setting.
-const REDACTED: &str = "<redacted>";
-
-/// `url` with its password replaced by `<redacted>`: the one in `user:password@` and any
-/// `password=` parameter (URL query or `key=value` connection string).
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let authority_start = scheme_end + 3;
-        let authority_end = out[authority_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| authority_start + i);
-        if let Some(at) = out[authority_start..authority_end].rfind('@') {
-            let userinfo = &out[authority_start..authority_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(authority_start + colon + 1..authority_start + at, REDACTED);
-            }
-        }
-    }
-    let mut from = 0;
-    while let Some(i) = out[from..].to_ascii_lowercase().find("password=") {
-        let value_start = from + i + "password=".len();
-        let value_end = out[value_start..]
-            .find(['&', ' ', '\t', '\n'])
-            .map_or(out.len(), |j| value_start + j);
-        out.replace_range(value_start..value_end, REDACTED);
-        from = value_start + REDACTED.len();
-    }
-    out
-}
-
 impl Config {
     /// The bootstrap admin's credentials, when both are set.
     pub fn bootstrap_admin(&self) -> Option<(&str, &str)> {
@@ -490,201 +366,5 @@ impl Config {
             log: "info".into(),
             token_cache_size: 10_000,
         }
-    }
-}
-
-/// `AUTHD_BCRYPT_NICE=idle`, as stored in [`Config::bcrypt_nice`].
-pub const BCRYPT_SCHED_IDLE: u8 = 20;
-
-/// `idle`, or a nice value 0-19.
-fn parse_bcrypt_priority(s: &str) -> Result<u8, String> {
-    let s = s.trim();
-    if s.eq_ignore_ascii_case("idle") {
-        return Ok(BCRYPT_SCHED_IDLE);
-    }
-    match s.parse::<u8>() {
-        Ok(n) if n <= 19 => Ok(n),
-        _ => Err(format!("{s:?} is neither `idle` nor a nice value 0-19")),
-    }
-}
-
-/// `AUTHD_TRUSTED_PROXIES`: IPs and CIDR networks. Empty items, and an empty value, mean none.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
-
-impl std::ops::Deref for TrustedProxies {
-    type Target = [ipnet::IpNet];
-    fn deref(&self) -> &[ipnet::IpNet] {
-        &self.0
-    }
-}
-
-impl From<Vec<ipnet::IpNet>> for TrustedProxies {
-    fn from(v: Vec<ipnet::IpNet>) -> Self {
-        Self(v)
-    }
-}
-
-/// Parses a comma-separated list of IPs and CIDR networks, ignoring empty items.
-pub fn parse_trusted_proxies(s: &str) -> Result<TrustedProxies, String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(parse_net)
-        .collect::<Result<Vec<_>, _>>()
-        .map(TrustedProxies)
-}
-
-/// Parses an IP address or a CIDR network.
-pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
-    let s = s.trim();
-    s.parse::<ipnet::IpNet>()
-        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-        .map_err(|_| format!("{s:?} is not an IP address or CIDR network"))
-}
-
-/// Parses `500ms`, `90s`, `15m`, `12h`, `7d`, or a bare `0`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("missing unit in duration {s:?} (use ms, s, m, h or d)"))?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid number in duration {s:?}"))?;
-    let secs = |mult: u64| {
-        n.checked_mul(mult)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("duration {s:?} is too large"))
-    };
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86400),
-        _ => Err(format!(
-            "unknown unit {unit:?} in duration {s:?} (use ms, s, m, h or d)"
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trusted_proxy_lists() {
-        assert!(parse_trusted_proxies("").unwrap().is_empty());
-        assert!(parse_trusted_proxies(" , ").unwrap().is_empty());
-        assert_eq!(
-            parse_trusted_proxies("10.0.0.0/8, 127.0.0.1,")
-                .unwrap()
-                .len(),
-            2
-        );
-        assert!(parse_trusted_proxies("10.0.0.0/8,nope").is_err());
-    }
-
-    #[test]
-    fn nets() {
-        assert!(parse_net("10.0.0.0/8").is_ok());
-        assert!(parse_net(" 127.0.0.1 ").is_ok());
-        assert!(parse_net("::1").is_ok());
-        assert!(parse_net("nope").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
-        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        assert!(parse_duration("15").is_err());
-        assert!(parse_duration("m").is_err());
-        assert!(parse_duration("5w").is_err());
-        assert!(parse_duration("-5s").is_err());
-        assert!(parse_duration("99999999999999999999d").is_err());
-    }
-
-    #[test]
-    fn debug_hides_secrets() {
-        let mut c = Config::defaults();
-        c.master_key = Some("master-key-secret".into());
-        c.bootstrap_admin_password = Some("admin-password-secret".into());
-        c.database_url = Some("postgres://authd:url-password-secret@db:5432/authd".into());
-        let shown = format!("{c:?}");
-        for secret in [
-            "master-key-secret",
-            "admin-password-secret",
-            "url-password-secret",
-        ] {
-            assert!(!shown.contains(secret), "{secret} in {shown}");
-        }
-        assert!(
-            shown.contains("postgres://authd:<redacted>@db:5432/authd"),
-            "{shown}"
-        );
-        assert!(shown.contains("bcrypt_cost: 12"), "{shown}");
-        assert_eq!(
-            redact_url("host=db user=authd password=sekrit dbname=authd"),
-            "host=db user=authd password=<redacted> dbname=authd"
-        );
-        assert_eq!(
-            redact_url("postgres:///authd?host=/run&password=sekrit&x=1"),
-            "postgres:///authd?host=/run&password=<redacted>&x=1"
-        );
-        assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
-        assert_eq!(
-            redact_url("postgres://u:p@w@h/d"),
-            "postgres://u:<redacted>@h/d"
-        );
-    }
-
-    #[test]
-    fn defaults_match_the_documented_values() {
-        let c = Config::defaults();
-        let f = Config::fallback();
-        assert_eq!(c.listen, f.listen);
-        assert_eq!(c.access_token_ttl, f.access_token_ttl);
-        assert_eq!(c.refresh_token_ttl, f.refresh_token_ttl);
-        assert_eq!(c.session_max_lifetime, f.session_max_lifetime);
-        assert_eq!(c.refresh_reuse_grace, f.refresh_reuse_grace);
-        assert!(c.refresh_replay_same_client && f.refresh_replay_same_client);
-        assert_eq!(c.bcrypt_cost, f.bcrypt_cost);
-        assert_eq!(c.bcrypt_concurrency, f.bcrypt_concurrency);
-        assert_eq!(c.bcrypt_queue, f.bcrypt_queue);
-        assert_eq!(c.bcrypt_nice, f.bcrypt_nice);
-        assert_eq!(c.issuer, f.issuer);
-        assert_eq!(c.audience, f.audience);
-        assert!(c.validate_require_key);
-        assert!(c.allow_registration);
-        assert_eq!(c.login_max_failures, f.login_max_failures);
-        assert_eq!(c.login_max_failures_per_hour, f.login_max_failures_per_hour);
-        assert_eq!(c.rate_limit_per_ip, f.rate_limit_per_ip);
-        assert_eq!(
-            c.proxy_key_max_failures_per_minute,
-            f.proxy_key_max_failures_per_minute
-        );
-        assert_eq!(c.min_password_score, f.min_password_score);
-        assert_eq!(c.request_timeout, f.request_timeout);
-        assert_eq!(c.key_publish_delay, f.key_publish_delay);
-        assert!(c.trusted_proxies.is_empty() && c.master_key.is_none());
-        assert_eq!(c.shutdown_delay, f.shutdown_delay);
-        assert_eq!(c.shutdown_grace, f.shutdown_grace);
-        assert_eq!(c.handshake_timeout, f.handshake_timeout);
-        assert_eq!(c.log_format, f.log_format);
-        assert_eq!(c.token_cache_size, f.token_cache_size);
-        assert!(c.http_listen.is_none() && c.health_listen.is_none() && !c.grpc_web);
-        assert!(c.tls_cert.is_none() && !c.tls_require_client_cert && c.cors_origins.is_empty());
-        assert_eq!(c.audit_retention, f.audit_retention);
-        assert_eq!(c.db_pool_size, f.db_pool_size);
     }
 }

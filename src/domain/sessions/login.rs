@@ -1,0 +1,272 @@
+//! Login: password login, its throttling and audit, and the hash-cost upgrade after a success.
+
+use diesel_async::AsyncConnection;
+use uuid::Uuid;
+
+use crate::db::models::{NewRefreshToken, NewSession};
+use crate::db::{self, DbError, sessions, users};
+use crate::domain::audit::{self, AuditEntry, AuditKind};
+use crate::domain::authd::chrono_duration;
+use crate::domain::opaque::{self, HashedToken};
+use crate::domain::passwords;
+use crate::domain::sessions::{TokenPair, TokenSubject};
+use crate::domain::throttle;
+use crate::domain::{AuthFailure, Authd, ClientInfo, Error, Result, validate};
+
+/// How Login names the account.
+#[derive(Debug, Clone)]
+pub enum LoginIdentifier {
+    Email(String),
+    Username(String),
+}
+
+impl Authd {
+    /// The keyed hash that LOGIN_FAILED events of unknown accounts store instead of the identifier
+    /// (see [`audit::identifier_digest`]); `authd audit identifier-digest` prints it for a candidate.
+    pub fn audit_identifier_digest(&self, identifier: &LoginIdentifier) -> String {
+        let (kind, normalized) = match identifier {
+            LoginIdentifier::Email(e) => ("email", validate::normalize_email(e)),
+            LoginIdentifier::Username(u) => ("username", u.trim().to_lowercase()),
+        };
+        audit::identifier_digest(&self.audit_secret, kind, &normalized)
+    }
+
+    /// Password login. Unknown accounts, wrong passwords and credentials that cannot match all answer
+    /// the same UNAUTHENTICATED, after the same bcrypt work.
+    pub async fn login(
+        &self,
+        identifier: Option<LoginIdentifier>,
+        password: &str,
+        client: &ClientInfo,
+    ) -> Result<TokenPair> {
+        self.rate_limiter
+            .check(client.ip)
+            .inspect_err(count_throttled)?;
+        let identifier =
+            identifier.ok_or_else(|| Error::invalid("an email or username is required"))?;
+        let raw_id = match &identifier {
+            LoginIdentifier::Email(s) | LoginIdentifier::Username(s) => s,
+        };
+        if raw_id.trim().is_empty() {
+            return Err(Error::invalid("an email or username is required"));
+        }
+        if raw_id.len() > validate::MAX_IDENTIFIER_BYTES {
+            return Err(Error::invalid(format!(
+                "the identifier must be at most {} bytes",
+                validate::MAX_IDENTIFIER_BYTES
+            )));
+        }
+        let password = passwords::presented_password("password", password)?;
+        // A check the bcrypt pool would refuse is refused before any database work.
+        self.hasher.precheck(client)?;
+
+        // Throttling is keyed by the normalized identifier whether or not an account has it.
+        let throttle_key = match &identifier {
+            LoginIdentifier::Email(e) => {
+                throttle::login_key("email", &validate::normalize_email(e))
+            }
+            LoginIdentifier::Username(u) => {
+                throttle::login_key("username", &u.trim().to_lowercase())
+            }
+        };
+        // A gateway's proxy key has a budget of failed checks (see `throttle`); reserved before
+        // bcrypt, given back unless the password turns out wrong.
+        let budget = self
+            .proxy_budget
+            .reserve(client.proxy_key, self.now())
+            .inspect_err(count_throttled)?;
+        // Reserved (and counted as a failure) before bcrypt runs: see `throttle`.
+        let client_key = client.key_string();
+        let (reservation, user) = {
+            let mut conn = self.conn().await?;
+            let reservation = throttle::reserve(
+                &mut conn,
+                self.throttle_policy(),
+                &throttle_key,
+                &client_key,
+                self.now(),
+            )
+            .await
+            .inspect_err(count_throttled)?;
+            let user = match &identifier {
+                LoginIdentifier::Email(e) => {
+                    let e = validate::normalize_email(e);
+                    if validate::is_valid_email(&e) {
+                        users::find_by_email(&mut conn, &e).await?
+                    } else {
+                        None
+                    }
+                }
+                LoginIdentifier::Username(u) => {
+                    if validate::is_valid_username(u.trim()) {
+                        users::find_by_username(&mut conn, u.trim()).await?
+                    } else {
+                        None
+                    }
+                }
+            };
+            (reservation, user)
+        };
+        let verified = self
+            .hasher
+            .verify(
+                password.clone(),
+                user.as_ref().map(|u| u.password_hash.as_str()),
+                client,
+            )
+            .await;
+        let ok = match verified {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.take_back(reservation).await;
+                return Err(e);
+            }
+        };
+        if ok {
+            drop(budget);
+        } else {
+            budget.failed();
+        }
+        if ok {
+            let known = match &user {
+                Some(u) if u.active => {
+                    throttle::account_keys(u.id, &u.email, u.username.as_deref())
+                }
+                _ => Vec::new(),
+            };
+            reservation
+                .succeeded(&mut *self.conn().await?, &known, self.now())
+                .await?;
+        } else {
+            reservation.failed();
+        }
+        let user = match user {
+            Some(u) if ok && u.active => u,
+            user => {
+                let (reason, denial) = match &user {
+                    Some(u) if ok && !u.active => (
+                        "account disabled",
+                        Error::PermissionDenied("account disabled".into()),
+                    ),
+                    Some(_) => (
+                        "wrong password",
+                        Error::Unauthenticated(AuthFailure::BadCredentials),
+                    ),
+                    None => (
+                        "unknown account",
+                        Error::Unauthenticated(AuthFailure::BadCredentials),
+                    ),
+                };
+                count_login(if ok { "disabled" } else { "failure" });
+                // A known account's identifier is stored (sanitized) with its user id; an unknown
+                // one only as a keyed hash: it is often a password typed into the wrong field.
+                let entry = match &user {
+                    Some(u) => {
+                        let id = audit::sanitize(raw_id.trim(), audit::MAX_IDENTIFIER_CHARS);
+                        AuditEntry::new(AuditKind::LoginFailed, client)
+                            .detail(format!("{reason}; identifier {id:?}"))
+                            .user(u.id)
+                    }
+                    None => AuditEntry::new(AuditKind::LoginFailed, client).detail(format!(
+                        "{reason}; identifier {}",
+                        self.audit_identifier_digest(&identifier)
+                    )),
+                };
+                audit::record(&mut *self.conn().await?, self.now(), entry).await?;
+                return Err(denial);
+            }
+        };
+
+        // The upgrade is an optimisation: a full bcrypt pool postpones it to a later login rather
+        // than refusing a login whose password was right.
+        match self.upgrade_hash_cost(&user, password, client).await {
+            Err(Error::ResourceExhausted { .. }) => {
+                tracing::debug!(user_id = %user.id, "bcrypt pool full; hash cost upgrade postponed");
+            }
+            other => other?,
+        }
+
+        let now = self.now();
+        let refresh_token = opaque::new_refresh_token();
+        let token_hash = HashedToken::of(&refresh_token);
+        let session_id = Uuid::new_v4();
+        let expire_time = now + chrono_duration(self.config.session_max_lifetime);
+        let idle_expire_time =
+            (now + chrono_duration(self.config.refresh_token_ttl)).min(expire_time);
+        let ip = client.ip_string();
+        let new_session = NewSession {
+            id: session_id,
+            user_id: user.id,
+            generation: 0,
+            create_time: now,
+            last_use_time: now,
+            idle_expire_time,
+            expire_time,
+            user_agent: &client.user_agent,
+            ip_address: &ip,
+            access_expire_time: self.access_expire_time(now, idle_expire_time),
+        };
+        let new_token = NewRefreshToken {
+            token_hash: token_hash.as_bytes(),
+            session_id,
+            generation: 0,
+            create_time: now,
+        };
+        let mut conn = self.conn().await?;
+        let session = conn
+            .transaction::<_, DbError, _>(async |conn| {
+                let s = sessions::insert(conn, &new_session, &new_token).await?;
+                users::set_last_login(conn, user.id, now).await?;
+                let entry = AuditEntry::new(AuditKind::LoginSucceeded, client)
+                    .user(user.id)
+                    .actor(Some(user.id))
+                    .detail(format!("session {session_id}"));
+                audit::record(conn, now, entry).await?;
+                Ok(s)
+            })
+            .await?;
+        drop(conn);
+        count_login("success");
+        self.token_pair(TokenSubject::of(&user), &session, refresh_token, now)
+    }
+
+    /// After a successful login: re-hashes a password whose stored hash is cheaper than the configured
+    /// cost. The update only applies if the hash did not change meanwhile.
+    pub(in crate::domain) async fn upgrade_hash_cost(
+        &self,
+        user: &db::models::User,
+        password: Option<String>,
+        client: &ClientInfo,
+    ) -> Result<()> {
+        let Some(password) = password else {
+            return Ok(());
+        };
+        match passwords::hash_cost(&user.password_hash) {
+            Some(cost) if cost < self.hasher.cost() => {}
+            _ => return Ok(()),
+        }
+        let hash = self.hasher.hash(password, client).await?;
+        users::replace_password_hash(
+            &mut *self.conn().await?,
+            user.id,
+            &user.password_hash,
+            &hash,
+        )
+        .await?;
+        tracing::info!(user_id = %user.id, cost = self.hasher.cost(), "password hash upgraded");
+        Ok(())
+    }
+}
+
+/// Counts a login decision in `authd_logins_total{result}`: success, failure (wrong password or
+/// unknown account), disabled, throttled.
+pub(in crate::domain) fn count_login(result: &'static str) {
+    metrics::counter!(crate::metric_names::LOGINS, "result" => result).increment(1);
+}
+
+/// Counts a login refused by the rate limit or the password-guessing throttle.
+pub(in crate::domain) fn count_throttled(e: &Error) {
+    if matches!(e, Error::ResourceExhausted { .. }) {
+        count_login("throttled");
+    }
+}

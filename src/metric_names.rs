@@ -1,0 +1,21 @@
+//! The names of the metrics the domain records (and their fixed label values): a leaf module with
+//! no crate imports, so that the domain and the metrics module (which re-exports them and describes
+//! them to the exporter) both import it and neither imports the other.
+
+/// `authd_logins_total{result}`: login decisions.
+pub const LOGINS: &str = "authd_logins_total";
+/// `authd_refresh_reuse_detected_total`: sessions revoked because a spent refresh token came back.
+pub const REFRESH_REUSE_DETECTED: &str = "authd_refresh_reuse_detected_total";
+/// `authd_bcrypt_queue_depth`: bcrypt jobs admitted and not yet finished.
+pub const BCRYPT_QUEUE_DEPTH: &str = "authd_bcrypt_queue_depth";
+/// `authd_bcrypt_rejected_total{reason}`: bcrypt jobs refused with RESOURCE_EXHAUSTED.
+pub const BCRYPT_REJECTED: &str = "authd_bcrypt_rejected_total";
+/// `authd_bcrypt_completed_total`: bcrypt runs finished by the pool.
+pub const BCRYPT_COMPLETED: &str = "authd_bcrypt_completed_total";
+/// `authd_bcrypt_padded_total`: failed checks padded to the configured cost.
+pub const BCRYPT_PADDED: &str = "authd_bcrypt_padded_total";
+/// `authd_bcrypt_expected_wait_seconds`: the expected wait of the latest password check.
+pub const BCRYPT_EXPECTED_WAIT: &str = "authd_bcrypt_expected_wait_seconds";
+
+/// The `result` label values of [`LOGINS`].
+pub const LOGIN_RESULTS: [&str; 4] = ["success", "failure", "disabled", "throttled"];
