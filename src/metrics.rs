@@ -84,6 +84,7 @@ pub fn install_recorder() -> PrometheusHandle {
                 tracing::warn!(error = %e, "another metrics recorder is installed; /metrics stays empty");
             }
             describe();
+            crate::build_info::record();
             let upkeep = handle.clone();
             if let Err(e) = std::thread::Builder::new()
                 .name("authd-metrics-upkeep".into())
@@ -236,7 +237,7 @@ fn method_table() -> &'static HashMap<String, MethodLabels> {
     })
 }
 
-/// The labels of a request path such as `/auth.v1.AuthService/Login`.
+/// The labels of a request path such as `/authd.v1.AuthService/Login`.
 pub fn method_labels(path: &str) -> MethodLabels {
     method_table().get(path).copied().unwrap_or(UNKNOWN_METHOD)
 }
@@ -322,9 +323,9 @@ mod tests {
     #[test]
     fn method_labels_come_from_the_descriptors() {
         assert_eq!(
-            method_labels("/auth.v1.AuthService/Login"),
+            method_labels("/authd.v1.AuthService/Login"),
             MethodLabels {
-                service: "auth.v1.AuthService",
+                service: "authd.v1.AuthService",
                 method: "Login",
                 kind: "unary"
             }
@@ -337,7 +338,7 @@ mod tests {
             method_labels("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").kind,
             "bidi_stream"
         );
-        assert_eq!(method_labels("/auth.v1.AuthService/Nope"), UNKNOWN_METHOD);
+        assert_eq!(method_labels("/authd.v1.AuthService/Nope"), UNKNOWN_METHOD);
         assert_eq!(method_labels("/x"), UNKNOWN_METHOD);
     }
 

@@ -323,27 +323,7 @@ pub fn grpc_status_code(headers: &http::HeaderMap) -> Option<Code> {
 }
 
 /// A code's name as go-grpc-prometheus (Go's `codes.Code.String()`) prints it.
-pub fn grpc_code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
-    }
-}
+pub use authd_proto::code_name::go as grpc_code_name;
 
 // ----- one span and one log line per call ------------------------------------------------------
 
@@ -375,7 +355,7 @@ pub fn request_id(headers: &http::HeaderMap) -> String {
 pub struct RpcTraceLayer;
 
 /// The one API method whose successful calls are logged at DEBUG (see [`RpcTrace`]).
-const VALIDATE_TOKEN_PATH: &str = "/auth.v1.AuthService/ValidateToken";
+const VALIDATE_TOKEN_PATH: &str = "/authd.v1.AuthService/ValidateToken";
 
 impl<S> tower::Layer<S> for RpcTraceLayer {
     type Service = RpcTrace<S>;

@@ -538,14 +538,10 @@ pub fn http2_limits<L>(builder: Server<L>) -> Server<L> {
 /// Raises the soft limit on open files to the hard limit: every client connection is a file
 /// descriptor, and the usual soft limit (1024) would refuse connections long before memory runs out.
 pub fn raise_open_file_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
-            Err(e) => tracing::warn!(error = %e, soft, "cannot raise the open-file limit"),
-        },
+    match authd_proto::rlimit::raise_open_file_limit() {
+        Ok((from, to)) if from < to => tracing::debug!(from, to, "raised the open-file limit"),
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
 }
 
@@ -870,7 +866,7 @@ mod drain_tests {
 
     const SERVING: i32 = ServingStatus::Serving as i32;
     const NOT_SERVING: i32 = ServingStatus::NotServing as i32;
-    const READINESS: [&str; 3] = ["", "auth.v1.AuthService", "auth.v1.UserService"];
+    const READINESS: [&str; 3] = ["", "authd.v1.AuthService", "authd.v1.UserService"];
 
     async fn ready_reporter() -> (Readiness, HealthService) {
         let (reporter, _) = tonic_health::server::health_reporter();

@@ -132,7 +132,7 @@ async fn try_login(
     srv: &TestServer,
     email: &str,
     password: &str,
-) -> Result<proto::TokenPair, Status> {
+) -> Result<proto::LoginResponse, Status> {
     srv.auth()
         .await
         .login(req(login_email(email, password), NO_BEARER))
@@ -140,7 +140,7 @@ async fn try_login(
         .map(|r| r.into_inner())
 }
 
-async fn try_refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::TokenPair, Status> {
+async fn try_refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::LoginResponse, Status> {
     srv.auth()
         .await
         .refresh(req(
@@ -150,7 +150,7 @@ async fn try_refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::Tok
             NO_BEARER,
         ))
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().into())
 }
 
 fn new_user(role: Role) -> proto::CreateUserRequest {
@@ -227,7 +227,7 @@ async fn direct_account_with(
 struct Person {
     id: String,
     email: String,
-    pair: proto::TokenPair,
+    pair: proto::LoginResponse,
 }
 
 impl Person {
@@ -300,7 +300,7 @@ async fn assert_dead(srv: &TestServer, token: &str, what: &str) {
 }
 
 /// The whole session is dead: access token invalid, GetMe refused, refresh refused.
-async fn assert_session_dead(srv: &TestServer, pair: &proto::TokenPair, what: &str) {
+async fn assert_session_dead(srv: &TestServer, pair: &proto::LoginResponse, what: &str) {
     assert_dead(srv, &pair.access_token, what).await;
     let s = expect_code(get_me(srv, &pair.access_token).await, Code::Unauthenticated);
     assert_eq!(

@@ -95,14 +95,14 @@ async fn get_me(srv: &TestServer, token: &str) -> Result<proto::User, Status> {
         .map(|r| r.into_inner())
 }
 
-async fn refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::TokenPair, Status> {
+async fn refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::LoginResponse, Status> {
     srv.auth()
         .await
         .refresh(proto::RefreshRequest {
             refresh_token: refresh_token.into(),
         })
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().into())
 }
 
 /// Asserts that `token` is accepted both by ValidateToken and by a bearer-protected RPC.
@@ -122,7 +122,7 @@ async fn assert_token_refused(srv: &TestServer, token: &str, what: &str) {
 }
 
 /// A fresh account with `role`, created directly (as an admin or the CLI would), logged in.
-async fn session_with_role(srv: &TestServer, role: DomainRole) -> proto::TokenPair {
+async fn session_with_role(srv: &TestServer, role: DomainRole) -> proto::LoginResponse {
     let email = unique_email();
     srv.svc
         .create_account(

@@ -81,18 +81,18 @@ async fn register_full(
         .expect("user in RegisterResponse")
 }
 
-async fn try_login(srv: &TestServer, req: proto::LoginRequest) -> Result<proto::TokenPair, Status> {
+async fn try_login(srv: &TestServer, req: proto::LoginRequest) -> Result<proto::LoginResponse, Status> {
     srv.auth().await.login(req).await.map(|r| r.into_inner())
 }
 
-async fn try_refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::TokenPair, Status> {
+async fn try_refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::LoginResponse, Status> {
     srv.auth()
         .await
         .refresh(proto::RefreshRequest {
             refresh_token: refresh_token.into(),
         })
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().into())
 }
 
 async fn get_me(srv: &TestServer, token: &str) -> Result<proto::User, Status> {
@@ -169,7 +169,7 @@ async fn revoke_session(srv: &TestServer, token: &str, session_id: &str) -> Resu
 }
 
 /// The session of `pair` is live: ValidateToken says valid (for this user and session) and GetMe works.
-async fn assert_live(srv: &TestServer, pair: &proto::TokenPair, user_id: &str) {
+async fn assert_live(srv: &TestServer, pair: &proto::LoginResponse, user_id: &str) {
     let v = srv.validate(&pair.access_token).await;
     assert!(v.valid, "access token should be valid: {v:?}");
     assert_eq!(v.user_id, user_id);
@@ -182,7 +182,7 @@ async fn assert_live(srv: &TestServer, pair: &proto::TokenPair, user_id: &str) {
 
 /// The session of `pair` is gone: ValidateToken says invalid with every field empty, GetMe is
 /// UNAUTHENTICATED / TOKEN_INVALID, and its refresh token is refused.
-async fn assert_dead(srv: &TestServer, pair: &proto::TokenPair) {
+async fn assert_dead(srv: &TestServer, pair: &proto::LoginResponse) {
     let v = srv.validate(&pair.access_token).await;
     assert_eq!(
         v,
@@ -2294,7 +2294,7 @@ async fn audit_log_never_contains_passwords_tokens_or_keys() {
     let srv = TestServer::start_with(|c| c.refresh_reuse_grace = Duration::ZERO).await;
     let mut secrets: Vec<String> =
         vec![PASSWORD.into(), OTHER_PASSWORD.into(), NEW_PASSWORD.into()];
-    fn remember(secrets: &mut Vec<String>, pair: &proto::TokenPair) {
+    fn remember(secrets: &mut Vec<String>, pair: &proto::LoginResponse) {
         secrets.push(pair.access_token.clone());
         secrets.push(pair.refresh_token.clone());
     }

@@ -116,14 +116,14 @@ async fn register_named(srv: &TestServer, email: &str, username: &str) -> proto:
         .expect("user in RegisterResponse")
 }
 
-async fn refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::TokenPair, Status> {
+async fn refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::LoginResponse, Status> {
     srv.auth()
         .await
         .refresh(proto::RefreshRequest {
             refresh_token: refresh_token.into(),
         })
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().into())
 }
 
 async fn jwks(srv: &TestServer) -> Vec<proto::Jwk> {
@@ -257,7 +257,7 @@ struct Forge {
     key: ed25519_dalek::SigningKey,
     kid: String,
     user: proto::User,
-    pair: proto::TokenPair,
+    pair: proto::LoginResponse,
     svc_key: String,
 }
 
@@ -1748,7 +1748,7 @@ async fn restart_keeps_users_keys_and_sessions() {
 
 // ----- health --------------------------------------------------------------------------------------
 
-const API_HEALTH_SERVICES: [&str; 3] = ["", "auth.v1.AuthService", "auth.v1.UserService"];
+const API_HEALTH_SERVICES: [&str; 3] = ["", "authd.v1.AuthService", "authd.v1.UserService"];
 
 #[tokio::test]
 async fn health_reports_serving() {
@@ -1761,7 +1761,7 @@ async fn health_reports_serving() {
         );
     }
     expect_code(health(&srv, "no.such.Service").await, Code::NotFound);
-    expect_code(health(&srv, "auth.v1.Nope").await, Code::NotFound);
+    expect_code(health(&srv, "authd.v1.Nope").await, Code::NotFound);
 }
 
 async fn statuses(srv: &TestServer) -> Vec<Option<i32>> {
@@ -1864,8 +1864,8 @@ async fn ensure_database(pg: &EmbeddedPostgres, name: &str) {
 // ----- reflection ----------------------------------------------------------------------------------
 
 const REFLECTED: [&str; 3] = [
-    "auth.v1.AuthService",
-    "auth.v1.UserService",
+    "authd.v1.AuthService",
+    "authd.v1.UserService",
     "grpc.health.v1.Health",
 ];
 
