@@ -32,7 +32,8 @@ pub fn record() {
         BUILD_INFO,
         "Always 1; the labels tell the version, git commit and compiler of the running build."
     );
-    metrics::gauge!(BUILD_INFO, "version" => VERSION, "commit" => COMMIT, "rustc" => RUSTC).set(1.0);
+    metrics::gauge!(BUILD_INFO, "version" => VERSION, "commit" => COMMIT, "rustc" => RUSTC)
+        .set(1.0);
 }
 
 #[cfg(test)]

@@ -133,7 +133,11 @@ impl Server {
         UserServiceClient::new(self.channel().await)
     }
 
-    async fn login(&self, identifier: &str, password: &str) -> Result<proto::LoginResponse, Status> {
+    async fn login(
+        &self,
+        identifier: &str,
+        password: &str,
+    ) -> Result<proto::LoginResponse, Status> {
         let identifier = if identifier.contains('@') {
             proto::login_request::Identifier::Email(identifier.into())
         } else {

@@ -589,7 +589,12 @@ async fn health_listener_serves_only_health_in_plaintext() {
 
     // The same statuses as the main (TLS) listener.
     let main = server.tls_ok(ClientCert::None).await;
-    for service in ["", "liveness", "authd.v1.AuthService", "authd.v1.UserService"] {
+    for service in [
+        "",
+        "liveness",
+        "authd.v1.AuthService",
+        "authd.v1.UserService",
+    ] {
         assert_eq!(
             health_status(health.clone(), service).await,
             health_status(main.clone(), service).await,

@@ -78,7 +78,11 @@ fn unauthenticated(f: AuthFailure) -> Status {
     Status::with_error_details(
         Code::Unauthenticated,
         message,
-        ErrorDetails::with_error_info(reason.as_str_name(), ERROR_DOMAIN, HashMap::<String, String>::new()),
+        ErrorDetails::with_error_info(
+            reason.as_str_name(),
+            ERROR_DOMAIN,
+            HashMap::<String, String>::new(),
+        ),
     )
 }
 
@@ -134,8 +138,7 @@ pub fn client_info<T>(req: &Request<T>, svc: &Authd) -> ClientInfo {
         .get("user-agent")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let mut client =
-        ClientInfo::new(ip, ua).via_proxy_key(proxy.filter(|_| via_key).map(|p| p.id));
+    let mut client = ClientInfo::new(ip, ua).via_proxy_key(proxy.filter(|_| via_key).map(|p| p.id));
     client.deadline = req
         .extensions()
         .get::<crate::domain::RequestDeadline>()

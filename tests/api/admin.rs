@@ -140,7 +140,10 @@ async fn try_login(
         .map(|r| r.into_inner())
 }
 
-async fn try_refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::LoginResponse, Status> {
+async fn try_refresh(
+    srv: &TestServer,
+    refresh_token: &str,
+) -> Result<proto::LoginResponse, Status> {
     srv.auth()
         .await
         .refresh(req(

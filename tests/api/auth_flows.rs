@@ -52,11 +52,17 @@ fn assert_invalid(result: Result<proto::User, Status>, what: &str) {
     }
 }
 
-async fn try_login(srv: &TestServer, req: proto::LoginRequest) -> Result<proto::LoginResponse, Status> {
+async fn try_login(
+    srv: &TestServer,
+    req: proto::LoginRequest,
+) -> Result<proto::LoginResponse, Status> {
     srv.auth().await.login(req).await.map(|r| r.into_inner())
 }
 
-async fn try_refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::LoginResponse, Status> {
+async fn try_refresh(
+    srv: &TestServer,
+    refresh_token: &str,
+) -> Result<proto::LoginResponse, Status> {
     srv.auth()
         .await
         .refresh(proto::RefreshRequest {
@@ -1146,7 +1152,8 @@ async fn concurrent_refresh_in_strict_mode() {
     let other = srv.login(&user.email, PASSWORD).await;
     let results = race_refresh(&srv, &p0.refresh_token, 10).await;
 
-    let winners: Vec<&proto::LoginResponse> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let winners: Vec<&proto::LoginResponse> =
+        results.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert_eq!(winners.len(), 1, "exactly one refresh wins: {results:?}");
     for r in &results {
         if let Err(s) = r {

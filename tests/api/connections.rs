@@ -339,7 +339,12 @@ async fn shutdown_ends_open_health_watches() {
     );
 
     let mut open = Vec::new();
-    for service in ["", "authd.v1.AuthService", "authd.v1.UserService", "liveness"] {
+    for service in [
+        "",
+        "authd.v1.AuthService",
+        "authd.v1.UserService",
+        "liveness",
+    ] {
         let mut stream = watch(&channel, service).await;
         assert_eq!(
             stream.message().await.unwrap().map(|r| r.status),

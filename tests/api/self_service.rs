@@ -81,11 +81,17 @@ async fn register_full(
         .expect("user in RegisterResponse")
 }
 
-async fn try_login(srv: &TestServer, req: proto::LoginRequest) -> Result<proto::LoginResponse, Status> {
+async fn try_login(
+    srv: &TestServer,
+    req: proto::LoginRequest,
+) -> Result<proto::LoginResponse, Status> {
     srv.auth().await.login(req).await.map(|r| r.into_inner())
 }
 
-async fn try_refresh(srv: &TestServer, refresh_token: &str) -> Result<proto::LoginResponse, Status> {
+async fn try_refresh(
+    srv: &TestServer,
+    refresh_token: &str,
+) -> Result<proto::LoginResponse, Status> {
     srv.auth()
         .await
         .refresh(proto::RefreshRequest {

@@ -25,8 +25,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::cli::{Plan, Rpc};
-use authd_proto::code_name::canonical as code_name;
 use crate::setup::{Prepared, SetupError, bearer};
+use authd_proto::code_name::canonical as code_name;
 
 /// Error name for an OK reply whose body is wrong (e.g. valid=false, empty tokens).
 pub const INVALID_REPLY: &str = "INVALID_REPLY";

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use authd_proto::auth_service_client::AuthServiceClient;
 use authd_proto::{
-    CreateServiceKeyRequest, LoginRequest, RegisterRequest, RevokeServiceKeyRequest, LoginResponse,
+    CreateServiceKeyRequest, LoginRequest, LoginResponse, RegisterRequest, RevokeServiceKeyRequest,
     login_request,
 };
 use rand::Rng;

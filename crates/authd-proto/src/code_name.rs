@@ -62,7 +62,10 @@ mod tests {
         assert_eq!(canonical(Code::Unauthenticated), "UNAUTHENTICATED");
         for i in 0..=16 {
             let name = canonical(Code::from_i32(i));
-            assert!(name.chars().all(|c| c.is_ascii_uppercase() || c == '_'), "{name}");
+            assert!(
+                name.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
+                "{name}"
+            );
         }
     }
 

@@ -52,6 +52,9 @@ mod tests {
     #[test]
     fn error_reason_names_are_the_wire_strings() {
         assert_eq!(ErrorReason::TokenExpired.as_str_name(), "TOKEN_EXPIRED");
-        assert_eq!(ErrorReason::ServiceKeyInvalid.as_str_name(), "SERVICE_KEY_INVALID");
+        assert_eq!(
+            ErrorReason::ServiceKeyInvalid.as_str_name(),
+            "SERVICE_KEY_INVALID"
+        );
     }
 }

@@ -32,7 +32,11 @@ fn generated_code_is_up_to_date() -> Result<(), Box<dyn std::error::Error>> {
         .emit_rerun_if_changed(false)
         .out_dir(&fresh)
         .compile_fds(api)?;
-    let all: Vec<&str> = API_PROTOS.iter().chain(&REFLECTION_ONLY_PROTOS).copied().collect();
+    let all: Vec<&str> = API_PROTOS
+        .iter()
+        .chain(&REFLECTION_ONLY_PROTOS)
+        .copied()
+        .collect();
     let descriptor = protox::compile(all, [&proto_dir])?;
     std::fs::write(
         fresh.join("authd_descriptor.bin"),
@@ -58,7 +62,8 @@ fn generated_code_is_up_to_date() -> Result<(), Box<dyn std::error::Error>> {
 
 /// A fresh directory under the target directory's temp space.
 fn tempfile_dir() -> std::io::Result<PathBuf> {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("authd-proto-{}", std::process::id()));
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("authd-proto-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
