@@ -7,7 +7,8 @@
 //!
 //! The code in `src/generated/` is generated and checked in, as tokio-rs/console's `console-api`
 //! does: `cargo test -p authd-proto` regenerates it with protox and tonic-prost-build (no `protoc`)
-//! and fails if the checked-in files differ, leaving the fresh ones in place to commit.
+//! and fails if the checked-in files differ, leaving the fresh ones in place to commit. The
+//! generated file is long (about 3,000 lines) because it is generated; it is never edited by hand.
 
 /// The generated code of package `authd.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
