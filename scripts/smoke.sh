@@ -118,7 +118,7 @@ if out="$(call -d "{\"access_token\":\"$access\"}" "$addr" authd.v1.AuthService/
 fi
 echo "$out" | grep -q "Unauthenticated" || fail "ValidateToken without key: $out"
 # Reflection serves google/rpc/error_details.proto, so grpcurl decodes the ErrorInfo detail.
-echo "$out" | grep -q '"reason": "SERVICE_KEY_MISSING"' || fail "ErrorInfo not decoded: $out"
+echo "$out" | grep -q '"reason": *"SERVICE_KEY_MISSING"' || fail "ErrorInfo not decoded: $out"
 
 step "Refresh, then Logout; the token reads invalid"
 pair2="$(call -d "{\"refresh_token\":\"$refresh\"}" "$addr" authd.v1.AuthService/Refresh)" || fail "Refresh"
