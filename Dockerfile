@@ -26,8 +26,9 @@ WORKDIR /src
 
 # 1. Dependencies only. This layer is reused until Cargo.toml or Cargo.lock changes. The stubs stand in for
 #    every target that Cargo.toml declares or discovers: the lib, the bin, the build script and the benches.
-#    Cargo refuses the manifest if a declared target is missing. The workspace's other crates (crates/) are
-#    copied whole: they change far less often than the server.
+#    Cargo refuses the manifest if a declared target is missing.
+#    The workspace's crates (crates/: the API's generated code, the bench) are copied whole: they are small, and
+#    the server depends on them.
 COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
 RUN mkdir -p src benches \
@@ -44,6 +45,9 @@ RUN mkdir -p src benches \
 
 # 2. authd itself. The stub's fingerprints were removed above, so Cargo rebuilds authd even when the copied
 #    sources carry older modification times than the stub build.
+#    build.rs reads the git commit for `authd --version` and authd_build_info; .git is not in the context, so pass
+#    it in: docker build --build-arg AUTHD_GIT_COMMIT=$(git rev-parse --short=12 HEAD) .
+ARG AUTHD_GIT_COMMIT=""
 COPY build.rs ./
 COPY proto ./proto
 COPY migrations ./migrations

@@ -39,8 +39,8 @@ trap cleanup EXIT
 
 step() { echo "bench-smoke: $*"; }
 
-[ -x "$bin" ] || fail "$bin is not an executable (build with cargo build --release)"
-[ -x "$bench" ] || fail "$bench is not an executable (build with cargo build --release)"
+[ -x "$bin" ] || fail "$bin is not an executable (build with cargo build --release --workspace)"
+[ -x "$bench" ] || fail "$bench is not an executable (build with cargo build --release --workspace)"
 
 step "starting $bin on $addr (embedded PostgreSQL in $data)"
 env -u DATABASE_URL \

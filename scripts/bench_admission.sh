@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The bcrypt pool's admission and starvation measurements behind BENCHMARKS.md ("Flood" and
 # "Starvation"). Same pinning as scripts/benchmarks.sh: authd (and its embedded PostgreSQL) on CPU 1,
-# authd-bench on CPU 0. Needs the release binaries (cargo build --release).
+# authd-bench on CPU 0. Needs the release binaries (cargo build --release --workspace).
 #
 #   scripts/bench_admission.sh nice VALUE [DURATION]   # validate c16; mix validate=16,login=4; login c4
 #                                                      # at AUTHD_BCRYPT_NICE=VALUE (P3, P2, starvation)

@@ -49,8 +49,8 @@ say() { echo "benchmarks: $*" >&2; }
 die() { echo "benchmarks: FAILED: $*" >&2; exit 1; }
 
 if [ "$build" = 1 ]; then
-  say "cargo build --release"
-  cargo build --release >&2
+  say "cargo build --release --workspace"
+  cargo build --release --workspace >&2
 fi
 authd="$root/target/release/authd"
 bench="$root/target/release/authd-bench"

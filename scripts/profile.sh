@@ -13,7 +13,7 @@
 #
 # Usage: scripts/profile.sh perf|callgrind <health|validate|getme|refresh> [--out DIR]
 #   Results (perf.data or callgrind.out, the bench output, a summary) go to DIR
-#   (default: a new temp dir, printed at the end). Needs a release build (cargo build --release).
+#   (default: a new temp dir, printed at the end). Needs a release build (cargo build --release --workspace).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -31,7 +31,7 @@ case "$mode" in perf|callgrind) ;; *) echo "profile.sh: mode must be perf or cal
 case "$rpc" in health|validate|getme|refresh) ;; *) echo "profile.sh: unknown rpc $rpc" >&2; exit 2 ;; esac
 authd="$root/target/release/authd"
 bench="$root/target/release/authd-bench"
-[ -x "$authd" ] && [ -x "$bench" ] || { echo "profile.sh: run cargo build --release first" >&2; exit 1; }
+[ -x "$authd" ] && [ -x "$bench" ] || { echo "profile.sh: run cargo build --release --workspace first" >&2; exit 1; }
 if [ "$mode" = perf ]; then command -v perf >/dev/null || { echo "profile.sh: perf not found (apt-get install linux-perf)" >&2; exit 1; }; fi
 if [ "$mode" = callgrind ]; then command -v valgrind >/dev/null || { echo "profile.sh: valgrind not found" >&2; exit 1; }; fi
 [ -n "$out" ] || out="$(mktemp -d /tmp/authd-profile.XXXXXX)"

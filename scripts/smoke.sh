@@ -56,44 +56,44 @@ for _ in $(seq 1 150); do
   sleep 0.2
 done
 echo "$out" | grep -q '"SERVING"' || fail "never became SERVING"
-for svc in liveness auth.v1.AuthService auth.v1.UserService; do
+for svc in liveness authd.v1.AuthService authd.v1.UserService; do
   call -d "{\"service\":\"$svc\"}" "$addr" grpc.health.v1.Health/Check | grep -q '"SERVING"' \
     || fail "health of $svc is not SERVING"
 done
 
 step "list"
 services="$(call "$addr" list)"
-for svc in auth.v1.AuthService auth.v1.UserService grpc.health.v1.Health; do
+for svc in authd.v1.AuthService authd.v1.UserService grpc.health.v1.Health; do
   echo "$services" | grep -qx "$svc" || fail "list does not show $svc: $services"
 done
 
 step "describe"
-described="$(call "$addr" describe auth.v1.AuthService)"
+described="$(call "$addr" describe authd.v1.AuthService)"
 echo "$described" | grep -q "rpc ValidateToken" || fail "describe lacks ValidateToken"
 echo "$described" | grep -q "Rotates a refresh token" || fail "describe lacks the proto comments"
-call "$addr" describe auth.v1.TokenPair | grep -q "refresh_expires_in" || fail "describe TokenPair"
+call "$addr" describe authd.v1.LoginResponse | grep -q "refresh_expires_in" || fail "describe LoginResponse"
 
 step "Register"
 email="smoke-$RANDOM@example.com"
 user="$(call -d "{\"email\":\"$email\",\"password\":\"$user_password\",\"username\":\"smoke$RANDOM\"}" \
-  "$addr" auth.v1.AuthService/Register)" || fail "Register"
+  "$addr" authd.v1.AuthService/Register)" || fail "Register"
 user_id="$(echo "$user" | json 'd["user"]["id"]')"
 [ "$(echo "$user" | json 'd["user"]["role"]')" = "ROLE_USER" ] || fail "new user is not ROLE_USER"
 
 step "Register again -> ALREADY_EXISTS"
-if out="$(call -d "{\"email\":\"$email\",\"password\":\"$user_password\"}" "$addr" auth.v1.AuthService/Register 2>&1)"; then
+if out="$(call -d "{\"email\":\"$email\",\"password\":\"$user_password\"}" "$addr" authd.v1.AuthService/Register 2>&1)"; then
   fail "duplicate Register succeeded"
 fi
 echo "$out" | grep -q "AlreadyExists" || fail "duplicate Register: $out"
 
 step "Login"
-pair="$(call -d "{\"email\":\"$email\",\"password\":\"$user_password\"}" "$addr" auth.v1.AuthService/Login)" \
+pair="$(call -d "{\"email\":\"$email\",\"password\":\"$user_password\"}" "$addr" authd.v1.AuthService/Login)" \
   || fail "Login"
 access="$(echo "$pair" | json 'd["accessToken"]')"
 refresh="$(echo "$pair" | json 'd["refreshToken"]')"
 
 step "GetMe"
-me="$(call -H "authorization: Bearer $access" "$addr" auth.v1.UserService/GetMe)" || fail "GetMe"
+me="$(call -H "authorization: Bearer $access" "$addr" authd.v1.UserService/GetMe)" || fail "GetMe"
 [ "$(echo "$me" | json 'd["id"]')" = "$user_id" ] || fail "GetMe returned another user"
 
 step "service key from the CLI (attaches to the running embedded PostgreSQL)"
@@ -102,31 +102,33 @@ cli_key="$(env -u DATABASE_URL AUTHD_DATA_DIR="$data" "$bin" service-keys create
 
 step "service key from the bootstrap admin"
 admin_access="$(call -d "{\"email\":\"$admin_email\",\"password\":\"$admin_password\"}" \
-  "$addr" auth.v1.AuthService/Login | json 'd["accessToken"]')" || fail "admin Login"
+  "$addr" authd.v1.AuthService/Login | json 'd["accessToken"]')" || fail "admin Login"
 key="$(call -H "authorization: Bearer $admin_access" -d '{"name":"smoke"}' \
-  "$addr" auth.v1.AuthService/CreateServiceKey | json 'd["key"]')" || fail "CreateServiceKey"
+  "$addr" authd.v1.AuthService/CreateServiceKey | json 'd["key"]')" || fail "CreateServiceKey"
 
 step "ValidateToken"
 for k in "$key" "$cli_key"; do
-  v="$(call -H "x-api-key: $k" -d "{\"access_token\":\"$access\"}" "$addr" auth.v1.AuthService/ValidateToken)" \
+  v="$(call -H "x-api-key: $k" -d "{\"access_token\":\"$access\"}" "$addr" authd.v1.AuthService/ValidateToken)" \
     || fail "ValidateToken"
   [ "$(echo "$v" | json 'd.get("valid", False)')" = "True" ] || fail "token not valid: $v"
   [ "$(echo "$v" | json 'd["userId"]')" = "$user_id" ] || fail "ValidateToken user"
 done
-if out="$(call -d "{\"access_token\":\"$access\"}" "$addr" auth.v1.AuthService/ValidateToken 2>&1)"; then
+if out="$(call -d "{\"access_token\":\"$access\"}" "$addr" authd.v1.AuthService/ValidateToken 2>&1)"; then
   fail "ValidateToken without a key succeeded"
 fi
 echo "$out" | grep -q "Unauthenticated" || fail "ValidateToken without key: $out"
+# Reflection serves google/rpc/error_details.proto, so grpcurl decodes the ErrorInfo detail.
+echo "$out" | grep -q '"reason": *"SERVICE_KEY_MISSING"' || fail "ErrorInfo not decoded: $out"
 
 step "Refresh, then Logout; the token reads invalid"
-pair2="$(call -d "{\"refresh_token\":\"$refresh\"}" "$addr" auth.v1.AuthService/Refresh)" || fail "Refresh"
+pair2="$(call -d "{\"refresh_token\":\"$refresh\"}" "$addr" authd.v1.AuthService/Refresh)" || fail "Refresh"
 access2="$(echo "$pair2" | json 'd["accessToken"]')"
-call -H "authorization: Bearer $access2" "$addr" auth.v1.AuthService/Logout >/dev/null || fail "Logout"
-v="$(call -H "x-api-key: $key" -d "{\"access_token\":\"$access2\"}" "$addr" auth.v1.AuthService/ValidateToken)"
+call -H "authorization: Bearer $access2" "$addr" authd.v1.AuthService/Logout >/dev/null || fail "Logout"
+v="$(call -H "x-api-key: $key" -d "{\"access_token\":\"$access2\"}" "$addr" authd.v1.AuthService/ValidateToken)"
 [ "$(echo "$v" | json 'd.get("valid", False)')" = "False" ] || fail "revoked token still valid: $v"
 
 step "GetJwks"
-call "$addr" auth.v1.AuthService/GetJwks | grep -q '"Ed25519"' || fail "GetJwks"
+call "$addr" authd.v1.AuthService/GetJwks | grep -q '"Ed25519"' || fail "GetJwks"
 
 step "no secret in the log"
 for secret in "$user_password" "$admin_password" "$access" "$refresh" "$key" "$cli_key"; do

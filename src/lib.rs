@@ -15,6 +15,7 @@ compile_error!(
     "enable exactly one jsonwebtoken backend feature: `jwt-aws-lc-rs` (the default) or `jwt-rust-crypto`"
 );
 
+pub mod build_info;
 pub mod clock;
 pub mod config;
 pub mod db;
@@ -28,12 +29,6 @@ pub mod metrics;
 pub mod server;
 pub mod transport;
 
-/// Code generated from `proto/auth/v1/*.proto`.
-#[allow(clippy::all, clippy::pedantic, missing_docs)]
-pub mod proto {
-    tonic::include_proto!("auth.v1");
-
-    /// The encoded descriptor set of the API, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/authd_descriptor.bin"));
-}
+/// The API (package `authd.v1`): the generated code and descriptor set of the `authd-proto` crate,
+/// so that `authd::proto::...` names it.
+pub use authd_proto as proto;

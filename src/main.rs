@@ -8,7 +8,12 @@ use authd::config::Config;
 use authd::server;
 
 #[derive(Debug, Parser)]
-#[command(name = "authd", version, about = "gRPC authentication service")]
+#[command(
+    name = "authd",
+    version,
+    long_version = authd::build_info::LONG_VERSION,
+    about = "gRPC authentication service"
+)]
 struct Cli {
     #[command(flatten)]
     config: Config,
@@ -37,8 +42,8 @@ enum Command {
     /// Ask the health service (grpc.health.v1, plaintext) and exit 0 only when it answers
     /// SERVING; otherwise print the reason on stderr and exit 1. Never touches the database.
     Healthcheck {
-        /// The health service: "" (readiness, the default), auth.v1.AuthService,
-        /// auth.v1.UserService, or liveness.
+        /// The health service: "" (readiness, the default), authd.v1.AuthService,
+        /// authd.v1.UserService, or liveness.
         #[arg(long, default_value = "")]
         service: String,
         /// HOST:PORT to ask. Default: AUTHD_HEALTH_LISTEN if set, else AUTHD_LISTEN, with 0.0.0.0

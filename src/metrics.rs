@@ -28,9 +28,9 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub use crate::metric_names::*;
 use ::metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-pub use crate::metric_names::*;
 
 pub const GRPC_STARTED: &str = "grpc_server_started_total";
 pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
@@ -65,6 +65,7 @@ pub fn install_recorder() -> PrometheusHandle {
                 tracing::warn!(error = %e, "another metrics recorder is installed; /metrics stays empty");
             }
             describe();
+            crate::build_info::record();
             let upkeep = handle.clone();
             if let Err(e) = std::thread::Builder::new()
                 .name("authd-metrics-upkeep".into())

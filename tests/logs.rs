@@ -130,7 +130,11 @@ impl Server {
         UserServiceClient::new(self.channel().await)
     }
 
-    async fn login(&self, identifier: &str, password: &str) -> Result<proto::TokenPair, Status> {
+    async fn login(
+        &self,
+        identifier: &str,
+        password: &str,
+    ) -> Result<proto::LoginResponse, Status> {
         let identifier = if identifier.contains('@') {
             proto::login_request::Identifier::Email(identifier.into())
         } else {
@@ -146,14 +150,14 @@ impl Server {
             .map(|r| r.into_inner())
     }
 
-    async fn refresh(&self, refresh_token: &str) -> Result<proto::TokenPair, Status> {
+    async fn refresh(&self, refresh_token: &str) -> Result<proto::LoginResponse, Status> {
         self.auth()
             .await
             .refresh(proto::RefreshRequest {
                 refresh_token: refresh_token.into(),
             })
             .await
-            .map(|r| r.into_inner())
+            .map(|r| r.into_inner().into())
     }
 
     async fn validate(

@@ -208,7 +208,7 @@ impl Server {
             .expect("register");
     }
 
-    async fn login(&self, email: &str, password: &str) -> Result<proto::TokenPair, Status> {
+    async fn login(&self, email: &str, password: &str) -> Result<proto::LoginResponse, Status> {
         self.auth()
             .await
             .login(login_email(email, password))
@@ -439,7 +439,7 @@ async fn metrics_cover_calls_logins_reuse_pool_and_bcrypt() {
     );
     let text = response.body;
     let s = parse_metrics(&text);
-    let auth_svc = "auth.v1.AuthService";
+    let auth_svc = "authd.v1.AuthService";
 
     // go-grpc-prometheus names, labels and code names.
     at_least(
@@ -715,13 +715,13 @@ async fn request_ids_are_echoed_and_calls_logged_as_json() {
     // One JSON line per call, with method, code, latency and request id.
     let line = rpc_line(&given).await;
     assert_eq!(line["level"], "INFO");
-    assert_eq!(line["span"]["method"], "/auth.v1.AuthService/GetJwks");
+    assert_eq!(line["span"]["method"], "/authd.v1.AuthService/GetJwks");
     assert_eq!(line["span"]["code"], "OK");
     assert!(line["span"]["latency_ms"].is_number(), "{line}");
     assert!(line["timestamp"].is_string(), "{line}");
 
     let line = rpc_line(&failed_id).await;
-    assert_eq!(line["span"]["method"], "/auth.v1.AuthService/Login");
+    assert_eq!(line["span"]["method"], "/authd.v1.AuthService/Login");
     assert_eq!(line["span"]["code"], "Unauthenticated");
     assert!(line["span"]["latency_ms"].as_f64().unwrap() >= 0.0);
 
@@ -729,7 +729,7 @@ async fn request_ids_are_echoed_and_calls_logged_as_json() {
     assert_eq!(line["span"]["code"], "OK");
 
     let line = rpc_line(&secret_call_id).await;
-    assert_eq!(line["span"]["method"], "/auth.v1.UserService/GetMe");
+    assert_eq!(line["span"]["method"], "/authd.v1.UserService/GetMe");
     assert_eq!(line["span"]["code"], "Unauthenticated");
 
     let line = rpc_line(&health_id).await;

@@ -33,7 +33,7 @@ use tonic_health::pb::health_client::HealthClient;
 const BIN: &str = env!("CARGO_BIN_EXE_authd");
 const PASSWORD: &str = "Correct-Horse-Battery-Staple-42";
 const ADMIN_EMAIL: &str = "ops-admin@example.com";
-const READINESS: [&str; 3] = ["", "auth.v1.AuthService", "auth.v1.UserService"];
+const READINESS: [&str; 3] = ["", "authd.v1.AuthService", "authd.v1.UserService"];
 const SERVING: i32 = ServingStatus::Serving as i32;
 const NOT_SERVING: i32 = ServingStatus::NotServing as i32;
 /// How long a process may take to start serving (migrations, first key, maybe initdb).
@@ -276,7 +276,7 @@ impl Authd {
             .expect("register");
     }
 
-    async fn login(&self, email: &str) -> proto::TokenPair {
+    async fn login(&self, email: &str) -> proto::LoginResponse {
         self.auth()
             .await
             .login(login(email))
@@ -285,14 +285,14 @@ impl Authd {
             .into_inner()
     }
 
-    async fn refresh(&self, refresh_token: &str) -> Result<proto::TokenPair, Status> {
+    async fn refresh(&self, refresh_token: &str) -> Result<proto::LoginResponse, Status> {
         self.auth()
             .await
             .refresh(proto::RefreshRequest {
                 refresh_token: refresh_token.into(),
             })
             .await
-            .map(|r| r.into_inner())
+            .map(|r| r.into_inner().into())
     }
 
     async fn validate(&self, key: &str, access_token: &str) -> Result<bool, Status> {
@@ -791,7 +791,7 @@ async fn healthcheck_subcommand() {
     let (ok, out, err) = healthcheck(&hc_env, &["--addr", &addr]).await;
     assert!(ok, "{err}");
     assert_eq!(out, "SERVING");
-    for service in ["auth.v1.AuthService", "auth.v1.UserService", "liveness"] {
+    for service in ["authd.v1.AuthService", "authd.v1.UserService", "liveness"] {
         let (ok, _, err) = healthcheck(&hc_env, &["--addr", &addr, "--service", service]).await;
         assert!(ok, "{service}: {err}");
     }
@@ -894,7 +894,7 @@ async fn refresh_race(
     all: &[Authd],
     per_replica: usize,
     token: &str,
-) -> Vec<Result<proto::TokenPair, Status>> {
+) -> Vec<Result<proto::LoginResponse, Status>> {
     let mut clients = Vec::new();
     for p in all {
         for _ in 0..per_replica {
@@ -913,7 +913,7 @@ async fn refresh_race(
                     refresh_token: token,
                 })
                 .await
-                .map(|r| r.into_inner())
+                .map(|r| proto::LoginResponse::from(r.into_inner()))
             })
         })
         .collect();

@@ -325,7 +325,7 @@ fn with_key<T>(msg: T, key: &str) -> Request<T> {
 }
 
 /// Registers a fresh user on `channel`, logs in, and returns the user and the token pair.
-async fn register_and_login(channel: Channel) -> (proto::User, proto::TokenPair) {
+async fn register_and_login(channel: Channel) -> (proto::User, proto::LoginResponse) {
     let mut auth = AuthServiceClient::new(channel);
     let email = unique_email();
     let user = auth
@@ -576,7 +576,12 @@ async fn health_listener_serves_only_health_in_plaintext() {
 
     // The same statuses as the main (TLS) listener.
     let main = server.tls_ok(ClientCert::None).await;
-    for service in ["", "liveness", "auth.v1.AuthService", "auth.v1.UserService"] {
+    for service in [
+        "",
+        "liveness",
+        "authd.v1.AuthService",
+        "authd.v1.UserService",
+    ] {
         assert_eq!(
             health_status(health.clone(), service).await,
             health_status(main.clone(), service).await,
@@ -718,7 +723,7 @@ fn grpc_web_get_jwks(addr: SocketAddr, origin: Option<&str>) -> (String, Vec<u8>
         .map(|o| format!("Origin: {o}\r\n"))
         .unwrap_or_default();
     let head = format!(
-        "POST /auth.v1.AuthService/GetJwks HTTP/1.1\r\n\
+        "POST /authd.v1.AuthService/GetJwks HTTP/1.1\r\n\
          Host: {addr}\r\n\
          Content-Type: application/grpc-web+proto\r\n\
          Accept: application/grpc-web+proto\r\n\
@@ -788,7 +793,7 @@ async fn grpc_web_over_http1_with_cors() {
     // CORS preflight from an allowlisted origin.
     let preflight = |origin: &str| {
         format!(
-            "OPTIONS /auth.v1.AuthService/GetJwks HTTP/1.1\r\n\
+            "OPTIONS /authd.v1.AuthService/GetJwks HTTP/1.1\r\n\
              Host: {}\r\n\
              Origin: {origin}\r\n\
              Access-Control-Request-Method: POST\r\n\
@@ -862,7 +867,7 @@ async fn grpc_web_with_no_origins_is_same_origin_only() {
         resp.status_line
     );
     let preflight = format!(
-        "OPTIONS /auth.v1.AuthService/GetJwks HTTP/1.1\r\nHost: {}\r\nOrigin: {ALLOWED_ORIGIN}\r\n\
+        "OPTIONS /authd.v1.AuthService/GetJwks HTTP/1.1\r\nHost: {}\r\nOrigin: {ALLOWED_ORIGIN}\r\n\
          Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n",
         server.addr
     );

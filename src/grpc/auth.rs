@@ -1,4 +1,4 @@
-//! `auth.v1.AuthService` handlers.
+//! `authd.v1.AuthService` handlers.
 
 use std::sync::Arc;
 
@@ -25,9 +25,23 @@ impl AuthApi {
     }
 }
 
-impl From<TokenPair> for proto::TokenPair {
+impl From<TokenPair> for proto::LoginResponse {
     fn from(t: TokenPair) -> Self {
-        proto::TokenPair {
+        proto::LoginResponse {
+            access_token: t.access_token,
+            refresh_token: t.refresh_token,
+            token_type: "Bearer".into(),
+            expires_in: t.expires_in,
+            refresh_expires_in: t.refresh_expires_in,
+            session_id: t.session_id.to_string(),
+        }
+    }
+}
+
+/// The same fields as [`proto::LoginResponse`] (both were `TokenPair`; the wire is unchanged).
+impl From<TokenPair> for proto::RefreshResponse {
+    fn from(t: TokenPair) -> Self {
+        proto::RefreshResponse {
             access_token: t.access_token,
             refresh_token: t.refresh_token,
             token_type: "Bearer".into(),
@@ -67,7 +81,7 @@ impl AuthService for AuthApi {
     async fn login(
         &self,
         req: Request<proto::LoginRequest>,
-    ) -> Result<Response<proto::TokenPair>, Status> {
+    ) -> Result<Response<proto::LoginResponse>, Status> {
         let client = client_info(&req, &self.svc);
         let r = req.into_inner();
         let identifier = r.identifier.map(|i| match i {
@@ -81,7 +95,7 @@ impl AuthService for AuthApi {
     async fn refresh(
         &self,
         req: Request<proto::RefreshRequest>,
-    ) -> Result<Response<proto::TokenPair>, Status> {
+    ) -> Result<Response<proto::RefreshResponse>, Status> {
         let client = client_info(&req, &self.svc);
         let pair = self
             .svc

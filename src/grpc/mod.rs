@@ -22,20 +22,10 @@ use crate::domain::accounts::RoleArg;
 use crate::domain::service::{Account, Caller};
 use crate::domain::{AuthFailure, Authd, ClientInfo, Error, Principal, Role};
 use crate::proto;
+use crate::proto::ErrorReason;
 
 /// The `ErrorInfo.domain` of authd's errors.
-pub const ERROR_DOMAIN: &str = "authd";
-
-/// ErrorInfo reasons on UNAUTHENTICATED replies.
-pub mod reason {
-    pub const TOKEN_MISSING: &str = "TOKEN_MISSING";
-    pub const TOKEN_INVALID: &str = "TOKEN_INVALID";
-    pub const TOKEN_EXPIRED: &str = "TOKEN_EXPIRED";
-    pub const INVALID_CREDENTIALS: &str = "INVALID_CREDENTIALS";
-    pub const REFRESH_TOKEN_INVALID: &str = "REFRESH_TOKEN_INVALID";
-    pub const SERVICE_KEY_MISSING: &str = "SERVICE_KEY_MISSING";
-    pub const SERVICE_KEY_INVALID: &str = "SERVICE_KEY_INVALID";
-}
+pub use proto::ERROR_DOMAIN;
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
@@ -74,21 +64,25 @@ impl From<Error> for Status {
 
 fn unauthenticated(f: AuthFailure) -> Status {
     let (message, reason) = match f {
-        AuthFailure::TokenMissing => ("missing bearer token", reason::TOKEN_MISSING),
-        AuthFailure::TokenInvalid => ("invalid or revoked access token", reason::TOKEN_INVALID),
-        AuthFailure::TokenExpired => ("access token expired", reason::TOKEN_EXPIRED),
-        AuthFailure::BadCredentials => ("invalid credentials", reason::INVALID_CREDENTIALS),
+        AuthFailure::TokenMissing => ("missing bearer token", ErrorReason::TokenMissing),
+        AuthFailure::TokenInvalid => ("invalid or revoked access token", ErrorReason::TokenInvalid),
+        AuthFailure::TokenExpired => ("access token expired", ErrorReason::TokenExpired),
+        AuthFailure::BadCredentials => ("invalid credentials", ErrorReason::InvalidCredentials),
         AuthFailure::BadRefreshToken => (
             "invalid, expired or revoked refresh token",
-            reason::REFRESH_TOKEN_INVALID,
+            ErrorReason::RefreshTokenInvalid,
         ),
-        AuthFailure::ServiceKeyMissing => ("missing x-api-key", reason::SERVICE_KEY_MISSING),
-        AuthFailure::ServiceKeyInvalid => ("invalid service key", reason::SERVICE_KEY_INVALID),
+        AuthFailure::ServiceKeyMissing => ("missing x-api-key", ErrorReason::ServiceKeyMissing),
+        AuthFailure::ServiceKeyInvalid => ("invalid service key", ErrorReason::ServiceKeyInvalid),
     };
     Status::with_error_details(
         Code::Unauthenticated,
         message,
-        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::<String, String>::new()),
+        ErrorDetails::with_error_info(
+            reason.as_str_name(),
+            ERROR_DOMAIN,
+            HashMap::<String, String>::new(),
+        ),
     )
 }
 

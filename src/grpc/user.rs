@@ -1,4 +1,4 @@
-//! `auth.v1.UserService` handlers.
+//! `authd.v1.UserService` handlers.
 
 use std::sync::Arc;
 

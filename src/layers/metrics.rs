@@ -78,7 +78,7 @@ fn method_table() -> &'static HashMap<String, MethodLabels> {
     })
 }
 
-/// The labels of a request path such as `/auth.v1.AuthService/Login`.
+/// The labels of a request path such as `/authd.v1.AuthService/Login`.
 pub fn method_labels(path: &str) -> MethodLabels {
     method_table().get(path).copied().unwrap_or(UNKNOWN_METHOD)
 }

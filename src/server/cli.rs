@@ -17,14 +17,10 @@ use crate::transport::Transport;
 /// Raises the soft limit on open files to the hard limit: every client connection is a file
 /// descriptor, and the usual soft limit (1024) would refuse connections long before memory runs out.
 pub fn raise_open_file_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
-            Err(e) => tracing::warn!(error = %e, soft, "cannot raise the open-file limit"),
-        },
+    match authd_proto::rlimit::raise_open_file_limit() {
+        Ok((from, to)) if from < to => tracing::debug!(from, to, "raised the open-file limit"),
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
 }
 

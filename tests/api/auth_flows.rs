@@ -81,7 +81,7 @@ async fn assert_access_dead(srv: &TestServer, access_token: &str) {
 }
 
 /// `pair`'s session is revoked: its access token is dead and its refresh token is refused.
-async fn assert_session_dead(srv: &TestServer, pair: &proto::TokenPair) {
+async fn assert_session_dead(srv: &TestServer, pair: &proto::LoginResponse) {
     assert_access_dead(srv, &pair.access_token).await;
     expect_code(
         try_refresh(srv, &pair.refresh_token).await,
@@ -493,7 +493,7 @@ async fn register_ignores_a_role_sent_by_the_client() {
     let codec =
         tonic_prost::ProstCodec::<proto::CreateUserRequest, proto::RegisterResponse>::default();
     let path =
-        tonic::codegen::http::uri::PathAndQuery::from_static("/auth.v1.AuthService/Register");
+        tonic::codegen::http::uri::PathAndQuery::from_static("/authd.v1.AuthService/Register");
     let user = grpc
         .unary(
             Request::new(proto::CreateUserRequest {
@@ -1100,7 +1100,8 @@ async fn concurrent_refresh_in_strict_mode() {
     let other = srv.login(&user.email, PASSWORD).await;
     let results = race_refresh(&srv, &p0.refresh_token, 10).await;
 
-    let winners: Vec<&proto::TokenPair> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let winners: Vec<&proto::LoginResponse> =
+        results.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert_eq!(winners.len(), 1, "exactly one refresh wins: {results:?}");
     for r in &results {
         if let Err(s) = r {
@@ -1123,7 +1124,7 @@ async fn concurrent_refresh_in_grace_mode() {
     let (_, p0) = srv.user_session().await;
     let results = race_refresh(&srv, &p0.refresh_token, 10).await;
 
-    let pairs: Vec<proto::TokenPair> = results
+    let pairs: Vec<proto::LoginResponse> = results
         .into_iter()
         .map(|r| r.expect("every concurrent refresh succeeds inside the grace window"))
         .collect();
@@ -1146,7 +1147,7 @@ async fn race_refresh(
     srv: &TestServer,
     refresh_token: &str,
     n: usize,
-) -> Vec<Result<proto::TokenPair, Status>> {
+) -> Vec<Result<proto::LoginResponse, Status>> {
     let mut set = JoinSet::new();
     let barrier = Arc::new(tokio::sync::Barrier::new(n));
     for _ in 0..n {
@@ -1161,7 +1162,7 @@ async fn race_refresh(
                     refresh_token: token,
                 })
                 .await
-                .map(|r| r.into_inner())
+                .map(|r| r.into_inner().into())
         });
     }
     set.join_all().await

@@ -333,7 +333,12 @@ async fn shutdown_ends_open_health_watches() {
     );
 
     let mut open = Vec::new();
-    for service in ["", "auth.v1.AuthService", "auth.v1.UserService", "liveness"] {
+    for service in [
+        "",
+        "authd.v1.AuthService",
+        "authd.v1.UserService",
+        "liveness",
+    ] {
         let mut stream = watch(&channel, service).await;
         assert_eq!(
             stream.message().await.unwrap().map(|r| r.status),
@@ -421,7 +426,7 @@ async fn malformed_frames_are_invalid_argument() {
             let body = bytes::Bytes::from_static(&[0, 0, 0, 0, 100, 0x0a, 0x01, b'x']);
             let request = http::Request::builder()
                 .method("POST")
-                .uri("/auth.v1.AuthService/Login")
+                .uri("/authd.v1.AuthService/Login")
                 .header("content-type", "application/grpc")
                 .header("te", "trailers")
                 .body(tonic::body::Body::new(Fixed(Some(body))))
@@ -443,7 +448,7 @@ async fn malformed_frames_are_invalid_argument() {
         let mut conn = TcpStream::connect(srv.addr).await.unwrap();
         let body = "!!!!not base64!!!!";
         let request = format!(
-            "POST /auth.v1.AuthService/Login HTTP/1.1\r\nHost: localhost\r\n\
+            "POST /authd.v1.AuthService/Login HTTP/1.1\r\nHost: localhost\r\n\
              content-type: {content_type}\r\nx-grpc-web: 1\r\ncontent-length: {}\r\n\
              connection: close\r\n\r\n{body}",
             body.len()

@@ -101,7 +101,7 @@ async fn assert_token_refused(srv: &TestServer, token: &str, what: &str) {
 }
 
 /// A fresh account with `role`, created directly (as an admin or the CLI would), logged in.
-async fn session_with_role(srv: &TestServer, role: DomainRole) -> proto::TokenPair {
+async fn session_with_role(srv: &TestServer, role: DomainRole) -> proto::LoginResponse {
     let email = unique_email();
     srv.svc
         .create_account(

@@ -26,7 +26,7 @@ async fn refresh_from(
     srv: &TestServer,
     refresh_token: &str,
     ip: &str,
-) -> Result<proto::TokenPair, Status> {
+) -> Result<proto::LoginResponse, Status> {
     srv.auth()
         .await
         .refresh(from_ip(
@@ -36,7 +36,7 @@ async fn refresh_from(
             ip,
         ))
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().into())
 }
 
 async fn logout_from(srv: &TestServer, refresh_token: &str, ip: &str) -> Result<(), Status> {
@@ -58,7 +58,7 @@ async fn race_refresh(
     refresh_token: &str,
     ip: &str,
     n: usize,
-) -> Vec<Result<proto::TokenPair, Status>> {
+) -> Vec<Result<proto::LoginResponse, Status>> {
     let mut set = JoinSet::new();
     let barrier = Arc::new(tokio::sync::Barrier::new(n));
     for _ in 0..n {
@@ -74,7 +74,7 @@ async fn race_refresh(
                     &ip,
                 ))
                 .await
-                .map(|r| r.into_inner())
+                .map(|r| proto::LoginResponse::from(r.into_inner()))
         });
     }
     set.join_all().await
@@ -104,7 +104,7 @@ async fn race_logout(srv: &TestServer, tokens: Vec<String>, ip: &str) -> Vec<Res
 }
 
 /// Logs a fresh user in from `ip`.
-async fn session_from(srv: &TestServer, ip: &str) -> proto::TokenPair {
+async fn session_from(srv: &TestServer, ip: &str) -> proto::LoginResponse {
     let email = unique_email();
     srv.register(&email, PASSWORD).await;
     srv.auth()
@@ -318,7 +318,7 @@ async fn twenty_concurrent_refreshes_from_one_client_rotate_once_and_share_the_s
     .await;
     let a = "198.51.100.7";
     let p0 = session_from(&srv, a).await;
-    let pairs: Vec<proto::TokenPair> = race_refresh(&srv, &p0.refresh_token, a, 20)
+    let pairs: Vec<proto::LoginResponse> = race_refresh(&srv, &p0.refresh_token, a, 20)
         .await
         .into_iter()
         .map(|r| r.expect("every concurrent refresh from the spending client succeeds"))
@@ -494,7 +494,7 @@ async fn a_revoked_token_stays_invalid_on_a_short_ttl_replica_until_its_exp() {
 async fn still_revoked_at(
     a: &TestServer,
     d: &TestServer,
-    pairs: &[&proto::TokenPair],
+    pairs: &[&proto::LoginResponse],
     issued: chrono::DateTime<chrono::Utc>,
     step: i64,
 ) {

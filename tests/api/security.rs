@@ -104,7 +104,7 @@ async fn login(
     auth: &mut AuthServiceClient<Channel>,
     id: &Identifier,
     password: &str,
-) -> Result<proto::TokenPair, Status> {
+) -> Result<proto::LoginResponse, Status> {
     auth.login(login_req(id, password))
         .await
         .map(|r| r.into_inner())
@@ -115,7 +115,7 @@ async fn login_from(
     ip: &str,
     id: &Identifier,
     password: &str,
-) -> Result<proto::TokenPair, Status> {
+) -> Result<proto::LoginResponse, Status> {
     auth.login(from_ip(login_req(id, password), ip))
         .await
         .map(|r| r.into_inner())
@@ -1673,7 +1673,7 @@ async fn unknown_fields_change_nothing() {
     let email = unique_email();
     let resp: proto::RegisterResponse = raw_unary(
         &srv,
-        "/auth.v1.AuthService/Register",
+        "/authd.v1.AuthService/Register",
         Request::new(RegisterWithExtras {
             email: email.clone(),
             password: PASSWORD.into(),
@@ -1691,7 +1691,7 @@ async fn unknown_fields_change_nothing() {
     let pair = srv.login(&email, PASSWORD).await;
     let me: proto::User = raw_unary(
         &srv,
-        "/auth.v1.UserService/UpdateMe",
+        "/authd.v1.UserService/UpdateMe",
         with_bearer(
             UpdateMeWithExtras {
                 first_name: Some("Ada".into()),
@@ -1736,7 +1736,7 @@ async fn a_malformed_message_is_invalid_argument_not_internal() {
     let e = expect_code(
         raw_unary::<WrongWireType, proto::RegisterResponse>(
             &srv,
-            "/auth.v1.AuthService/Register",
+            "/authd.v1.AuthService/Register",
             Request::new(WrongWireType { email: 7 }),
         )
         .await,

@@ -103,7 +103,7 @@ async fn revoke_session(srv: &TestServer, token: &str, session_id: &str) -> Resu
 }
 
 /// The session of `pair` is live: ValidateToken says valid (for this user and session) and GetMe works.
-async fn assert_live(srv: &TestServer, pair: &proto::TokenPair, user_id: &str) {
+async fn assert_live(srv: &TestServer, pair: &proto::LoginResponse, user_id: &str) {
     let v = srv.validate(&pair.access_token).await;
     assert!(v.valid, "access token should be valid: {v:?}");
     assert_eq!(v.user_id, user_id);
@@ -116,7 +116,7 @@ async fn assert_live(srv: &TestServer, pair: &proto::TokenPair, user_id: &str) {
 
 /// The session of `pair` is gone: ValidateToken says invalid with every field empty, GetMe is
 /// UNAUTHENTICATED / TOKEN_INVALID, and its refresh token is refused.
-async fn assert_dead(srv: &TestServer, pair: &proto::TokenPair) {
+async fn assert_dead(srv: &TestServer, pair: &proto::LoginResponse) {
     let v = srv.validate(&pair.access_token).await;
     assert_eq!(
         v,
@@ -2206,7 +2206,7 @@ async fn audit_log_never_contains_passwords_tokens_or_keys() {
     let srv = TestServer::start_with(|c| c.refresh_reuse_grace = Duration::ZERO).await;
     let mut secrets: Vec<String> =
         vec![PASSWORD.into(), OTHER_PASSWORD.into(), NEW_PASSWORD.into()];
-    fn remember(secrets: &mut Vec<String>, pair: &proto::TokenPair) {
+    fn remember(secrets: &mut Vec<String>, pair: &proto::LoginResponse) {
         secrets.push(pair.access_token.clone());
         secrets.push(pair.refresh_token.clone());
     }

@@ -191,7 +191,7 @@ struct Forge {
     key: ed25519_dalek::SigningKey,
     kid: String,
     user: proto::User,
-    pair: proto::TokenPair,
+    pair: proto::LoginResponse,
     svc_key: String,
 }
 
@@ -1674,7 +1674,7 @@ async fn restart_keeps_users_keys_and_sessions() {
 
 // ----- health --------------------------------------------------------------------------------------
 
-const API_HEALTH_SERVICES: [&str; 3] = ["", "auth.v1.AuthService", "auth.v1.UserService"];
+const API_HEALTH_SERVICES: [&str; 3] = ["", "authd.v1.AuthService", "authd.v1.UserService"];
 
 #[tokio::test]
 async fn health_reports_serving() {
@@ -1687,7 +1687,7 @@ async fn health_reports_serving() {
         );
     }
     expect_code(health(&srv, "no.such.Service").await, Code::NotFound);
-    expect_code(health(&srv, "auth.v1.Nope").await, Code::NotFound);
+    expect_code(health(&srv, "authd.v1.Nope").await, Code::NotFound);
 }
 
 async fn statuses(srv: &TestServer) -> Vec<Option<i32>> {
@@ -1790,8 +1790,8 @@ async fn ensure_database(pg: &EmbeddedPostgres, name: &str) {
 // ----- reflection ----------------------------------------------------------------------------------
 
 const REFLECTED: [&str; 3] = [
-    "auth.v1.AuthService",
-    "auth.v1.UserService",
+    "authd.v1.AuthService",
+    "authd.v1.UserService",
     "grpc.health.v1.Health",
 ];
 

@@ -25,7 +25,7 @@ pub async fn try_register(
 pub async fn try_login(
     srv: &TestServer,
     req: impl tonic::IntoRequest<proto::LoginRequest>,
-) -> Result<proto::TokenPair, Status> {
+) -> Result<proto::LoginResponse, Status> {
     srv.auth().await.login(req).await.map(|r| r.into_inner())
 }
 
@@ -33,14 +33,14 @@ pub async fn try_login(
 pub async fn try_refresh(
     srv: &TestServer,
     refresh_token: &str,
-) -> Result<proto::TokenPair, Status> {
+) -> Result<proto::LoginResponse, Status> {
     srv.auth()
         .await
         .refresh(proto::RefreshRequest {
             refresh_token: refresh_token.into(),
         })
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().into())
 }
 
 /// GetMe with `authorization: Bearer <token>`.

@@ -156,7 +156,7 @@ impl TestServer {
     }
 
     /// Logs in by e-mail.
-    pub async fn login(&self, email: &str, password: &str) -> proto::TokenPair {
+    pub async fn login(&self, email: &str, password: &str) -> proto::LoginResponse {
         self.auth()
             .await
             .login(login_email(email, password))
@@ -166,7 +166,7 @@ impl TestServer {
     }
 
     /// Registers a fresh user and logs in.
-    pub async fn user_session(&self) -> (proto::User, proto::TokenPair) {
+    pub async fn user_session(&self) -> (proto::User, proto::LoginResponse) {
         let email = unique_email();
         let user = self.register(&email, PASSWORD).await;
         let pair = self.login(&email, PASSWORD).await;
@@ -174,7 +174,7 @@ impl TestServer {
     }
 
     /// Creates an admin directly (as `authd users create-admin` does) and logs in.
-    pub async fn admin_session(&self) -> proto::TokenPair {
+    pub async fn admin_session(&self) -> proto::LoginResponse {
         let email = unique_email();
         self.create_admin(&email, PASSWORD).await;
         self.login(&email, PASSWORD).await

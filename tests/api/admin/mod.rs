@@ -204,7 +204,7 @@ async fn direct_account_with(
 struct Person {
     id: String,
     email: String,
-    pair: proto::TokenPair,
+    pair: proto::LoginResponse,
 }
 
 impl Person {
@@ -277,7 +277,7 @@ async fn assert_dead(srv: &TestServer, token: &str, what: &str) {
 }
 
 /// The whole session is dead: access token invalid, GetMe refused, refresh refused.
-async fn assert_session_dead(srv: &TestServer, pair: &proto::TokenPair, what: &str) {
+async fn assert_session_dead(srv: &TestServer, pair: &proto::LoginResponse, what: &str) {
     assert_dead(srv, &pair.access_token, what).await;
     let s = expect_code(get_me(srv, &pair.access_token).await, Code::Unauthenticated);
     assert_eq!(

@@ -200,11 +200,11 @@ impl Rpc {
     pub fn method(self) -> &'static str {
         match self {
             Rpc::Health => "grpc.health.v1.Health/Check",
-            Rpc::Validate => "auth.v1.AuthService/ValidateToken",
-            Rpc::GetMe => "auth.v1.UserService/GetMe",
-            Rpc::Login => "auth.v1.AuthService/Login",
-            Rpc::Refresh => "auth.v1.AuthService/Refresh",
-            Rpc::Flood => "auth.v1.AuthService/Login (unknown accounts)",
+            Rpc::Validate => "authd.v1.AuthService/ValidateToken",
+            Rpc::GetMe => "authd.v1.UserService/GetMe",
+            Rpc::Login => "authd.v1.AuthService/Login",
+            Rpc::Refresh => "authd.v1.AuthService/Refresh",
+            Rpc::Flood => "authd.v1.AuthService/Login (unknown accounts)",
         }
     }
 

@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use authd::proto::auth_service_client::AuthServiceClient;
-use authd::proto::user_service_client::UserServiceClient;
-use authd::proto::{
+use authd_proto::auth_service_client::AuthServiceClient;
+use authd_proto::user_service_client::UserServiceClient;
+use authd_proto::{
     GetMeRequest, LoginRequest, RefreshRequest, ValidateTokenRequest, login_request,
 };
 use hdrhistogram::Histogram;
@@ -25,8 +25,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::cli::{Plan, Rpc};
-use crate::client::code_name;
 use crate::setup::{Prepared, SetupError, bearer};
+use authd_proto::code_name::canonical as code_name;
 
 /// Error name for an OK reply whose body is wrong (e.g. valid=false, empty tokens).
 pub const INVALID_REPLY: &str = "INVALID_REPLY";

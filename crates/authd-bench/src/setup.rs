@@ -11,9 +11,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use authd::proto::auth_service_client::AuthServiceClient;
-use authd::proto::{
-    CreateServiceKeyRequest, LoginRequest, RegisterRequest, RevokeServiceKeyRequest, TokenPair,
+use authd_proto::auth_service_client::AuthServiceClient;
+use authd_proto::{
+    CreateServiceKeyRequest, LoginRequest, LoginResponse, RegisterRequest, RevokeServiceKeyRequest,
     login_request,
 };
 use rand::Rng;
@@ -25,7 +25,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use crate::cli::{Plan, Rpc};
-use crate::client::code_name;
+use authd_proto::code_name::canonical as code_name;
 
 /// Deadline of one setup call.
 const SETUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -210,7 +210,7 @@ async fn login(
     email: &str,
     password: &str,
     retry_for: Duration,
-) -> Result<TokenPair, Status> {
+) -> Result<LoginResponse, Status> {
     retrying(retry_for, |_| {
         let mut auth = auth.clone();
         let req = with_timeout(LoginRequest {
@@ -222,7 +222,7 @@ async fn login(
     .await
 }
 
-fn check_pair(pair: &TokenPair, what: &str) -> Result<(), SetupError> {
+fn check_pair(pair: &LoginResponse, what: &str) -> Result<(), SetupError> {
     if pair.access_token.is_empty() || pair.refresh_token.is_empty() {
         return Err(SetupError::msg(format!(
             "{what}: OK but the token pair is incomplete"

@@ -6,7 +6,8 @@
 //! run the load, print the report, clean up and pick the exit code. The modules own the rest:
 //!
 //! * [`cli`]: options, `--mix` and duration parsing, the run's worker groups;
-//! * [`client`]: endpoint settings, eager connections, RLIMIT_NOFILE, status code names;
+//! * [`client`]: endpoint settings and eager connections (RLIMIT_NOFILE and status code names
+//!   come from `authd_proto`, which the server shares);
 //! * [`setup`]: bench users, sessions and the service key, through the API, with retries;
 //! * [`load`]: the closed-loop workers and the reply checks;
 //! * [`report`]: merging histograms, the JSON and text reports, the error-rate verdict;
@@ -48,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match client::raise_nofile_limit() {
+    match authd_proto::rlimit::raise_open_file_limit() {
         Ok((old, new)) if old != new => log(&format!("raised the open-files limit {old} -> {new}")),
         Ok(_) => {}
         Err(e) => log(&format!("cannot raise the open-files limit: {e}")),

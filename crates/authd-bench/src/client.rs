@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 /// Every message of the API is below 64 KiB, so a stream never needs a bigger window.
@@ -65,41 +64,6 @@ pub async fn connect_all(endpoint: &Endpoint, n: u32) -> Result<Vec<Channel>, St
     Ok(channels)
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit; returns (old soft, new soft).
-pub fn raise_nofile_limit() -> Result<(u64, u64), String> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) =
-        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit(RLIMIT_NOFILE): {e}"))?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-            .map_err(|e| format!("setrlimit(RLIMIT_NOFILE, {hard}): {e}"))?;
-    }
-    Ok((soft, hard.max(soft)))
-}
-
-/// The canonical gRPC name of a status code, as used in the report.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// An error and its sources on one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -118,20 +82,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn code_names_are_canonical() {
-        assert_eq!(code_name(Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
-        assert_eq!(code_name(Code::Unavailable), "UNAVAILABLE");
-        assert_eq!(code_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
-        for i in 0..=16 {
-            let name = code_name(Code::from_i32(i));
-            assert!(
-                name.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
-                "{name}"
-            );
-        }
-    }
 
     #[test]
     fn endpoint_rejects_garbage() {
