@@ -14,7 +14,7 @@
 #
 # Setting names: every name used in compose, .env.example, the ConfigMap, the Secrets loaded with envFrom,
 # container env and the Dockerfile's ENV must be an authd option. The options are the `env = "..."`
-# attributes in src/config.rs and the rows of the README's "## Configuration" table. Both lists must agree:
+# attributes in src/config/mod.rs and the rows of the README's "## Configuration" table. Both lists must agree:
 # a README row with no option is an error, and so is an option without a README row. The second rule can be
 # turned into a warning with --skip-readme-completeness.
 #
@@ -172,7 +172,7 @@ def host_of(addr):
 
 
 # ---------------------------------------------------------------- the known options
-def config_rs_options(path="src/config.rs"):
+def config_rs_options(path="src/config/mod.rs"):
     """env name -> default value (a string) or None, from the clap attributes."""
     try:
         src = open(path).read()
@@ -213,9 +213,9 @@ CONFIG = config_rs_options()
 README = readme_options()
 KNOWN = set(CONFIG) | README
 for name in sorted(README - set(CONFIG)):
-    fail("README.md", f"the configuration table lists {name}, which src/config.rs does not define")
+    fail("README.md", f"the configuration table lists {name}, which src/config/mod.rs does not define")
 for name in sorted(set(CONFIG) - README):
-    msg = f"{name} (src/config.rs) has no row in the configuration table"
+    msg = f"{name} (src/config/mod.rs) has no row in the configuration table"
     if SKIP_README:
         warn("README.md", msg + " (--skip-readme-completeness)")
     else:
@@ -225,11 +225,11 @@ for name in sorted(set(CONFIG) - README):
 def check_names(names, where):
     for name in names:
         if name not in KNOWN:
-            fail(where, f"{name} is not an authd option (not in src/config.rs nor the README's configuration table)")
+            fail(where, f"{name} is not an authd option (not in src/config/mod.rs nor the README's configuration table)")
 
 
 def effective(env, name):
-    """A setting's value from env, else its default in src/config.rs."""
+    """A setting's value from env, else its default in src/config/mod.rs."""
     return env.get(name, CONFIG.get(name))
 
 
