@@ -21,7 +21,8 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod embedded_pg;
-mod grpc;
+// Public for the fuzz targets (fuzz/src/requests.rs maps request fields as the handlers do).
+pub mod grpc;
 mod layers;
 mod limits;
 pub mod metric_names;
