@@ -250,4 +250,20 @@ impl AuthService for AuthApi {
             .await?;
         Ok(Response::new(proto::RevokeServiceKeyResponse {}))
     }
+
+    type WatchRevocationsStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<proto::WatchRevocationsResponse, Status>> + Send,
+        >,
+    >;
+
+    // In progress (issue H): the stream lands with its domain side.
+    async fn watch_revocations(
+        &self,
+        _req: Request<proto::WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        Err(Status::unimplemented(
+            "WatchRevocations is not implemented yet",
+        ))
+    }
 }

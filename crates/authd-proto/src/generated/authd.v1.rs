@@ -338,6 +338,48 @@ pub struct RotateSigningKeyResponse {
     #[prost(message, optional, tag = "2")]
     pub activate_time: ::core::option::Option<::prost_types::Timestamp>,
 }
+/// Opens AuthService.WatchRevocations.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchRevocationsRequest {
+    /// Empty: start with a snapshot. Otherwise the resume_token of the last message received, from any
+    /// replica: the stream continues from there. A token the server can no longer honour (too old, or
+    /// not issued by this deployment) gets a fresh snapshot instead, never a gap.
+    #[prost(string, tag = "1")]
+    pub resume_token: ::prost::alloc::string::String,
+}
+/// One message of AuthService.WatchRevocations. A message with no sessions and no keys is a heartbeat.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct WatchRevocationsResponse {
+    /// Sessions ended since the previous message. Refuse their access tokens until expire_time.
+    #[prost(message, repeated, tag = "1")]
+    pub revoked_sessions: ::prost::alloc::vec::Vec<RevokedSession>,
+    /// Opaque and signed. Give it back (to any replica) to resume without a new snapshot.
+    #[prost(string, tag = "2")]
+    pub resume_token: ::prost::alloc::string::String,
+    /// Set in the snapshot and whenever the published keys change; unset means unchanged.
+    #[prost(message, optional, tag = "3")]
+    pub jwks: ::core::option::Option<JwkSet>,
+    /// True on the last message of a snapshot. A resumed stream sends no snapshot.
+    #[prost(bool, tag = "4")]
+    pub snapshot_complete: bool,
+}
+/// A session that ended (logout, revocation, account deletion or deactivation).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokedSession {
+    /// The "sid" claim of the session's access tokens.
+    #[prost(string, tag = "1")]
+    pub session_id: ::prost::alloc::string::String,
+    /// When the last access token issued for the session expires: after it, the entry may be dropped.
+    #[prost(message, optional, tag = "2")]
+    pub expire_time: ::core::option::Option<::prost_types::Timestamp>,
+}
+/// The public keys that verify access tokens (as GetJwks returns them).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct JwkSet {
+    /// Every key that may verify a live token. Verifiers select by "kid".
+    #[prost(message, repeated, tag = "1")]
+    pub keys: ::prost::alloc::vec::Vec<Jwk>,
+}
 /// Generated client implementations.
 pub mod auth_service_client {
     #![allow(
@@ -723,6 +765,42 @@ pub mod auth_service_client {
                 .insert(GrpcMethod::new("authd.v1.AuthService", "RotateSigningKey"));
             self.inner.unary(req, path, codec).await
         }
+        /// Pushes revocations and signing keys to services that verify access tokens locally (for example
+        /// the authd-client crate), so that they see a logout within a second without calling
+        /// ValidateToken. Callers authenticate as for ValidateToken: "x-api-key" metadata or a verified
+        /// client certificate; without one the stream ends with UNAUTHENTICATED.
+        ///
+        /// The stream starts with a snapshot: every ended session whose access tokens may still be
+        /// unexpired, and the current keys; its last message has snapshot_complete = true. After it, each
+        /// revocation made on any replica arrives within a second. While the server's own revocation view
+        /// is fresh it sends an empty message (a heartbeat) every second; it sends none while the view is
+        /// stale, so a client that hears nothing for a few seconds knows it may be missing revocations and
+        /// must fail closed. The stream ends when the server drains; reconnect (to any replica) with the
+        /// last resume_token to continue without a new snapshot.
+        pub async fn watch_revocations(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WatchRevocationsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::WatchRevocationsResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/authd.v1.AuthService/WatchRevocations",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("authd.v1.AuthService", "WatchRevocations"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -826,6 +904,34 @@ pub mod auth_service_server {
             request: tonic::Request<super::RotateSigningKeyRequest>,
         ) -> std::result::Result<
             tonic::Response<super::RotateSigningKeyResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the WatchRevocations method.
+        type WatchRevocationsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<
+                    super::WatchRevocationsResponse,
+                    tonic::Status,
+                >,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Pushes revocations and signing keys to services that verify access tokens locally (for example
+        /// the authd-client crate), so that they see a logout within a second without calling
+        /// ValidateToken. Callers authenticate as for ValidateToken: "x-api-key" metadata or a verified
+        /// client certificate; without one the stream ends with UNAUTHENTICATED.
+        ///
+        /// The stream starts with a snapshot: every ended session whose access tokens may still be
+        /// unexpired, and the current keys; its last message has snapshot_complete = true. After it, each
+        /// revocation made on any replica arrives within a second. While the server's own revocation view
+        /// is fresh it sends an empty message (a heartbeat) every second; it sends none while the view is
+        /// stale, so a client that hears nothing for a few seconds knows it may be missing revocations and
+        /// must fail closed. The stream ends when the server drains; reconnect (to any replica) with the
+        /// last resume_token to continue without a new snapshot.
+        async fn watch_revocations(
+            &self,
+            request: tonic::Request<super::WatchRevocationsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::WatchRevocationsStream>,
             tonic::Status,
         >;
     }
@@ -1408,6 +1514,53 @@ pub mod auth_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/authd.v1.AuthService/WatchRevocations" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchRevocationsSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::ServerStreamingService<
+                        super::WatchRevocationsRequest,
+                    > for WatchRevocationsSvc<T> {
+                        type Response = super::WatchRevocationsResponse;
+                        type ResponseStream = T::WatchRevocationsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::WatchRevocationsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::watch_revocations(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchRevocationsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
