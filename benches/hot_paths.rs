@@ -41,9 +41,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use authd::domain::opaque::{self, HashedToken};
-use authd::domain::password;
-use authd::domain::tokens::{AccessClaims, Keyring, TokenCache, Verifier, generate_key};
+use authd::api::opaque::{self, HashedToken};
+use authd::api::password;
+use authd::api::tokens::{AccessClaims, Keyring, TokenCache, Verifier, generate_key};
 use chrono::{DateTime, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use uuid::Uuid;

@@ -43,17 +43,18 @@ async fn main() -> Result<(), BoxError> {
     let url = authd_testkit::fresh_database().await;
 
     let mut config = Config::defaults();
-    config.database_url = Some(url.clone());
+    config.database_url = Some(url.clone().into());
     config.bcrypt_cost = cost;
     // Measure the password path, not the brute-force defences.
     config.rate_limit_per_ip = 0;
     config.login_max_failures = u32::MAX;
     config.login_max_failures_per_hour = u32::MAX;
-    let svc = server::start_service(Arc::new(config), &url, Arc::new(SystemClock)).await?;
+    let shared = Arc::new(config);
+    let svc = server::start_service(shared.clone(), &url, Arc::new(SystemClock)).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(server::serve(svc.clone(), listener, async {
+    let server_task = tokio::spawn(server::serve(svc.clone(), shared, listener, async {
         let _ = stop_rx.await;
     }));
 

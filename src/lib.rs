@@ -1,9 +1,11 @@
 //! authd: a gRPC authentication service. Accounts, password login, rotating refresh tokens,
 //! EdDSA-signed JWT access tokens, token validation for other services, and user administration.
 //!
-//! Layers: [`grpc`] (tonic handlers) calls [`domain`] (the rules), which calls [`db`] (diesel over
-//! PostgreSQL). [`server`] wires them up; [`embedded_pg`] runs a private PostgreSQL when no
-//! `DATABASE_URL` is given.
+//! Layers: `grpc` (tonic handlers) calls `domain` (the rules), which calls `db` (diesel over
+//! PostgreSQL); the three are private to the crate. [`server`] wires them up; [`embedded_pg`] runs a
+//! private PostgreSQL when no `DATABASE_URL` is given. The outside (the binary, the testkit, tests,
+//! benchmarks and fuzz targets) uses [`server`], [`config`], [`clock`], [`proto`] and the names
+//! [`api`] re-exports.
 
 // jsonwebtoken 11 panics at the first sign or verify unless exactly one backend is enabled.
 #[cfg(all(feature = "jwt-rust-crypto", feature = "jwt-aws-lc-rs"))]
@@ -15,18 +17,19 @@ compile_error!(
     "enable exactly one jsonwebtoken backend feature: `jwt-aws-lc-rs` (the default) or `jwt-rust-crypto`"
 );
 
+pub mod api;
 pub mod build_info;
 pub mod clock;
 pub mod config;
-pub mod db;
-pub mod domain;
+mod db;
+mod domain;
 pub mod embedded_pg;
-// Public for the fuzz targets (fuzz/src/requests.rs maps request fields as the handlers do).
-pub mod grpc;
+mod grpc;
 mod layers;
 mod limits;
 pub mod metric_names;
 pub mod metrics;
+mod secret;
 pub mod server;
 pub mod transport;
 

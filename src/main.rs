@@ -165,9 +165,9 @@ fn main() -> ExitCode {
             Command::Audit(AuditCommand::IdentifierDigest { username }) => {
                 let line = read_password_line().map_err(server::StartError::Stdin)?;
                 let identifier = if username {
-                    authd::domain::service::LoginIdentifier::Username(line)
+                    authd::api::LoginIdentifier::Username(line)
                 } else {
-                    authd::domain::service::LoginIdentifier::Email(line)
+                    authd::api::LoginIdentifier::Email(line)
                 };
                 println!("{}", server::identifier_digest(config, identifier).await?);
                 Ok(())
@@ -183,7 +183,7 @@ fn main() -> ExitCode {
                 trusted_proxy,
                 allowed_cidrs,
             }) => {
-                let spec = authd::domain::service::ServiceKeySpec {
+                let spec = authd::api::ServiceKeySpec {
                     name,
                     trusted_proxy,
                     allowed_cidrs,

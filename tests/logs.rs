@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration as StdDuration;
 
+use authd::api::Authd;
 use authd::clock::ManualClock;
 use authd::config::Config;
-use authd::domain::Authd;
 use authd::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use authd::proto;
 use authd::proto::auth_service_client::AuthServiceClient;
@@ -81,8 +81,9 @@ struct Server {
 
 impl Server {
     async fn start(config: Config, clock: Arc<ManualClock>) -> Self {
-        let url = config.database_url.clone().expect("database url");
-        let svc = authd::server::start_service(Arc::new(config), &url, clock)
+        let url = config.database_url().expect("database url").to_owned();
+        let shared = Arc::new(config);
+        let svc = authd::server::start_service(shared.clone(), &url, clock)
             .await
             .expect("start service");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -90,7 +91,7 @@ impl Server {
         let (tx, rx) = oneshot::channel::<()>();
         let serve_svc = svc.clone();
         let handle = tokio::spawn(async move {
-            authd::server::serve(serve_svc, listener, async {
+            authd::server::serve(serve_svc, shared, listener, async {
                 let _ = rx.await;
             })
             .await
@@ -220,7 +221,7 @@ fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) {
 
 fn config(url: &str) -> Config {
     let mut c = Config::defaults();
-    c.database_url = Some(url.to_owned());
+    c.database_url = Some(url.into());
     c.listen = "127.0.0.1:0".parse().expect("addr");
     c.bcrypt_cost = 4;
     c.db_pool_size = 5;
@@ -476,7 +477,7 @@ async fn logs_never_contain_secrets() {
     // ----- a full flow, with a master key -----
     let url = create_database(&pg, "authd_logs").await;
     let mut c = config(&url);
-    c.master_key = Some(master.clone());
+    c.master_key = Some(master.clone().into());
     c.bootstrap_admin_email = Some("root@example.com".into());
     c.bootstrap_admin_password = Some(ADMIN_PASSWORD.into());
     let clock = Arc::new(ManualClock::new(Utc::now()));

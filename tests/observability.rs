@@ -13,9 +13,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use authd::api::Authd;
 use authd::clock::ManualClock;
 use authd::config::Config;
-use authd::domain::Authd;
 use authd::proto;
 use authd::proto::auth_service_client::AuthServiceClient;
 use authd::proto::user_service_client::UserServiceClient;
@@ -108,7 +108,7 @@ fn free_port() -> SocketAddr {
 
 fn config(url: &str) -> Config {
     let mut c = Config::defaults();
-    c.database_url = Some(url.to_owned());
+    c.database_url = Some(url.into());
     c.listen = "127.0.0.1:0".parse().expect("addr");
     c.http_listen = Some(free_port());
     c.bcrypt_cost = 4;
@@ -137,7 +137,8 @@ impl Server {
         let mut config = config(&url);
         f(&mut config);
         let clock = Arc::new(ManualClock::new(Utc::now()));
-        let svc = authd::server::start_service(Arc::new(config.clone()), &url, clock)
+        let shared = Arc::new(config.clone());
+        let svc = authd::server::start_service(shared.clone(), &url, clock)
             .await
             .expect("start service");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -145,7 +146,7 @@ impl Server {
         let (tx, rx) = oneshot::channel::<()>();
         let serve_svc = svc.clone();
         let handle = tokio::spawn(async move {
-            authd::server::serve(serve_svc, listener, async {
+            authd::server::serve(serve_svc, shared, listener, async {
                 let _ = rx.await;
             })
             .await

@@ -15,7 +15,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use authd::domain::views;
+use authd::api::views;
 use authd::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use authd::proto;
 use authd::proto::auth_service_client::AuthServiceClient;

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use authd::api::Authd;
 use authd::clock::SystemClock;
 use authd::config::Config;
-use authd::domain::Authd;
 use authd::proto;
 use authd::proto::auth_service_client::AuthServiceClient;
 use authd::proto::user_service_client::UserServiceClient;
@@ -164,7 +164,7 @@ enum ClientCert {
 
 fn test_config(url: &str) -> Config {
     let mut c = Config::defaults();
-    c.database_url = Some(url.to_owned());
+    c.database_url = Some(url.into());
     c.listen = "127.0.0.1:0".parse().unwrap();
     c.bcrypt_cost = 4;
     c.db_pool_size = 5;
@@ -213,7 +213,8 @@ impl TestServer {
         let url = fresh_database().await;
         let mut config = test_config(&url);
         f(&mut config);
-        let svc = server::start_service(Arc::new(config.clone()), &url, Arc::new(SystemClock))
+        let shared = Arc::new(config.clone());
+        let svc = server::start_service(shared.clone(), &url, Arc::new(SystemClock))
             .await
             .expect("start service");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -221,7 +222,7 @@ impl TestServer {
         let (tx, rx) = oneshot::channel::<()>();
         let serve_svc = svc.clone();
         let handle = tokio::spawn(async move {
-            server::serve(serve_svc, listener, async {
+            server::serve(serve_svc, shared, listener, async {
                 let _ = rx.await;
             })
             .await
@@ -303,7 +304,7 @@ impl TestServer {
 
     async fn service_key(&self) -> String {
         self.svc
-            .create_service_key(None, "tests", &authd::domain::ClientInfo::default())
+            .create_service_key(None, "tests", &authd::api::ClientInfo::default())
             .await
             .expect("create service key")
             .1

@@ -12,11 +12,10 @@
 //! a single pure entry point for request validation, each `check` body becomes a call to it (keep
 //! the invariant helpers below as extra assertions on its output).
 
-use authd::domain::opaque::{self, HashedToken, MAX_OPAQUE_BYTES};
-use authd::domain::password::{self, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
-use authd::domain::validate::{self, MAX_EMAIL_CHARS, MAX_IDENTIFIER_BYTES, MAX_NAME_CHARS};
-use authd::domain::{ClientInfo, Error, MAX_USER_AGENT_CHARS, audit};
-use authd::grpc::role_arg;
+use authd::api::opaque::{self, HashedToken, MAX_OPAQUE_BYTES};
+use authd::api::password::{self, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
+use authd::api::validate::{self, MAX_EMAIL_CHARS, MAX_IDENTIFIER_BYTES, MAX_NAME_CHARS};
+use authd::api::{ClientInfo, Error, MAX_USER_AGENT_CHARS, audit, role_arg};
 use authd::proto::{self, login_request::Identifier};
 use prost::Message;
 

@@ -2,6 +2,7 @@
 //! `DATABASE_URL` masked.
 
 use super::Config;
+use crate::secret::REDACTED;
 
 impl std::fmt::Debug for Config {
     /// Every setting, with the master key and the bootstrap admin's password hidden and the
@@ -54,9 +55,9 @@ impl std::fmt::Debug for Config {
             log,
             token_cache_size,
         } = self;
-        let hidden = |s: &Option<String>| s.as_ref().map(|_| REDACTED);
+        let url = database_url.as_ref().map(|u| redact_url(u.expose()));
         f.debug_struct("Config")
-            .field("database_url", &database_url.as_deref().map(redact_url))
+            .field("database_url", &url)
             .field("listen", listen)
             .field("data_dir", data_dir)
             .field("access_token_ttl", access_token_ttl)
@@ -71,10 +72,7 @@ impl std::fmt::Debug for Config {
             .field("issuer", issuer)
             .field("audience", audience)
             .field("bootstrap_admin_email", bootstrap_admin_email)
-            .field(
-                "bootstrap_admin_password",
-                &hidden(bootstrap_admin_password),
-            )
+            .field("bootstrap_admin_password", bootstrap_admin_password)
             .field("validate_require_key", validate_require_key)
             .field("allow_registration", allow_registration)
             .field("audit_retention", audit_retention)
@@ -89,7 +87,7 @@ impl std::fmt::Debug for Config {
             .field("min_password_score", min_password_score)
             .field("request_timeout", request_timeout)
             .field("key_publish_delay", key_publish_delay)
-            .field("master_key", &hidden(master_key))
+            .field("master_key", master_key)
             .field("http_listen", http_listen)
             .field("health_listen", health_listen)
             .field("log_format", log_format)
@@ -109,9 +107,6 @@ impl std::fmt::Debug for Config {
             .finish()
     }
 }
-
-/// What Debug shows in place of a secret setting.
-const REDACTED: &str = "<redacted>";
 
 /// `url` with its password replaced by `<redacted>`: the one in `user:password@` and any
 /// `password=` parameter (URL query or `key=value` connection string).

@@ -49,8 +49,13 @@
 //!
 //! Durations are written as a number and a unit: `500ms`, `90s`, `15m`, `12h`, `7d` (a bare `0` is zero).
 //!
-//! Files: this one holds the flat clap [`Config`] (its field names and variables are the
-//! interface) and its defaults; `parse.rs` the value parsers, `debug.rs` the redacted Debug.
+//! Secrets (`DATABASE_URL`, `AUTHD_BOOTSTRAP_ADMIN_PASSWORD`, `AUTHD_MASTER_KEY`) are held as
+//! [`Secret`]s: their Debug is redacted and their value is read only through `expose()`.
+//!
+//! Files (one per concern): this one holds the flat clap [`Config`] (its field names and variables
+//! are the interface) and its defaults; `domain.rs` builds the domain's plain settings from it
+//! ([`Config::domain_settings`]); `parse.rs` the value parsers, `debug.rs` the redacted Debug.
+//! The server, the transport and the layers read their own options from [`Config`] directly.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,22 +64,23 @@ use std::time::Duration;
 use clap::Args;
 
 mod debug;
+mod domain;
 mod parse;
 #[cfg(test)]
 mod tests;
 
+pub use crate::domain::settings::BCRYPT_SCHED_IDLE;
+pub use crate::secret::Secret;
 pub use debug::redact_url;
 use parse::parse_bcrypt_priority;
-pub use parse::{
-    BCRYPT_SCHED_IDLE, TrustedProxies, parse_duration, parse_net, parse_trusted_proxies,
-};
+pub use parse::{TrustedProxies, parse_duration, parse_net, parse_trusted_proxies};
 
 /// Every setting of the server; also used by the CLI subcommands that touch the database.
 #[derive(Clone, Args)]
 pub struct Config {
     /// PostgreSQL URL. When unset, authd runs its own PostgreSQL in the data directory.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<Secret<String>>,
 
     /// Address of the gRPC listener.
     #[arg(
@@ -155,7 +161,7 @@ pub struct Config {
         hide_env_values = true,
         global = true
     )]
-    pub bootstrap_admin_password: Option<String>,
+    pub bootstrap_admin_password: Option<Secret<String>>,
 
     /// Whether ValidateToken requires an `x-api-key` service key.
     #[arg(long, env = "AUTHD_VALIDATE_REQUIRE_KEY", default_value_t = true, action = clap::ArgAction::Set, global = true)]
@@ -219,7 +225,7 @@ pub struct Config {
 
     /// 32-byte key (base64 or hex) that encrypts signing keys and server secrets in the database.
     #[arg(long, env = "AUTHD_MASTER_KEY", hide_env_values = true, global = true)]
-    pub master_key: Option<String>,
+    pub master_key: Option<Secret<String>>,
 
     /// Address of the optional HTTP listener (metrics, JWKS, liveness and readiness). Off when unset.
     #[arg(long, env = "AUTHD_HTTP_LISTEN", global = true)]
@@ -297,11 +303,19 @@ pub struct Config {
 
 impl Config {
     /// The bootstrap admin's credentials, when both are set.
-    pub fn bootstrap_admin(&self) -> Option<(&str, &str)> {
+    pub fn bootstrap_admin(&self) -> Option<(&str, &Secret<String>)> {
         match (&self.bootstrap_admin_email, &self.bootstrap_admin_password) {
-            (Some(e), Some(p)) if !e.is_empty() && !p.is_empty() => Some((e, p)),
+            (Some(e), Some(p)) if !e.is_empty() && !p.expose().is_empty() => Some((e, p)),
             _ => None,
         }
+    }
+
+    /// `DATABASE_URL`, when it is set and not empty.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url
+            .as_ref()
+            .map(|u| u.expose().as_str())
+            .filter(|u| !u.is_empty())
     }
 
     /// The settings with their defaults, as if no flag or variable were given.

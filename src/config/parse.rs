@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-/// `AUTHD_BCRYPT_NICE=idle`, as stored in [`super::Config::bcrypt_nice`].
-pub const BCRYPT_SCHED_IDLE: u8 = 20;
+use crate::domain::settings::BCRYPT_SCHED_IDLE;
 
 /// `idle`, or a nice value 0-19.
 pub(super) fn parse_bcrypt_priority(s: &str) -> Result<u8, String> {

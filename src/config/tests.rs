@@ -112,3 +112,28 @@ fn defaults_match_the_documented_values() {
     assert_eq!(c.audit_retention, f.audit_retention);
     assert_eq!(c.db_pool_size, f.db_pool_size);
 }
+
+#[test]
+fn domain_settings_carry_the_flags() {
+    let mut c = Config::defaults();
+    c.bcrypt_concurrency = 3;
+    c.bcrypt_queue = Some(0);
+    c.bcrypt_nice = BCRYPT_SCHED_IDLE;
+    c.request_timeout = Duration::from_secs(3);
+    c.master_key = Some("k".into());
+    let s = c.domain_settings();
+    assert_eq!(s.passwords.bcrypt_cost, 12);
+    assert_eq!(s.passwords.min_score, 3);
+    assert_eq!(s.passwords.pool.concurrency, 3);
+    assert_eq!(s.passwords.pool.queue, Some(0));
+    assert_eq!(s.passwords.pool.nice, BCRYPT_SCHED_IDLE);
+    assert_eq!(s.passwords.pool.default_deadline, Duration::from_secs(3));
+    assert_eq!(s.tokens.access_token_ttl, c.access_token_ttl);
+    assert_eq!(s.sessions.max_lifetime, c.session_max_lifetime);
+    assert_eq!(s.keys.publish_delay, c.key_publish_delay);
+    assert_eq!(
+        s.keys.master_key.as_ref().map(|k| k.expose().as_str()),
+        Some("k")
+    );
+    assert!(!format!("{s:?}").contains("\"k\""));
+}

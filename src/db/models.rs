@@ -79,6 +79,10 @@ pub struct NewSession<'a> {
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = refresh_tokens, check_for_backend(diesel::pg::Pg))]
+#[expect(
+    dead_code,
+    reason = "the row's columns: read by diesel, not all by the domain"
+)]
 pub struct RefreshToken {
     pub token_hash: Vec<u8>,
     pub session_id: Uuid,
@@ -98,6 +102,10 @@ pub struct NewRefreshToken<'a> {
 
 #[derive(Clone, Queryable, Selectable)]
 #[diesel(table_name = signing_keys, check_for_backend(diesel::pg::Pg))]
+#[expect(
+    dead_code,
+    reason = "the row's columns: read by diesel, not all by the domain"
+)]
 pub struct SigningKey {
     pub kid: String,
     pub algorithm: String,
@@ -145,6 +153,10 @@ pub struct NewServerSecret<'a> {
 
 #[derive(Clone, Queryable, Selectable)]
 #[diesel(table_name = server_secrets, check_for_backend(diesel::pg::Pg))]
+#[expect(
+    dead_code,
+    reason = "the row's columns: read by diesel, not all by the domain"
+)]
 pub struct ServerSecret {
     pub name: String,
     pub value: Vec<u8>,

@@ -52,7 +52,12 @@ impl Authd {
             return hit.map_err(invalid);
         }
         let v = keyring
-            .verify(token, &self.config.issuer, &self.config.audience, now)
+            .verify(
+                token,
+                &self.settings.tokens.issuer,
+                &self.settings.tokens.audience,
+                now,
+            )
             .map_err(invalid)?;
         if !sessions::is_active(&mut *self.conn().await?, v.session_id).await? {
             return Err(invalid(TokenError::Invalid));
@@ -150,7 +155,7 @@ impl Authd {
         source: Option<IpAddr>,
         token: &str,
     ) -> Result<Introspection> {
-        if self.config.validate_require_key {
+        if self.settings.access.validate_require_key {
             match caller {
                 Caller::ClientCertificate { subject } => {
                     tracing::debug!(%subject, "ValidateToken caller trusted by its client certificate");

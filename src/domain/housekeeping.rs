@@ -13,7 +13,7 @@ impl Authd {
     pub async fn prune(&self) -> Result<(usize, usize)> {
         const BATCH: i64 = 5000;
         let now = self.now();
-        let events_before = now - chrono_duration(self.config().audit_retention);
+        let events_before = now - chrono_duration(self.settings.audit_retention);
         let sessions_before = now - chrono::Duration::days(1);
         let mut conn = self.conn().await?;
         let mut events = 0;

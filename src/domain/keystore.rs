@@ -119,10 +119,6 @@ impl KeyStore {
         Self { master }
     }
 
-    pub fn encrypts(&self) -> bool {
-        self.master.is_some()
-    }
-
     /// What to store for `plaintext`: sealed when a master key is set.
     fn to_store(&self, plaintext: &[u8], aad: &str) -> Result<(Vec<u8>, bool)> {
         match &self.master {

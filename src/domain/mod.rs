@@ -12,17 +12,14 @@ mod housekeeping;
 pub mod keystore;
 pub mod opaque;
 pub mod passwords;
-pub mod service;
 pub mod service_keys;
 pub mod sessions;
+pub mod settings;
 mod signing_keys;
 pub mod throttle;
 pub mod tokens;
 pub mod validate;
 pub mod views;
-
-/// The old path of [`passwords`].
-pub use passwords as password;
 
 use std::net::IpAddr;
 use std::time::Duration;

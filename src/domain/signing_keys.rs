@@ -34,8 +34,8 @@ impl Authd {
             .rotate(
                 &mut *self.conn().await?,
                 self.now(),
-                chrono_duration(self.config.key_publish_delay),
-                chrono_duration(self.config.access_token_ttl),
+                chrono_duration(self.settings.keys.publish_delay),
+                chrono_duration(self.settings.tokens.access_token_ttl),
             )
             .await?;
         self.reload_keys().await?;

@@ -8,7 +8,9 @@ use super::{
     authorization, caller, client_address, client_info, principal, role_to_proto, timestamp,
 };
 use crate::domain::Authd;
-use crate::domain::service::{LoginIdentifier, NewAccount, ServiceKeySpec, TokenPair};
+use crate::domain::accounts::NewAccount;
+use crate::domain::service_keys::ServiceKeySpec;
+use crate::domain::sessions::{LoginIdentifier, TokenPair};
 use crate::proto;
 use crate::proto::auth_service_server::AuthService;
 use crate::proto::login_request::Identifier;
@@ -17,11 +19,16 @@ use crate::proto::login_request::Identifier;
 #[derive(Debug, Clone)]
 pub struct AuthApi {
     svc: Arc<Authd>,
+    /// `AUTHD_TLS_CLIENT_CA` is set: a verified client certificate authenticates ValidateToken.
+    client_certificates: bool,
 }
 
 impl AuthApi {
-    pub fn new(svc: Arc<Authd>) -> Self {
-        Self { svc }
+    pub fn new(svc: Arc<Authd>, client_certificates: bool) -> Self {
+        Self {
+            svc,
+            client_certificates,
+        }
     }
 }
 
@@ -58,7 +65,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
-        let client = client_info(&req, &self.svc);
+        let client = client_info(&req)?;
         let r = req.into_inner();
         let account = self
             .svc
@@ -82,7 +89,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::LoginRequest>,
     ) -> Result<Response<proto::LoginResponse>, Status> {
-        let client = client_info(&req, &self.svc);
+        let client = client_info(&req)?;
         let r = req.into_inner();
         let identifier = r.identifier.map(|i| match i {
             Identifier::Email(e) => LoginIdentifier::Email(e),
@@ -96,7 +103,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::RefreshRequest>,
     ) -> Result<Response<proto::RefreshResponse>, Status> {
-        let client = client_info(&req, &self.svc);
+        let client = client_info(&req)?;
         let pair = self
             .svc
             .refresh(&req.into_inner().refresh_token, &client)
@@ -108,7 +115,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::LogoutRequest>,
     ) -> Result<Response<proto::LogoutResponse>, Status> {
-        let client = client_info(&req, &self.svc);
+        let client = client_info(&req)?;
         if req.get_ref().refresh_token.is_empty() {
             // Not in the auth layer: whether a token is needed depends on the request body.
             let p = self.svc.authenticate(authorization(req.metadata())).await?;
@@ -126,10 +133,7 @@ impl AuthService for AuthApi {
         req: Request<proto::LogoutAllRequest>,
     ) -> Result<Response<proto::LogoutAllResponse>, Status> {
         let p = principal(&req)?;
-        let revoked_sessions = self
-            .svc
-            .logout_all(&p, &client_info(&req, &self.svc))
-            .await?;
+        let revoked_sessions = self.svc.logout_all(&p, &client_info(&req)?).await?;
         Ok(Response::new(proto::LogoutAllResponse { revoked_sessions }))
     }
 
@@ -137,11 +141,11 @@ impl AuthService for AuthApi {
         &self,
         req: Request<proto::ValidateTokenRequest>,
     ) -> Result<Response<proto::ValidateTokenResponse>, Status> {
-        let source = client_address(&req, &self.svc.config().trusted_proxies);
+        let source = client_address(&req)?;
         let answer = self
             .svc
             .validate_token(
-                caller(&req, self.svc.config()),
+                caller(&req, self.client_certificates),
                 source,
                 &req.get_ref().access_token,
             )
@@ -187,7 +191,7 @@ impl AuthService for AuthApi {
         req: Request<proto::CreateServiceKeyRequest>,
     ) -> Result<Response<proto::CreateServiceKeyResponse>, Status> {
         let p = principal(&req)?;
-        let client = client_info(&req, &self.svc);
+        let client = client_info(&req)?;
         let r = req.into_inner();
         let spec = ServiceKeySpec {
             name: r.name,
@@ -246,7 +250,7 @@ impl AuthService for AuthApi {
     ) -> Result<Response<proto::RevokeServiceKeyResponse>, Status> {
         let p = principal(&req)?;
         self.svc
-            .revoke_service_key(&p, &req.get_ref().id, &client_info(&req, &self.svc))
+            .revoke_service_key(&p, &req.get_ref().id, &client_info(&req)?)
             .await?;
         Ok(Response::new(proto::RevokeServiceKeyResponse {}))
     }

@@ -6,8 +6,8 @@ use tonic::{Request, Response, Status};
 
 use super::{client_info, principal, role_arg, timestamp};
 use crate::domain::Authd;
+use crate::domain::accounts::NewAccount;
 use crate::domain::accounts::{AdminUpdate, ProfileUpdate, UserQuery};
-use crate::domain::service::NewAccount;
 use crate::proto;
 use crate::proto::user_service_server::UserService;
 
@@ -38,7 +38,7 @@ impl UserService for UserApi {
         req: Request<proto::UpdateMeRequest>,
     ) -> Result<Response<proto::User>, Status> {
         let p = principal(&req)?;
-        let client = client_info(&req, &self.svc);
+        let client = client_info(&req)?;
         let r = req.into_inner();
         let upd = ProfileUpdate {
             username: r.username,
@@ -57,7 +57,7 @@ impl UserService for UserApi {
         req: Request<proto::ChangePasswordRequest>,
     ) -> Result<Response<proto::ChangePasswordResponse>, Status> {
         let p = principal(&req)?;
-        let client = client_info(&req, &self.svc);
+        let client = client_info(&req)?;
         let r = req.into_inner();
         let revoked_sessions = self
             .svc
@@ -73,7 +73,7 @@ impl UserService for UserApi {
         req: Request<proto::DeleteMeRequest>,
     ) -> Result<Response<proto::DeleteMeResponse>, Status> {
         let p = principal(&req)?;
-        let client = client_info(&req, &self.svc);
+        let client = client_info(&req)?;
         self.svc
             .delete_me(&p, &req.get_ref().password, &client)
             .await?;
@@ -108,7 +108,7 @@ impl UserService for UserApi {
         req: Request<proto::RevokeMySessionRequest>,
     ) -> Result<Response<proto::RevokeMySessionResponse>, Status> {
         let p = principal(&req)?;
-        let client = client_info(&req, &self.svc);
+        let client = client_info(&req)?;
         self.svc
             .revoke_my_session(&p, &req.get_ref().session_id, &client)
             .await?;
@@ -156,7 +156,7 @@ impl UserService for UserApi {
         req: Request<proto::RevokeUserSessionsRequest>,
     ) -> Result<Response<proto::RevokeUserSessionsResponse>, Status> {
         let p = principal(&req)?;
-        let client = client_info(&req, &self.svc);
+        let client = client_info(&req)?;
         let revoked_sessions = self
             .svc
             .revoke_user_sessions(&p, &req.get_ref().user_id, &client)
@@ -171,7 +171,7 @@ impl UserService for UserApi {
         req: Request<proto::CreateUserRequest>,
     ) -> Result<Response<proto::User>, Status> {
         let p = principal(&req)?;
-        let client = client_info(&req, &self.svc);
+        let client = client_info(&req)?;
         let r = req.into_inner();
         let input = NewAccount {
             email: r.email,
@@ -192,7 +192,7 @@ impl UserService for UserApi {
         req: Request<proto::UpdateUserRequest>,
     ) -> Result<Response<proto::User>, Status> {
         let p = principal(&req)?;
-        let client = client_info(&req, &self.svc);
+        let client = client_info(&req)?;
         let r = req.into_inner();
         let upd = AdminUpdate {
             email: r.email,
@@ -212,7 +212,7 @@ impl UserService for UserApi {
         req: Request<proto::DeleteUserRequest>,
     ) -> Result<Response<proto::DeleteUserResponse>, Status> {
         let p = principal(&req)?;
-        let client = client_info(&req, &self.svc);
+        let client = client_info(&req)?;
         self.svc
             .delete_user(&p, &req.get_ref().user_id, &client)
             .await?;

@@ -1,6 +1,6 @@
 //! Start-up and serving: which database to use (DATABASE_URL or the embedded PostgreSQL),
 //! migrations, pool, keys and bootstrap admin ([`start_service`]), and the tonic server with health,
-//! reflection and the layer stack ([`serve`]).
+//! reflection (`reflection.rs`, its allowlist) and the layer stack ([`serve`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,13 +19,13 @@ use crate::grpc::auth::AuthApi;
 use crate::grpc::user::UserApi;
 use crate::layers;
 use crate::limits::MAX_MESSAGE_BYTES;
-use crate::proto;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
 use crate::server::background;
 use crate::server::error::StartError;
 use crate::server::health::{HealthWatches, LIVENESS_SERVICE};
 use crate::server::readiness::{self, Readiness};
+use crate::server::reflection;
 use crate::server::shutdown::{DrainTimings, drain};
 use crate::transport::{self, Transport, http2_limits};
 
@@ -38,7 +38,7 @@ pub struct Database {
 impl Database {
     /// `DATABASE_URL` when set; otherwise starts (or attaches to) the embedded PostgreSQL.
     pub async fn open(config: &Config) -> Result<Self, StartError> {
-        if let Some(url) = config.database_url.as_deref().filter(|u| !u.is_empty()) {
+        if let Some(url) = config.database_url() {
             return Ok(Self {
                 url: url.to_owned(),
                 embedded: None,
@@ -87,25 +87,27 @@ pub async fn start_service(
         tracing::info!(applied, "migrations applied");
     }
     let pool = db::build_pool(url, config.db_pool_size, config.db_timeout)?;
-    let svc = Authd::init(pool, config.clone(), clock).await?;
+    let svc = Authd::init(config.domain_settings(), pool, clock).await?;
     if let Some((email, password)) = config.bootstrap_admin() {
-        svc.ensure_bootstrap_admin(email, password).await?;
+        svc.ensure_bootstrap_admin(email, password.expose()).await?;
     }
     Ok(svc)
 }
 
 /// Serves the API, health and reflection on `listener` until `shutdown` resolves, then lets
-/// in-flight calls finish.
+/// in-flight calls finish. `config` gives the transport, the listeners, the limits and the drain
+/// timings (the domain has its own settings, given to `start_service`).
 pub async fn serve(
     svc: Arc<Authd>,
+    config: Arc<Config>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     // TLS, mTLS and gRPC-Web come from the config; the files are read (and checked) here.
-    let transport = Transport::from_config(svc.config())?;
+    let transport = Transport::from_config(&config)?;
     let builder = http2_limits(transport.configure(Server::builder())?);
     transport.log_settings();
-    let health_listener = match svc.config().health_listen {
+    let health_listener = match config.health_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
                 .await
@@ -113,14 +115,8 @@ pub async fn serve(
         ),
         None => None,
     };
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection::v1()?;
+    let reflection_v1alpha = reflection::v1alpha()?;
 
     let (reporter, _) = tonic_health::server::health_reporter();
     // Drain on `shutdown`: see [`drain`]. When `stop_accepting` fires, the server stops accepting
@@ -158,32 +154,35 @@ pub async fn serve(
         tokio::spawn(transport::serve_health(
             listener,
             tonic::service::Routes::new(health_service.clone()),
-            svc.config().handshake_timeout,
+            config.handshake_timeout,
             async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             },
         ))
     });
     // AUTHD_HTTP_LISTEN: metrics, JWKS and probes over HTTP; stops with the gRPC server.
-    let http_side = match svc.config().http_listen {
+    let http_side = match config.http_listen {
         Some(addr) => Some(
-            crate::server::http::spawn(addr, svc.clone(), reporter.clone(), stop_tx.subscribe())
-                .await?,
+            crate::server::http::spawn(
+                addr,
+                crate::server::http::HttpSettings::from_config(&config),
+                svc.clone(),
+                reporter.clone(),
+                stop_tx.subscribe(),
+            )
+            .await?,
         ),
         None => None,
     };
 
-    let auth = AuthServiceServer::new(AuthApi::new(svc.clone()))
+    let auth = AuthServiceServer::new(AuthApi::new(svc.clone(), config.tls_client_ca.is_some()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let users = UserServiceServer::new(UserApi::new(svc.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     let server = builder
         .layer(transport.web_layer())
-        .layer(layers::grpc_stack(
-            svc.clone(),
-            svc.config().request_timeout,
-        ))
+        .layer(layers::grpc_stack(svc.clone(), &config))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -192,7 +191,7 @@ pub async fn serve(
     let stop = async move {
         let _ = accepting.wait_for(|stop| *stop).await;
     };
-    let incoming = transport.incoming(listener, svc.config().handshake_timeout);
+    let incoming = transport.incoming(listener, config.handshake_timeout);
     let server = async move {
         match incoming {
             transport::listener::Listener::Plain(incoming) => {
@@ -203,7 +202,7 @@ pub async fn serve(
             }
         }
     };
-    let timings = DrainTimings::from_config(svc.config());
+    let timings = DrainTimings::from_config(&config);
     let result = drain(server, shutdown, &readiness, stop_accepting, timings).await;
     let _ = stop_tx.send(true);
     let _ = monitor.await;

@@ -42,7 +42,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                     source,
                 })?;
         tracing::info!(addr = %config.listen, "authd listening");
-        let served = serve(svc.clone(), listener, shutdown).await;
+        let served = serve(svc.clone(), config.clone(), listener, shutdown).await;
         tracing::info!("drain 4/5: closing the database pool");
         svc.pool().close();
         served
@@ -72,7 +72,7 @@ pub async fn create_admin(
     let result = async {
         let svc = start_service(config.clone(), database.url(), Arc::new(SystemClock)).await?;
         let client = domain::ClientInfo::new(None, "authd-cli");
-        let input = domain::service::NewAccount {
+        let input = domain::accounts::NewAccount {
             email: email.to_owned(),
             password: password.to_owned(),
             ..Default::default()
@@ -98,7 +98,7 @@ pub async fn create_admin(
 /// store for `identifier`, so that an admin can check a candidate against the audit log.
 pub async fn identifier_digest(
     config: Config,
-    identifier: domain::service::LoginIdentifier,
+    identifier: domain::sessions::LoginIdentifier,
 ) -> Result<String, StartError> {
     let config = Arc::new(config);
     let database = Database::open(&config).await?;
@@ -135,7 +135,7 @@ pub async fn rotate_signing_key(
 /// poll of the service-key view (within 250 ms).
 pub async fn create_service_key(
     config: Config,
-    spec: &domain::service::ServiceKeySpec,
+    spec: &domain::service_keys::ServiceKeySpec,
 ) -> Result<(String, String), StartError> {
     let config = Arc::new(config);
     let database = Database::open(&config).await?;

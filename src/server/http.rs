@@ -26,6 +26,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::Health;
 use tonic_health::server::{HealthReporter, HealthService};
 
+use crate::config::Config;
 use crate::domain::Authd;
 use crate::server::error::StartError;
 
@@ -35,9 +36,28 @@ pub const MAX_JWKS_CACHE: Duration = Duration::from_secs(300);
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The options of the side listener, from [`Config`].
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    /// `AUTHD_KEY_PUBLISH_DELAY`: bounds how long the JWKS may be cached.
+    pub key_publish_delay: Duration,
+    /// `AUTHD_HANDSHAKE_TIMEOUT`: the wait for a request's headers.
+    pub handshake_timeout: Duration,
+}
+
+impl HttpSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            key_publish_delay: config.key_publish_delay,
+            handshake_timeout: config.handshake_timeout,
+        }
+    }
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct HttpState {
+    settings: HttpSettings,
     svc: Arc<Authd>,
     metrics: PrometheusHandle,
     health: Arc<HealthService>,
@@ -45,8 +65,14 @@ pub struct HttpState {
 
 impl HttpState {
     /// `reporter` is the gRPC health reporter: `/readyz` answers what health service `""` says.
-    pub fn new(svc: Arc<Authd>, metrics: PrometheusHandle, reporter: HealthReporter) -> Self {
+    pub fn new(
+        settings: HttpSettings,
+        svc: Arc<Authd>,
+        metrics: PrometheusHandle,
+        reporter: HealthReporter,
+    ) -> Self {
         Self {
+            settings,
             svc,
             metrics,
             health: Arc::new(HealthService::from_health_reporter(reporter)),
@@ -99,7 +125,7 @@ pub fn jwks_document(svc: &Authd) -> serde_json::Value {
 }
 
 async fn jwks(State(state): State<HttpState>) -> Response {
-    let max_age = jwks_max_age(state.svc.config().key_publish_delay).as_secs();
+    let max_age = jwks_max_age(state.settings.key_publish_delay).as_secs();
     (
         [
             (header::CONTENT_TYPE, "application/json".to_owned()),
@@ -137,7 +163,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // A connection whose request headers (of any request: these are all GETs without a body) do
     // not arrive within AUTHD_HANDSHAKE_TIMEOUT is closed (axum sets no header timeout of its own).
-    let timeout = state.svc.config().handshake_timeout;
+    let timeout = state.settings.handshake_timeout;
     let listener =
         crate::transport::listener::Incoming::new(listener, Some(timeout)).each_http1_request();
     axum::serve(listener, router(state))
@@ -149,6 +175,7 @@ pub async fn serve(
 /// `stop` changes (the gRPC server has stopped). Open connections get [`SHUTDOWN_WAIT`] to finish.
 pub async fn spawn(
     addr: SocketAddr,
+    settings: HttpSettings,
     svc: Arc<Authd>,
     reporter: HealthReporter,
     mut stop: watch::Receiver<bool>,
@@ -157,7 +184,7 @@ pub async fn spawn(
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
     let local = listener.local_addr().unwrap_or(addr);
-    let state = HttpState::new(svc, crate::metrics::install_recorder(), reporter);
+    let state = HttpState::new(settings, svc, crate::metrics::install_recorder(), reporter);
     tracing::info!(addr = %local, "HTTP listener (metrics, JWKS, probes) listening");
     let (stopped_tx, mut stopped_rx) = watch::channel(false);
     Ok(tokio::spawn(async move {

@@ -394,14 +394,14 @@ async fn x_forwarded_for_without_a_proxy_key_from_its_cidrs_is_ignored() {
     let email = unique_email();
     srv.svc
         .create_account(
-            authd::domain::service::NewAccount {
+            authd::api::NewAccount {
                 email: email.clone(),
                 password: PASSWORD.into(),
                 ..Default::default()
             },
-            authd::domain::Role::User,
+            authd::api::Role::User,
             None,
-            &authd::domain::ClientInfo::default(),
+            &authd::api::ClientInfo::default(),
             "test",
         )
         .await
@@ -679,25 +679,25 @@ async fn random_service_keys_cost_no_query_and_spend_the_per_ip_limit() {
     let srv = TestServer::start_with(|c| c.rate_limit_per_ip = 10).await;
     // A session made without the API, so the bucket of 127.0.0.1 is full.
     let email = unique_email();
-    let account = authd::domain::service::NewAccount {
+    let account = authd::api::NewAccount {
         email: email.clone(),
         password: PASSWORD.into(),
         ..Default::default()
     };
-    let nobody = authd::domain::ClientInfo::default();
-    let role = authd::domain::Role::User;
+    let nobody = authd::api::ClientInfo::default();
+    let role = authd::api::Role::User;
     srv.svc
         .create_account(account, role, None, &nobody, "test")
         .await
         .unwrap();
-    let id = authd::domain::service::LoginIdentifier::Email(email);
+    let id = authd::api::LoginIdentifier::Email(email);
     let pair = srv.svc.login(Some(id), PASSWORD, &nobody).await.unwrap();
     // Every connection of the pool is taken: a key check that needed the database would wait for
     // one (AUTHD_DB_TIMEOUT) and fail UNAVAILABLE.
     srv.svc.sync_views().await.unwrap();
     let mut held = Vec::new();
     for _ in 0..srv.config.db_pool_size {
-        held.push(authd::db::conn(srv.svc.pool()).await.unwrap());
+        held.push(srv.svc.pool().get().await.unwrap());
     }
     let calls = (0..30).map(|i| {
         let (srv, token) = (&srv, &pair.access_token);
@@ -730,7 +730,7 @@ async fn random_service_keys_cost_no_query_and_spend_the_per_ip_limit() {
 async fn a_key_created_on_another_replica_works_after_the_next_poll() {
     let a = TestServer::start().await;
     let mut config = a.config.clone();
-    config.database_url = Some(a.url.clone());
+    config.database_url = Some(a.url.clone().into());
     let b = TestServer::start_on(config, a.clock.clone()).await;
     let admin = a.admin_session().await;
     let (_, pair) = a.user_session().await;

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use authd::api::ClientKey;
+use authd::api::password::Hold;
 use authd::clock::ManualClock;
-use authd::domain::ClientKey;
-use authd::domain::password::Hold;
 use authd::proto;
 use chrono::Utc;
 use tokio::task::JoinSet;

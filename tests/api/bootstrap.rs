@@ -68,7 +68,7 @@ async fn a_deleted_bootstrap_admin_is_recreated_only_while_no_active_admin_exist
 
     // With no active admin left (deactivated behind authd's back), the next start creates it
     // again, once, even when two replicas start together.
-    let url = config.database_url.clone().expect("url");
+    let url = config.database_url().expect("url").to_owned();
     AsyncPgConnection::establish(&url)
         .await
         .expect("connect")

@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
+use authd::api::NewAccount;
+use authd::api::{ClientInfo, Role as DomainRole};
 use authd::clock::{Clock, ManualClock};
-use authd::domain::service::NewAccount;
-use authd::domain::{ClientInfo, Role as DomainRole};
 use authd::proto;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -647,7 +647,7 @@ async fn cli_rotate_prints_the_new_kid_and_servers_publish_it() {
 #[tokio::test]
 async fn cli_rotate_honours_the_master_key() {
     let (master, master_bytes) = new_master_key();
-    let srv = TestServer::start_with(|c| c.master_key = Some(master.clone())).await;
+    let srv = TestServer::start_with(|c| c.master_key = Some(master.clone().into())).await;
     let url = srv.url.clone();
 
     // Without the master key the CLI cannot use an encrypted database, and says why.
@@ -684,7 +684,7 @@ async fn cli_rotate_honours_the_master_key() {
 #[tokio::test]
 async fn with_a_master_key_key_material_is_sealed_and_a_dump_cannot_mint_tokens() {
     let (master, master_bytes) = new_master_key();
-    let srv = TestServer::start_with(|c| c.master_key = Some(master.clone())).await;
+    let srv = TestServer::start_with(|c| c.master_key = Some(master.clone().into())).await;
 
     // The server works normally.
     let (user, pair) = srv.user_session().await;
@@ -787,7 +787,7 @@ async fn with_a_master_key_key_material_is_sealed_and_a_dump_cannot_mint_tokens(
 
 /// `start_service` on `config`, which must fail; returns the error text.
 async fn start_fails(config: authd::config::Config) -> String {
-    let url = config.database_url.clone().expect("url");
+    let url = config.database_url().expect("url").to_owned();
     let clock = Arc::new(ManualClock::new(Utc::now()));
     match authd::server::start_service(Arc::new(config), &url, clock).await {
         Ok(svc) => {
@@ -801,12 +801,12 @@ async fn start_fails(config: authd::config::Config) -> String {
 #[tokio::test]
 async fn an_encrypted_database_needs_the_right_master_key() {
     let (master, _) = new_master_key();
-    let srv = TestServer::start_with(|c| c.master_key = Some(master.clone())).await;
+    let srv = TestServer::start_with(|c| c.master_key = Some(master.clone().into())).await;
     let (_, pair) = srv.user_session().await;
     let config = srv.config.clone();
     let clock = srv.clock.clone();
     srv.stop().await;
-    let rows_before = key_rows(&config.database_url.clone().expect("url")).await;
+    let rows_before = key_rows(config.database_url().expect("url")).await;
 
     // No master key: start-up fails and names the variable.
     let mut none = config.clone();
@@ -816,13 +816,13 @@ async fn an_encrypted_database_needs_the_right_master_key() {
 
     // A different (well-formed) master key: start-up fails clearly.
     let mut wrong = config.clone();
-    wrong.master_key = Some(new_master_key().0);
+    wrong.master_key = Some(new_master_key().0.into());
     let err = start_fails(wrong).await;
     assert!(err.contains("AUTHD_MASTER_KEY"), "{err}");
     assert!(err.contains("decrypt"), "{err}");
 
     // The failed starts changed nothing.
-    let url = config.database_url.clone().expect("url");
+    let url = config.database_url().expect("url").to_owned();
     let rows_after = key_rows(&url).await;
     assert_eq!(
         rows_before
@@ -838,7 +838,7 @@ async fn an_encrypted_database_needs_the_right_master_key() {
     // The right key (written in hex this time) still works, and so do the old tokens.
     let mut hex_config = config.clone();
     let b64 = master.clone();
-    hex_config.master_key = Some(hex(&STANDARD.decode(b64).expect("b64")));
+    hex_config.master_key = Some(hex(&STANDARD.decode(b64).expect("b64")).into());
     let srv = TestServer::start_on(hex_config, clock).await;
     assert_token_works(&srv, &pair.access_token, "token after a hex-key restart").await;
     try_refresh(&srv, &pair.refresh_token)
@@ -871,7 +871,7 @@ async fn setting_a_master_key_later_seals_plaintext_rows_in_place() {
     srv.stop().await;
 
     let (master, master_bytes) = new_master_key();
-    config.master_key = Some(master);
+    config.master_key = Some(master.into());
     let srv = TestServer::start_on(config.clone(), clock.clone()).await;
 
     let sealed_keys = key_rows(&url).await;
@@ -949,7 +949,7 @@ async fn a_malformed_master_key_stops_start_up() {
     ];
     for key in bad {
         let mut c = test_config(&url);
-        c.master_key = Some(key.clone());
+        c.master_key = Some(key.clone().into());
         let err = start_fails(c).await;
         assert!(
             err.contains("AUTHD_MASTER_KEY"),
@@ -976,7 +976,7 @@ async fn a_malformed_master_key_stops_start_up() {
     ] {
         let url = fresh_database().await;
         let mut c = test_config(&url);
-        c.master_key = Some(key.clone());
+        c.master_key = Some(key.clone().into());
         let svc =
             authd::server::start_service(Arc::new(c), &url, Arc::new(ManualClock::new(Utc::now())))
                 .await

@@ -1,9 +1,9 @@
 //! Debug output never shows passwords, tokens or keys: of the domain's inputs and outputs, and of
 //! the configuration.
 
+use authd::api::{AdminUpdate, ProfileUpdate};
+use authd::api::{NewAccount, TokenPair};
 use authd::config::Config;
-use authd::domain::accounts::{AdminUpdate, ProfileUpdate};
-use authd::domain::service::{NewAccount, TokenPair};
 
 const SECRET: &str = "Secret-Value-That-Must-Not-Show-42";
 
@@ -52,6 +52,6 @@ fn debug_output_hides_secrets() {
     config.bootstrap_admin_password = Some(SECRET.into());
     assert_hidden("Config (bootstrap password)", format!("{config:?}"));
     let mut config = Config::defaults();
-    config.database_url = Some(format!("postgres://authd:{SECRET}@db/authd"));
+    config.database_url = Some(format!("postgres://authd:{SECRET}@db/authd").into());
     assert_hidden("Config (DATABASE_URL)", format!("{config:#?}"));
 }

@@ -2052,9 +2052,7 @@ async fn audit_records_logins_and_logouts_with_client_details() {
     let everything = audit_events(&srv, &admin.access_token, "").await;
     let digest = srv
         .svc
-        .audit_identifier_digest(&authd::domain::service::LoginIdentifier::Email(
-            ghost.clone(),
-        ));
+        .audit_identifier_digest(&authd::api::LoginIdentifier::Email(ghost.clone()));
     assert!(everything.iter().all(|e| !e.detail.contains(&ghost)));
     let unknown: Vec<_> = everything
         .iter()
@@ -2072,7 +2070,7 @@ async fn audit_records_logins_and_logouts_with_client_details() {
 
 #[tokio::test]
 async fn audit_stores_unknown_login_identifiers_only_as_a_keyed_hash() {
-    use authd::domain::service::LoginIdentifier;
+    use authd::api::LoginIdentifier;
     let srv = TestServer::start().await;
     let admin = srv.admin_session().await;
     let marker = uuid::Uuid::new_v4().simple().to_string();

@@ -9,7 +9,6 @@ use authd_testkit::*;
 // nothing here asserts on latency. Client addresses come from `x-forwarded-for`, believed because
 // the test client (127.0.0.1) is a trusted proxy.
 
-use authd::clock::Clock;
 use authd::proto;
 use authd::proto::login_request::Identifier;
 use chrono::Duration as ChronoDuration;
@@ -204,18 +203,10 @@ async fn an_abandoned_reservation_counts_as_one_failure_and_expires() {
     srv.register(&email, PASSWORD).await;
     // A call cancelled between its reservation and its password check leaves the reservation
     // behind, as if the call had been dropped mid-way.
-    let key = authd::domain::throttle::login_key("email", &email);
-    let policy = authd::domain::throttle::Policy {
-        max_failures: 1,
-        max_failures_per_hour: 1_000,
-    };
-    let mut conn = srv.svc.pool().get().await.expect("a pooled connection");
-    let abandoned =
-        authd::domain::throttle::reserve(&mut conn, policy, &key, "127.0.0.1", srv.clock.now())
-            .await
-            .expect("reserve");
-    drop(abandoned);
-    drop(conn);
+    srv.svc
+        .abandon_login_reservation(&email, "127.0.0.1")
+        .await
+        .expect("reserve");
     // It counts as one failure: the usual 1 s wait, no longer.
     let e = expect_code(
         srv.auth().await.login(login_email(&email, PASSWORD)).await,

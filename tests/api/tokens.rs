@@ -6,6 +6,7 @@ use std::time::Duration as StdDuration;
 use authd::clock::{Clock, ManualClock};
 use authd::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use authd::proto;
+use authd::server::REFLECTED_SERVICES;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{Duration, Utc};
@@ -211,19 +212,14 @@ impl Forge {
         let der = key.to_pkcs8_der().expect("pkcs8");
         let public = key.verifying_key().to_bytes();
         let when = clock.now() - Duration::days(1);
-        diesel::insert_into(authd::db::schema::signing_keys::table)
-            .values(&authd::db::models::NewSigningKey {
-                kid: &kid,
-                algorithm: "EdDSA",
-                private_key: der.as_bytes(),
-                public_key: &public,
-                create_time: when,
-                activate_time: when,
-                encrypted: false,
-            })
-            .execute(&mut connect_db(&url).await)
-            .await
-            .expect("insert test signing key");
+        insert_signing_key(
+            &mut connect_db(&url).await,
+            &kid,
+            der.as_bytes(),
+            &public,
+            when,
+        )
+        .await;
 
         let srv = TestServer::start_on(config, clock).await;
         let email = unique_email();
@@ -1544,7 +1540,7 @@ async fn bootstrap_admin_is_created_once() {
     let (e, p) = (email.clone(), OTHER_PASSWORD.to_owned());
     let srv = TestServer::start_with(move |c| {
         c.bootstrap_admin_email = Some(e);
-        c.bootstrap_admin_password = Some(p);
+        c.bootstrap_admin_password = Some(p.into());
     })
     .await;
 
@@ -1789,14 +1785,23 @@ async fn ensure_database(pg: &EmbeddedPostgres, name: &str) {
 
 // ----- reflection ----------------------------------------------------------------------------------
 
-const REFLECTED: [&str; 3] = [
-    "authd.v1.AuthService",
-    "authd.v1.UserService",
-    "grpc.health.v1.Health",
-];
+/// Reflection lists exactly the allowlist, [`REFLECTED_SERVICES`]: the API and health.
+fn assert_lists_the_allowlist(mut names: Vec<String>) {
+    names.sort();
+    let mut want: Vec<&str> = REFLECTED_SERVICES.to_vec();
+    want.sort_unstable();
+    assert_eq!(names, want);
+    for expected in [
+        "authd.v1.AuthService",
+        "authd.v1.UserService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(want.contains(&expected), "{expected} not in the allowlist");
+    }
+}
 
 #[tokio::test]
-async fn reflection_v1_lists_the_services() {
+async fn reflection_v1_lists_exactly_the_allowlist() {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
@@ -1824,16 +1829,11 @@ async fn reflection_v1_lists_the_services() {
         }
         other => panic!("unexpected reflection answer: {other:?}"),
     };
-    for want in REFLECTED {
-        assert!(
-            names.iter().any(|n| n == want),
-            "{want} missing in {names:?}"
-        );
-    }
+    assert_lists_the_allowlist(names);
 }
 
 #[tokio::test]
-async fn reflection_v1alpha_lists_the_services() {
+async fn reflection_v1alpha_lists_exactly_the_allowlist() {
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
@@ -1861,10 +1861,5 @@ async fn reflection_v1alpha_lists_the_services() {
         }
         other => panic!("unexpected reflection answer: {other:?}"),
     };
-    for want in REFLECTED {
-        assert!(
-            names.iter().any(|n| n == want),
-            "{want} missing in {names:?}"
-        );
-    }
+    assert_lists_the_allowlist(names);
 }

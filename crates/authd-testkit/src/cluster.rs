@@ -84,7 +84,7 @@ fn cluster() -> &'static Cluster {
                     .execute(&mut admin)
                     .await
                     .expect("create template database");
-                authd::db::run_migrations(&template.replace(DB_PLACEHOLDER, TEMPLATE_DB))
+                authd::server::run_migrations(&template.replace(DB_PLACEHOLDER, TEMPLATE_DB))
                     .await
                     .expect("migrate template database");
                 tx.send(template).expect("hand over cluster url");

@@ -3,7 +3,9 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use diesel::sql_types::{BigInt, Text};
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{BigInt, Binary, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 /// One `n` column of a `SELECT count(*) AS n …`.
 #[derive(diesel::QueryableByName, Debug)]
@@ -17,6 +19,29 @@ pub struct Count {
 pub struct TextRow {
     #[diesel(sql_type = Text)]
     pub t: String,
+}
+
+/// Inserts an unencrypted EdDSA signing key as authd stores one: `private_der` is its PKCS#8 DER,
+/// `public` the raw 32-byte public key; created and active from `since`, not retired.
+pub async fn insert_signing_key(
+    conn: &mut AsyncPgConnection,
+    kid: &str,
+    private_der: &[u8],
+    public: &[u8],
+    since: DateTime<Utc>,
+) {
+    diesel::sql_query(
+        "INSERT INTO signing_keys \
+         (kid, algorithm, private_key, public_key, create_time, activate_time, encrypted) \
+         VALUES ($1, 'EdDSA', $2, $3, $4::timestamptz, $4::timestamptz, false)",
+    )
+    .bind::<Text, _>(kid)
+    .bind::<Binary, _>(private_der)
+    .bind::<Binary, _>(public)
+    .bind::<Text, _>(since.to_rfc3339())
+    .execute(conn)
+    .await
+    .expect("insert a signing key");
 }
 
 /// Lower-case hex of `bytes`.

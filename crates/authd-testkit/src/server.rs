@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use authd::api::Authd;
 use authd::clock::ManualClock;
 use authd::config::Config;
-use authd::domain::Authd;
 use authd::proto;
 use authd::proto::auth_service_client::AuthServiceClient;
 use authd::proto::user_service_client::UserServiceClient;
@@ -24,7 +24,7 @@ use crate::requests::{PASSWORD, login_email, unique_email, with_key};
 /// The configuration tests start from: bcrypt cost 4, the given database.
 pub fn test_config(url: &str) -> Config {
     let mut c = Config::defaults();
-    c.database_url = Some(url.to_owned());
+    c.database_url = Some(url.into());
     c.listen = "127.0.0.1:0".parse().expect("addr");
     c.bcrypt_cost = 4;
     c.db_pool_size = 5;
@@ -71,10 +71,11 @@ impl TestServer {
     /// A server with exactly this config and clock (e.g. a restart on an existing database).
     pub async fn start_on(config: Config, clock: Arc<ManualClock>) -> Self {
         let url = config
-            .database_url
-            .clone()
-            .expect("tests always set a database url");
-        let svc = server::start_service(Arc::new(config.clone()), &url, clock.clone())
+            .database_url()
+            .expect("tests always set a database url")
+            .to_owned();
+        let shared = Arc::new(config.clone());
+        let svc = server::start_service(shared.clone(), &url, clock.clone())
             .await
             .expect("start service");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -82,7 +83,7 @@ impl TestServer {
         let (tx, rx) = oneshot::channel::<()>();
         let serve_svc = svc.clone();
         let handle = tokio::spawn(async move {
-            server::serve(serve_svc, listener, async {
+            server::serve(serve_svc, shared, listener, async {
                 let _ = rx.await;
             })
             .await
@@ -185,14 +186,14 @@ impl TestServer {
         let account = self
             .svc
             .create_account(
-                authd::domain::service::NewAccount {
+                authd::api::NewAccount {
                     email: email.into(),
                     password: password.into(),
                     ..Default::default()
                 },
-                authd::domain::Role::Admin,
+                authd::api::Role::Admin,
                 None,
-                &authd::domain::ClientInfo::default(),
+                &authd::api::ClientInfo::default(),
                 "test admin",
             )
             .await
@@ -203,7 +204,7 @@ impl TestServer {
     /// A service key created through the domain (as the CLI does).
     pub async fn service_key(&self) -> String {
         self.svc
-            .create_service_key(None, "tests", &authd::domain::ClientInfo::default())
+            .create_service_key(None, "tests", &authd::api::ClientInfo::default())
             .await
             .expect("create service key")
             .1

@@ -172,7 +172,7 @@ impl Authd {
                 passwords::check_strength(
                     "password",
                     &pw,
-                    self.config().min_password_score,
+                    self.settings.passwords.min_score,
                     &[email_ctx, username_ctx.unwrap_or_default()],
                 )?;
                 Some(self.hasher().hash(pw, client).await?)

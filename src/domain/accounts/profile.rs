@@ -143,7 +143,7 @@ impl Authd {
         passwords::check_strength(
             "new_password",
             &new_password,
-            self.config().min_password_score,
+            self.settings.passwords.min_score,
             &[&me.email, me.username.as_deref().unwrap_or_default()],
         )?;
         self.reauthenticate(p.user_id, current_password, client)

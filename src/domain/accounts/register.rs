@@ -48,7 +48,7 @@ impl Authd {
         passwords::check_strength(
             "password",
             &password,
-            self.config.min_password_score,
+            self.settings.passwords.min_score,
             &[&email, username.as_deref().unwrap_or_default()],
         )?;
         let hash = self.hasher.hash(password, client).await?;
@@ -64,7 +64,7 @@ impl Authd {
     /// Register: always an active ROLE_USER; refused when registration is closed.
     pub async fn register(&self, input: NewAccount, client: &ClientInfo) -> Result<Account> {
         self.rate_limiter.check(client.ip)?;
-        if !self.config.allow_registration {
+        if !self.settings.accounts.allow_registration {
             return Err(Error::PermissionDenied("registration is closed".into()));
         }
         self.create_account(input, Role::User, None, client, "registration")

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::jobs::*;
 use super::policy::*;
 use super::pool::*;
-use crate::config::Config;
+use crate::domain::settings::PasswordSettings;
 use crate::domain::{ClientInfo, ClientKey, Error, Result};
 
 /// Hashes and verifies passwords on its own bounded pool of bcrypt threads (see the module docs).
@@ -36,10 +36,14 @@ impl std::fmt::Debug for PasswordHasher {
 }
 
 impl PasswordHasher {
-    /// The hasher the configuration describes (`AUTHD_BCRYPT_COST`, `AUTHD_BCRYPT_CONCURRENCY`,
+    /// The hasher the settings describe (`AUTHD_BCRYPT_COST`, `AUTHD_BCRYPT_CONCURRENCY`,
     /// `AUTHD_BCRYPT_QUEUE`, `AUTHD_BCRYPT_NICE`, `AUTHD_REQUEST_TIMEOUT`).
-    pub async fn from_config(config: &Config) -> Result<Self> {
-        Self::new(config.bcrypt_cost, PoolOptions::from_config(config)).await
+    pub async fn from_settings(settings: &PasswordSettings) -> Result<Self> {
+        Self::new(
+            settings.bcrypt_cost,
+            PoolOptions::from_settings(&settings.pool),
+        )
+        .await
     }
 
     /// Starts the pool's threads and prepares the dummy hash for unknown accounts (one bcrypt run at

@@ -5,7 +5,7 @@
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::domain::settings::{BCRYPT_SCHED_IDLE, BcryptPoolSettings};
 use crate::domain::{ClientKey, Error};
 
 /// The settings of the bcrypt pool, resolved: no "auto" is left in them.
@@ -15,7 +15,7 @@ pub struct PoolOptions {
     pub threads: usize,
     /// Jobs of one client that may wait for a thread beyond the running ones (a memory cap).
     pub queue: usize,
-    /// Nice value of the threads (0-19), or [`crate::config::BCRYPT_SCHED_IDLE`].
+    /// Nice value of the threads (0-19), or [`BCRYPT_SCHED_IDLE`].
     pub nice: u8,
     /// The deadline of a job whose caller has none: `AUTHD_REQUEST_TIMEOUT` from its submission.
     pub deadline: Duration,
@@ -27,19 +27,19 @@ pub const DEFAULT_QUEUE_PER_CLIENT: usize = 64;
 impl PoolOptions {
     /// `AUTHD_BCRYPT_CONCURRENCY` (0 = the cores available to the process), `AUTHD_BCRYPT_QUEUE`
     /// (unset = 64 per client), `AUTHD_BCRYPT_NICE` and `AUTHD_REQUEST_TIMEOUT`.
-    pub fn from_config(config: &Config) -> Self {
-        let threads = match config.bcrypt_concurrency {
+    pub fn from_settings(settings: &BcryptPoolSettings) -> Self {
+        let threads = match settings.concurrency {
             0 => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
             n => usize::try_from(n).unwrap_or(1),
         };
-        let queue = config.bcrypt_queue.map_or(DEFAULT_QUEUE_PER_CLIENT, |q| {
+        let queue = settings.queue.map_or(DEFAULT_QUEUE_PER_CLIENT, |q| {
             usize::try_from(q).unwrap_or(usize::MAX)
         });
         Self {
             threads,
             queue,
-            nice: config.bcrypt_nice.min(crate::config::BCRYPT_SCHED_IDLE),
-            deadline: config.request_timeout,
+            nice: settings.nice.min(BCRYPT_SCHED_IDLE),
+            deadline: settings.default_deadline,
         }
     }
 }

@@ -27,6 +27,4 @@ mod pool;
 mod tests;
 
 pub use hasher::*;
-pub use jobs::{Admission, DEFAULT_QUEUE_PER_CLIENT, POOL_FULL_MESSAGE, PoolOptions, RunTimes};
 pub use policy::*;
-pub use pool::Meter;

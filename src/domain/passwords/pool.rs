@@ -475,11 +475,11 @@ pub(super) fn worker(shared: Arc<Shared>, index: usize, nice: u8) {
 }
 
 /// Sets the nice value of the calling thread (Linux schedules threads individually), or with
-/// [`crate::config::BCRYPT_SCHED_IDLE`] the SCHED_IDLE policy: a thread that any other runnable
+/// [`crate::domain::settings::BCRYPT_SCHED_IDLE`] the SCHED_IDLE policy: a thread that any other runnable
 /// thread of the process preempts at once.
 #[cfg(target_os = "linux")]
 pub(super) fn set_nice(nice: u8) -> std::io::Result<()> {
-    if nice >= crate::config::BCRYPT_SCHED_IDLE {
+    if nice >= crate::domain::settings::BCRYPT_SCHED_IDLE {
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_IDLE.
         let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };

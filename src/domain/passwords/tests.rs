@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::domain::settings::{BCRYPT_SCHED_IDLE, BcryptPoolSettings};
 use crate::domain::{ClientInfo, ClientKey, Error, Result};
 
 use super::hasher::*;
@@ -420,7 +420,7 @@ async fn threads_are_named_and_niced() -> Result<()> {
         let idle = PasswordHasher::new(
             4,
             PoolOptions {
-                nice: crate::config::BCRYPT_SCHED_IDLE,
+                nice: BCRYPT_SCHED_IDLE,
                 ..options(1, 0)
             },
         )
@@ -465,11 +465,16 @@ async fn threads_end_when_the_hasher_is_dropped() -> Result<()> {
 }
 
 #[test]
-fn pool_options_from_config() {
-    let mut c = Config::defaults();
+fn pool_options_from_settings() {
+    let mut s = BcryptPoolSettings {
+        concurrency: 0,
+        queue: None,
+        nice: 10,
+        default_deadline: Duration::from_secs(10),
+    };
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     assert_eq!(
-        PoolOptions::from_config(&c),
+        PoolOptions::from_settings(&s),
         PoolOptions {
             threads: cores,
             queue: 64,
@@ -477,16 +482,16 @@ fn pool_options_from_config() {
             deadline: Duration::from_secs(10),
         }
     );
-    c.bcrypt_concurrency = 3;
-    c.bcrypt_queue = Some(0);
-    c.bcrypt_nice = crate::config::BCRYPT_SCHED_IDLE;
-    c.request_timeout = Duration::from_secs(3);
+    s.concurrency = 3;
+    s.queue = Some(0);
+    s.nice = BCRYPT_SCHED_IDLE;
+    s.default_deadline = Duration::from_secs(3);
     assert_eq!(
-        PoolOptions::from_config(&c),
+        PoolOptions::from_settings(&s),
         PoolOptions {
             threads: 3,
             queue: 0,
-            nice: crate::config::BCRYPT_SCHED_IDLE,
+            nice: BCRYPT_SCHED_IDLE,
             deadline: Duration::from_secs(3),
         }
     );

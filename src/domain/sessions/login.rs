@@ -190,9 +190,9 @@ impl Authd {
         let refresh_token = opaque::new_refresh_token();
         let token_hash = HashedToken::of(&refresh_token);
         let session_id = Uuid::new_v4();
-        let expire_time = now + chrono_duration(self.config.session_max_lifetime);
+        let expire_time = now + chrono_duration(self.settings.sessions.max_lifetime);
         let idle_expire_time =
-            (now + chrono_duration(self.config.refresh_token_ttl)).min(expire_time);
+            (now + chrono_duration(self.settings.sessions.refresh_token_ttl)).min(expire_time);
         let ip = client.ip_string();
         let new_session = NewSession {
             id: session_id,

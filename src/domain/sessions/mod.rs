@@ -57,7 +57,7 @@ impl Authd {
         now: DateTime<Utc>,
         session_end: DateTime<Utc>,
     ) -> DateTime<Utc> {
-        (now + chrono_duration(self.config.access_token_ttl)).min(session_end)
+        (now + chrono_duration(self.settings.tokens.access_token_ttl)).min(session_end)
     }
 
     /// Signs an access token for `session` and pairs it with `refresh_token`. The access token never
@@ -72,14 +72,14 @@ impl Authd {
         let refresh_end = session_end(session);
         let exp = self.access_expire_time(now, refresh_end);
         let claims = AccessClaims {
-            iss: self.config.issuer.clone(),
-            aud: self.config.audience.clone(),
+            iss: self.settings.tokens.issuer.clone(),
+            aud: self.settings.tokens.audience.clone(),
             sub: user.user_id.to_string(),
             exp: exp.timestamp(),
             iat: now.timestamp(),
             nbf: now.timestamp(),
             jti: Uuid::new_v4().to_string(),
-            client_id: self.config.issuer.clone(),
+            client_id: self.settings.tokens.issuer.clone(),
             sid: session.id.to_string(),
             role: user.role.to_owned(),
             email: user.email.to_owned(),

@@ -51,7 +51,7 @@ impl Authd {
         let successor = opaque::new_refresh_token();
         let successor_hash = HashedToken::of(&successor);
         let now = self.now();
-        let grace = chrono_duration(self.config.refresh_reuse_grace);
+        let grace = chrono_duration(self.settings.sessions.refresh_reuse_grace);
         // Only a holder of the token being spent can open this (see `opaque::ReplayBox`).
         let replay_box =
             (grace > chrono::Duration::zero()).then(|| ReplayBox::seal(refresh_token, &successor));
@@ -59,8 +59,8 @@ impl Authd {
         let rotation = sessions::Rotation {
             successor_hash: successor_hash.as_bytes(),
             now,
-            idle_expire_time: now + chrono_duration(self.config.refresh_token_ttl),
-            access_expire_time: now + chrono_duration(self.config.access_token_ttl),
+            idle_expire_time: now + chrono_duration(self.settings.sessions.refresh_token_ttl),
+            access_expire_time: now + chrono_duration(self.settings.tokens.access_token_ttl),
             replay_box: replay_box.as_deref(),
             replay_until: replay_box.as_ref().map(|_| now + grace),
             rotate_ip: &ip,
@@ -188,7 +188,7 @@ impl Authd {
         };
         let spender = session.rotate_ip.clone().unwrap_or_default();
         let spender_key = spender.parse().ok().map(ClientKey::of);
-        if self.config.refresh_replay_same_client && spender_key != client.key() {
+        if self.settings.sessions.replay_same_client && spender_key != client.key() {
             return Replay::Reuse(format!(
                 "; replayed within the grace window from {}, but spent by {}",
                 show_ip(&client.ip_string()),

@@ -165,7 +165,7 @@ async fn list_audit_events_filters_by_user() {
     assert!(!anonymous[0].detail.contains("nobody@example.com"));
     let digest = srv
         .svc
-        .audit_identifier_digest(&authd::domain::service::LoginIdentifier::Email(
+        .audit_identifier_digest(&authd::api::LoginIdentifier::Email(
             "nobody@example.com".into(),
         ));
     assert!(anonymous[0].detail.contains(&digest), "{:?}", anonymous[0]);

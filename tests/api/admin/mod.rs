@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration as StdDuration;
 
+use authd::api::{Account, NewAccount};
+use authd::api::{ClientInfo, Role as DomainRole};
 use authd::clock::Clock;
-use authd::domain::service::{Account, NewAccount};
-use authd::domain::{ClientInfo, Role as DomainRole};
 use authd::proto;
 use authd::proto::Role;
 use authd::proto::user_service_client::UserServiceClient;

@@ -1,0 +1,55 @@
+//! The domain's settings ([`crate::domain::settings::Settings`]), built from [`Config`]: the one
+//! place that knows which flag feeds which rule.
+
+use super::Config;
+use crate::domain::settings::{
+    AccessSettings, AccountSettings, BcryptPoolSettings, KeySettings, PasswordSettings,
+    SessionSettings, Settings, ThrottleSettings, TokenSettings,
+};
+
+impl Config {
+    /// The settings `domain::Authd` runs with.
+    pub fn domain_settings(&self) -> Settings {
+        Settings {
+            tokens: TokenSettings {
+                issuer: self.issuer.clone(),
+                audience: self.audience.clone(),
+                access_token_ttl: self.access_token_ttl,
+            },
+            sessions: SessionSettings {
+                refresh_token_ttl: self.refresh_token_ttl,
+                max_lifetime: self.session_max_lifetime,
+                refresh_reuse_grace: self.refresh_reuse_grace,
+                replay_same_client: self.refresh_replay_same_client,
+            },
+            passwords: PasswordSettings {
+                bcrypt_cost: self.bcrypt_cost,
+                min_score: self.min_password_score,
+                pool: BcryptPoolSettings {
+                    concurrency: self.bcrypt_concurrency,
+                    queue: self.bcrypt_queue,
+                    nice: self.bcrypt_nice,
+                    default_deadline: self.request_timeout,
+                },
+            },
+            throttle: ThrottleSettings {
+                login_max_failures: self.login_max_failures,
+                login_max_failures_per_hour: self.login_max_failures_per_hour,
+                rate_limit_per_ip: self.rate_limit_per_ip,
+                proxy_key_max_failures_per_minute: self.proxy_key_max_failures_per_minute,
+            },
+            accounts: AccountSettings {
+                allow_registration: self.allow_registration,
+            },
+            access: AccessSettings {
+                validate_require_key: self.validate_require_key,
+                token_cache_size: self.token_cache_size,
+            },
+            keys: KeySettings {
+                publish_delay: self.key_publish_delay,
+                master_key: self.master_key.clone(),
+            },
+            audit_retention: self.audit_retention,
+        }
+    }
+}
