@@ -6,6 +6,7 @@
 //! - ValidateToken, the hot path, gets only its [`ClientAddress`]: the peer walked through
 //!   `x-forwarded-for` by `AUTHD_TRUSTED_PROXIES` alone. That is exactly the work it did before
 //!   the layer existed: no proxy-key lookup (no second SHA-256 of `x-api-key`), no user agent.
+//!   WatchRevocations, authenticated the same way, gets the same.
 //! - GetJwks, and the services that are not authd's (health, reflection), get nothing.
 //! - Every other AuthService and UserService method gets the full [`ClientInfo`]: the address
 //!   (where a proxy service key may vouch for one more hop, see [`resolve_client`]), the user
@@ -48,7 +49,8 @@ pub fn resolve_for(path: &str) -> Resolve {
     };
     if service == auth_service_server::SERVICE_NAME {
         match method {
-            "ValidateToken" => Resolve::Address,
+            // Service-authenticated like ValidateToken: where the key is presented from.
+            "ValidateToken" | "WatchRevocations" => Resolve::Address,
             "GetJwks" => Resolve::Nothing,
             _ => Resolve::Full,
         }

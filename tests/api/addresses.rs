@@ -66,28 +66,6 @@ fn register_req(email: &str) -> proto::RegisterRequest {
     }
 }
 
-/// Counts outcomes by status code (OK as `Code::Ok`).
-fn codes<T>(results: Vec<Result<T, Status>>) -> std::collections::BTreeMap<String, usize> {
-    let mut m = std::collections::BTreeMap::new();
-    for r in results {
-        let c = match r {
-            Ok(_) => Code::Ok,
-            Err(s) => {
-                if s.code() == Code::ResourceExhausted {
-                    assert!(s.metadata().get("retry-after").is_some(), "{s:?}");
-                }
-                s.code()
-            }
-        };
-        *m.entry(format!("{c:?}")).or_insert(0) += 1;
-    }
-    m
-}
-
-fn count(m: &std::collections::BTreeMap<String, usize>, code: &str) -> usize {
-    m.get(code).copied().unwrap_or(0)
-}
-
 #[derive(diesel::QueryableByName)]
 struct Ip {
     #[diesel(sql_type = Text)]
@@ -181,10 +159,10 @@ async fn ipv6_addresses_of_one_64_share_one_rate_limit_bucket() {
             }
         }
     });
-    let seen = codes(join_all(calls).await);
-    assert_eq!(count(&seen, "ResourceExhausted"), 7, "{seen:?}");
+    let seen = Codes::of(join_all(calls).await);
+    assert_eq!(seen.count(Code::ResourceExhausted), 7, "{seen:?}");
     assert_eq!(
-        count(&seen, "Ok") + count(&seen, "Unauthenticated"),
+        seen.count(Code::Ok) + seen.count(Code::Unauthenticated),
         5,
         "{seen:?}"
     );
@@ -276,9 +254,9 @@ async fn a_gateway_key_names_its_users_addresses_and_is_not_throttled_as_one_cli
                 .await
         }
     });
-    let seen = codes(join_all(own).await);
-    assert_eq!(count(&seen, "Unauthenticated"), 4, "{seen:?}");
-    assert_eq!(count(&seen, "ResourceExhausted"), 2, "{seen:?}");
+    let seen = Codes::of(join_all(own).await);
+    assert_eq!(seen.count(Code::Unauthenticated), 4, "{seen:?}");
+    assert_eq!(seen.count(Code::ResourceExhausted), 2, "{seen:?}");
     // ...yet 100 users register and log in through the gateway, 20 at a time, each from its own
     // address.
     let users: Vec<(String, String)> = (0..100)
@@ -302,8 +280,8 @@ async fn a_gateway_key_names_its_users_addresses_and_is_not_throttled_as_one_cli
                     .await
             }
         });
-        let seen = codes(join_all(regs).await);
-        assert_eq!(count(&seen, "Ok"), chunk.len(), "{seen:?}");
+        let seen = Codes::of(join_all(regs).await);
+        assert_eq!(seen.count(Code::Ok), chunk.len(), "{seen:?}");
         let logins = chunk.iter().map(|(email, ip)| {
             let (srv, key) = (&srv, &key);
             async move {
@@ -464,9 +442,9 @@ async fn x_forwarded_for_without_a_proxy_key_from_its_cidrs_is_ignored() {
                 .await
         }
     });
-    let seen = codes(join_all(calls).await);
-    assert_eq!(count(&seen, "Unauthenticated"), 6, "{seen:?}");
-    assert_eq!(count(&seen, "ResourceExhausted"), 6, "{seen:?}");
+    let seen = Codes::of(join_all(calls).await);
+    assert_eq!(seen.count(Code::Unauthenticated), 6, "{seen:?}");
+    assert_eq!(seen.count(Code::ResourceExhausted), 6, "{seen:?}");
 }
 
 #[tokio::test]
@@ -536,12 +514,13 @@ async fn a_proxy_keys_failure_budget_refuses_once_spent_by_concurrent_guesses() 
         }
     };
     // Right passwords do not spend the budget.
-    let seen = codes(join_all((0..10).map(|i| login(PASSWORD, format!("198.51.100.{i}")))).await);
-    assert_eq!(count(&seen, "Ok"), 10, "{seen:?}");
+    let seen =
+        Codes::of(join_all((0..10).map(|i| login(PASSWORD, format!("198.51.100.{i}")))).await);
+    assert_eq!(seen.count(Code::Ok), 10, "{seen:?}");
     // 30 concurrent guesses, each from an invented address: 10 are checked.
-    let seen = codes(join_all((0..30).map(|i| login(WRONG, format!("203.0.113.{i}")))).await);
-    assert_eq!(count(&seen, "Unauthenticated"), 10, "{seen:?}");
-    assert_eq!(count(&seen, "ResourceExhausted"), 20, "{seen:?}");
+    let seen = Codes::of(join_all((0..30).map(|i| login(WRONG, format!("203.0.113.{i}")))).await);
+    assert_eq!(seen.count(Code::Unauthenticated), 10, "{seen:?}");
+    assert_eq!(seen.count(Code::ResourceExhausted), 20, "{seen:?}");
     // Spent: even the right password is not checked through this key...
     let s = expect_code(
         login(PASSWORD, "198.51.100.77".into()).await,
@@ -579,9 +558,9 @@ async fn current_password_checks_through_a_proxy_key_share_its_budget() {
             srv.users().await.change_password(r).await
         }
     });
-    let seen = codes(join_all(calls).await);
-    assert_eq!(count(&seen, "Unauthenticated"), 3, "{seen:?}");
-    assert_eq!(count(&seen, "ResourceExhausted"), 5, "{seen:?}");
+    let seen = Codes::of(join_all(calls).await);
+    assert_eq!(seen.count(Code::Unauthenticated), 3, "{seen:?}");
+    assert_eq!(seen.count(Code::ResourceExhausted), 5, "{seen:?}");
 }
 
 #[tokio::test]
@@ -720,10 +699,10 @@ async fn random_service_keys_cost_no_query_and_spend_the_per_ip_limit() {
             r
         }
     });
-    let seen = codes(join_all(calls).await);
+    let seen = Codes::of(join_all(calls).await);
     drop(held);
-    assert_eq!(count(&seen, "Unauthenticated"), 10, "{seen:?}");
-    assert_eq!(count(&seen, "ResourceExhausted"), 20, "{seen:?}");
+    assert_eq!(seen.count(Code::Unauthenticated), 10, "{seen:?}");
+    assert_eq!(seen.count(Code::ResourceExhausted), 20, "{seen:?}");
 }
 
 #[tokio::test]

@@ -34,18 +34,12 @@ struct Outcomes {
 
 impl Outcomes {
     fn add<T>(&mut self, r: Result<T, Status>) {
-        match r {
-            Ok(_) => self.checked += 1,
-            Err(s) if s.code() == Code::Unauthenticated => self.checked += 1,
-            Err(s) if s.code() == Code::ResourceExhausted => {
-                assert!(
-                    s.metadata().get("retry-after").is_some(),
-                    "a throttled reply carries retry-after: {s:?}"
-                );
-                self.refused += 1;
-            }
-            Err(s) => panic!("unexpected status: {s:?}"),
-        }
+        let one = Codes::of([r]);
+        let checked = one.count(Code::Ok) + one.count(Code::Unauthenticated);
+        let refused = one.count(Code::ResourceExhausted);
+        assert_eq!(checked + refused, 1, "unexpected status: {one:?}");
+        self.checked += checked;
+        self.refused += refused;
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`server`]: the in-process [`TestServer`] on 127.0.0.1:0 with a `ManualClock`;
 //! - [`requests`]: request builders, metadata helpers, fixture values and status assertions;
 //! - [`client`]: the one typed test client: the RPC wrappers, over a [`TestServer`];
+//! - [`outcomes`]: the outcomes of many calls counted by status code ([`Codes`]);
 //! - [`rows`]: direct database access (row shapes, sealed boxes) for tests that look behind the API;
 //! - [`wait`]: waiting for background work;
 //! - [`capture`]: an in-memory sink for captured log output.
@@ -16,6 +17,7 @@
 pub mod capture;
 pub mod client;
 pub mod cluster;
+pub mod outcomes;
 pub mod requests;
 pub mod rows;
 pub mod server;
@@ -23,6 +25,7 @@ pub mod wait;
 
 pub use client::*;
 pub use cluster::{connect_db, db_url, fresh_database, fresh_named_database};
+pub use outcomes::Codes;
 pub use requests::*;
 pub use rows::{Count, TextRow, hex, insert_signing_key, open_sealed};
 pub use server::{TestServer, test_config};

@@ -142,6 +142,10 @@ fn what_each_method_gets_resolved() {
         resolve_for(&format!("/{auth}/ValidateToken")),
         Resolve::Address
     );
+    assert_eq!(
+        resolve_for(&format!("/{auth}/WatchRevocations")),
+        Resolve::Address
+    );
     assert_eq!(resolve_for(&format!("/{auth}/GetJwks")), Resolve::Nothing);
     assert_eq!(resolve_for(&format!("/{auth}/Login")), Resolve::Full);
     assert_eq!(resolve_for(&format!("/{users}/UpdateMe")), Resolve::Full);
