@@ -3,6 +3,11 @@
 //! [`From<Error> for Status`](#impl-From<Error>-for-Status) is the one place where domain errors
 //! become status codes. Messages are human-readable and leak no internals: the detail of
 //! UNAVAILABLE and INTERNAL goes to the log only.
+//!
+//! Handlers do not resolve who is calling: the layers (`crate::layers`) have done it once per call
+//! and put it into the request's extensions. [`principal`] reads the authenticated caller,
+//! [`client_info`] the client (address, user agent, proxy key, deadline) and [`client_address`]
+//! ValidateToken's address.
 
 pub mod auth;
 pub mod user;
