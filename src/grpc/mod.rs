@@ -5,6 +5,7 @@
 //! UNAVAILABLE and INTERNAL goes to the log only.
 
 pub mod auth;
+pub mod ext_authz;
 pub mod user;
 
 use std::collections::HashMap;
