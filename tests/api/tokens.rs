@@ -1789,7 +1789,8 @@ async fn ensure_database(pg: &EmbeddedPostgres, name: &str) {
 
 // ----- reflection ----------------------------------------------------------------------------------
 
-const REFLECTED: [&str; 3] = [
+const REFLECTED: [&str; 4] = [
+    "envoy.service.auth.v3.Authorization",
     "authd.v1.AuthService",
     "authd.v1.UserService",
     "grpc.health.v1.Health",
