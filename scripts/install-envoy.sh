@@ -5,7 +5,7 @@
 set -euo pipefail
 version=1.40.0
 dest="${1:-$(cd "$(dirname "$0")/.." && pwd)/.ci/cache/bin}"
-if [ -x "$dest/envoy" ] && "$dest/envoy" --version 2>/dev/null | grep -q "/$version/"; then
+if [ -x "$dest/envoy" ] && [[ "$("$dest/envoy" --version 2>/dev/null)" == */"$version"/* ]]; then
   echo "$dest/envoy"
   exit 0
 fi

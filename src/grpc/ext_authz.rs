@@ -7,11 +7,21 @@
 //!
 //! | decision | `status.code` | HTTP to the client | headers |
 //! |---|---|---|---|
-//! | allowed | 0 OK | (forwarded) | `x-authd-user-id`, `x-authd-session-id`, `x-authd-role` set (overwriting), and listed in `headers_to_remove` |
+//! | allowed | 0 OK | (forwarded) | `x-authd-user-id`, `x-authd-session-id`, `x-authd-role` set (overwriting), and listed in `headers_to_remove`; the same as dynamic metadata |
 //! | no, invalid, expired or revoked token | 16 UNAUTHENTICATED | 401 | `www-authenticate: Bearer error="invalid_token"` |
 //! | role below the route's | 7 PERMISSION_DENIED | 403 | |
 //! | unknown `authd_required_role` | 13 INTERNAL | 500, body names the problem | (logged at ERROR) |
 //! | stale revocation view, database down | 14 UNAVAILABLE | 503 | `retry-after: 1` |
+//!
+//! **Envoy applies `headers_to_remove` after the headers it sets** (Envoy 1.40, checked by
+//! scripts/envoy-test.sh): the allowed response sets the three headers *and* lists them for
+//! removal, as issue H asks, so Envoy forwards none of them, neither the client's nor authd's.
+//! The allowed response therefore also carries the identity as dynamic metadata
+//! (`envoy.filters.http.ext_authz` namespace, keys `user_id`, `session_id`, `role`), and the
+//! shipped configs (deploy/envoy/) put it back with the virtual host's `request_headers_to_remove`
+//! plus `request_headers_to_add: %DYNAMIC_METADATA(envoy.filters.http.ext_authz:user_id)%`, which
+//! the router applies after every filter. A client can therefore smuggle nothing: on routes
+//! where ext_authz is disabled too.
 //!
 //! `x-authd-role` carries the proto enum name (`ROLE_USER`, `ROLE_MODERATOR`, `ROLE_ADMIN`), the
 //! same words as `authd_required_role`. Only a caller that fails authentication gets a failed RPC
@@ -28,12 +38,13 @@ use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
     HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
 };
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use tonic::{Code, Request, Response, Status};
 
 use super::{caller, client_address};
 use crate::domain::ext_authz::{Decision, RequiredRole};
-use crate::domain::{AuthFailure, Authd, Role};
+use crate::domain::{AuthFailure, Authd, Principal, Role};
 use crate::proto;
 
 /// The encoded descriptors of `envoy.service.auth.v3` (see the module doc), for reflection and the
@@ -49,6 +60,9 @@ pub const USER_ID_HEADER: &str = "x-authd-user-id";
 pub const SESSION_ID_HEADER: &str = "x-authd-session-id";
 /// The header that carries the role (`ROLE_USER`, `ROLE_MODERATOR`, `ROLE_ADMIN`) to the upstream.
 pub const ROLE_HEADER: &str = "x-authd-role";
+/// The dynamic metadata keys of the allowed response: user id, session id, role (the same values as
+/// the three headers).
+pub const METADATA_KEYS: [&str; 3] = ["user_id", "session_id", "role"];
 /// The `context_extensions` key that names the role a route requires.
 pub const REQUIRED_ROLE_KEY: &str = "authd_required_role";
 
@@ -138,6 +152,23 @@ fn set_header(key: &str, value: String) -> HeaderValueOption {
     }
 }
 
+/// The identity as ext_authz dynamic metadata (namespace `envoy.filters.http.ext_authz`, keys
+/// [`METADATA_KEYS`]), for Envoy's route-level `request_headers_to_add`: see the module doc.
+fn identity_metadata(p: &Principal) -> Struct {
+    let [user_id, session_id, role] = METADATA_KEYS;
+    let string = |v: String| Value {
+        kind: Some(Kind::StringValue(v)),
+    };
+    Struct {
+        fields: [
+            (user_id.to_owned(), string(p.user_id.to_string())),
+            (session_id.to_owned(), string(p.session_id.to_string())),
+            (role.to_owned(), string(role_name(p.role).to_owned())),
+        ]
+        .into(),
+    }
+}
+
 fn status(code: Code, message: &str) -> Option<rpc::Status> {
     Some(rpc::Status {
         code: code as i32,
@@ -168,6 +199,7 @@ pub fn check_response(decision: Decision) -> CheckResponse {
     match decision {
         Decision::Allow(p) => CheckResponse {
             status: status(Code::Ok, ""),
+            dynamic_metadata: Some(identity_metadata(&p)),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                 headers: vec![
                     set_header(USER_ID_HEADER, p.user_id.to_string()),

@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::google::protobuf::value::Kind;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -144,6 +145,21 @@ async fn a_live_token_is_allowed_with_the_identity_headers_which_overwrite_and_a
         let append = h.append;
         assert!(append.is_none_or(|a| !a.value));
     }
+    // The same identity as dynamic metadata, for Envoy's route-level request_headers_to_add.
+    let meta: HashMap<String, String> = r
+        .dynamic_metadata
+        .as_ref()
+        .expect("dynamic metadata")
+        .fields
+        .iter()
+        .filter_map(|(k, v)| match &v.kind {
+            Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(meta["user_id"], user.id);
+    assert_eq!(meta["session_id"], pair.session_id);
+    assert_eq!(meta["role"], "ROLE_USER");
     let mut removed = ok.headers_to_remove.clone();
     removed.sort();
     assert_eq!(
