@@ -211,7 +211,6 @@ pub fn check_response(decision: Decision) -> CheckResponse {
                     .to_vec(),
                 ..Default::default()
             })),
-            ..Default::default()
         },
         Decision::Deny(failure) => denied(
             Code::Unauthenticated,
