@@ -16,6 +16,18 @@ pub const BCRYPT_COMPLETED: &str = "authd_bcrypt_completed_total";
 pub const BCRYPT_PADDED: &str = "authd_bcrypt_padded_total";
 /// `authd_bcrypt_expected_wait_seconds`: the expected wait of the latest password check.
 pub const BCRYPT_EXPECTED_WAIT: &str = "authd_bcrypt_expected_wait_seconds";
+/// `authd_ext_authz_checks_total{result}`: Envoy ext_authz Check answers (the caller authenticated).
+pub const EXT_AUTHZ_CHECKS: &str = "authd_ext_authz_checks_total";
 
 /// The `result` label values of [`LOGINS`].
 pub const LOGIN_RESULTS: [&str; 4] = ["success", "failure", "disabled", "throttled"];
+/// The `result` label values of [`EXT_AUTHZ_CHECKS`]: allowed (status 0), denied (16, HTTP 401),
+/// forbidden (7, HTTP 403), misconfigured (an unknown `authd_required_role`; HTTP 500), unavailable
+/// (14, HTTP 503).
+pub const EXT_AUTHZ_RESULTS: [&str; 5] = [
+    "allowed",
+    "denied",
+    "forbidden",
+    "misconfigured",
+    "unavailable",
+];

@@ -7,6 +7,8 @@
 //!   each with `grpc_service`, `grpc_method` and `grpc_type` (recorded by the gRPC metrics layer, `layers::metrics::GrpcMetricsLayer`);
 //! - `authd_logins_total{result}` (success, failure, disabled, throttled) and
 //!   `authd_refresh_reuse_detected_total`, counted by the domain;
+//! - `authd_ext_authz_checks_total{result}` (allowed, denied, forbidden, misconfigured,
+//!   unavailable): Envoy ext_authz Check answers, counted by the domain;
 //! - `authd_db_pool_connections{state}` (size, in_use, waiting, max), sampled at scrape time;
 //! - `authd_db_abandoned_connections_total{outcome}`: connections a cancelled call left inside a
 //!   transaction or statement, `rolled_back` (and back in the pool) or `closed` (see
@@ -100,6 +102,10 @@ fn describe() {
         "Password logins by result: success, failure (wrong password or unknown account), disabled, throttled."
     );
     describe_counter!(
+        EXT_AUTHZ_CHECKS,
+        "Envoy ext_authz Check answers by result: allowed, denied (401), forbidden (403), misconfigured (unknown authd_required_role, 500), unavailable (503)."
+    );
+    describe_counter!(
         REFRESH_REUSE_DETECTED,
         "Refresh tokens presented again after rotation (the session was revoked)."
     );
@@ -134,6 +140,9 @@ fn describe() {
     );
     for result in LOGIN_RESULTS {
         counter!(LOGINS, "result" => result).increment(0);
+    }
+    for result in EXT_AUTHZ_RESULTS {
+        counter!(EXT_AUTHZ_CHECKS, "result" => result).increment(0);
     }
     counter!(REFRESH_REUSE_DETECTED).increment(0);
     counter!(BCRYPT_REJECTED, "reason" => "deadline").increment(0);

@@ -355,6 +355,34 @@ fn with<'a>(
     labels
 }
 
+/// An Envoy ext_authz Check with service key `key` and bearer `token`, as Envoy sends it.
+async fn ext_authz_check(server: &Server, key: &str, token: &str) {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request as HttpReq,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    let check = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(HttpReq {
+                http: Some(HttpRequest {
+                    headers: [("authorization".to_owned(), format!("Bearer {token}"))].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let mut req = Request::new(check);
+    req.metadata_mut()
+        .insert("x-api-key", key.parse().expect("metadata"));
+    AuthorizationClient::new(server.channel().await)
+        .check(req)
+        .await
+        .expect("Check answers");
+}
+
 // ----- tests -------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,6 +458,17 @@ async fn metrics_cover_calls_logins_reuse_pool_and_bcrypt() {
         .into_inner();
     watch.message().await.expect("first watch message");
     drop(watch);
+    // Envoy ext_authz: one allowed and one denied Check.
+    let key = server
+        .svc
+        .create_service_key(None, "metrics", &authd::api::ClientInfo::default())
+        .await
+        .expect("service key")
+        .1;
+    let fresh = server.login(&email, PASSWORD).await.expect("login");
+    for token in [fresh.access_token.as_str(), "not-a-token"] {
+        ext_authz_check(&server, &key, token).await;
+    }
 
     let response = server.get("/metrics").await;
     assert_eq!(response.status, 200);
@@ -532,6 +571,31 @@ async fn metrics_cover_calls_logins_reuse_pool_and_bcrypt() {
         at_least(&s, "authd_logins_total", &[("result", result)], 1.0);
     }
     at_least(&s, "authd_refresh_reuse_detected_total", &[], 1.0);
+    for result in ["allowed", "denied"] {
+        at_least(
+            &s,
+            "authd_ext_authz_checks_total",
+            &[("result", result)],
+            1.0,
+        );
+    }
+    for result in ["forbidden", "misconfigured", "unavailable"] {
+        assert!(
+            sample(&s, "authd_ext_authz_checks_total", &[("result", result)]).is_some(),
+            "authd_ext_authz_checks_total{{result={result}}} is not pre-registered:\n{text}"
+        );
+    }
+    at_least(
+        &s,
+        "grpc_server_handled_total",
+        &[
+            ("grpc_service", "envoy.service.auth.v3.Authorization"),
+            ("grpc_method", "Check"),
+            ("grpc_type", "unary"),
+            ("grpc_code", "OK"),
+        ],
+        2.0,
+    );
 
     // Pool and bcrypt gauges.
     for state in ["size", "in_use", "waiting", "max"] {

@@ -28,7 +28,7 @@
 //! | `AUTHD_TRUSTED_PROXIES` | `--trusted-proxies` | empty (comma-separated IPs or CIDRs) |
 //! | `AUTHD_MIN_PASSWORD_SCORE` | `--min-password-score` | `3` (zxcvbn score, 0-4) |
 //! | `AUTHD_REQUEST_TIMEOUT` | `--request-timeout` | `10s` |
-//! | `AUTHD_KEY_PUBLISH_DELAY` | `--key-publish-delay` | `10m` |
+//! | `AUTHD_KEY_PUBLISH_DELAY` | `--key-publish-delay` | `15m` (must exceed every verifier's JWKS cache: Envoy's is 600 s) |
 //! | `AUTHD_MASTER_KEY` | `--master-key` | unset (32 bytes, base64 or hex) |
 //! | `AUTHD_HTTP_LISTEN` | `--http-listen` | unset (off): `/metrics`, `/.well-known/jwks.json`, `/livez`, `/readyz` |
 //! | `AUTHD_HEALTH_LISTEN` | `--health-listen` | unset (off): plaintext `grpc.health.v1` only, for kubelet probes |
@@ -219,8 +219,12 @@ pub struct Config {
     #[arg(long, env = "AUTHD_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
     pub request_timeout: Duration,
 
-    /// How long a new signing key is published in JWKS before it starts signing.
-    #[arg(long, env = "AUTHD_KEY_PUBLISH_DELAY", default_value = "10m", value_parser = parse_duration, global = true)]
+    /// How long a new signing key is published in JWKS before it starts signing. The rule: longer
+    /// than the longest JWKS cache of any verifier plus a margin. Envoy's jwt_authn caches for
+    /// `cache_duration` (600 s by default) and ignores Cache-Control; the JWKS's max-age is at most
+    /// 300 s; JOSE libraries re-fetch on an unknown kid after 30 s. 15 minutes leaves 5 minutes of
+    /// margin over Envoy's default.
+    #[arg(long, env = "AUTHD_KEY_PUBLISH_DELAY", default_value = "15m", value_parser = parse_duration, global = true)]
     pub key_publish_delay: Duration,
 
     /// 32-byte key (base64 or hex) that encrypts signing keys and server secrets in the database.
@@ -360,7 +364,7 @@ impl Config {
             trusted_proxies: TrustedProxies::default(),
             min_password_score: 3,
             request_timeout: Duration::from_secs(10),
-            key_publish_delay: Duration::from_secs(600),
+            key_publish_delay: Duration::from_secs(900),
             master_key: None,
             http_listen: None,
             health_listen: None,

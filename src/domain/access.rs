@@ -155,16 +155,7 @@ impl Authd {
         source: Option<IpAddr>,
         token: &str,
     ) -> Result<Introspection> {
-        if self.settings.access.validate_require_key {
-            match caller {
-                Caller::ClientCertificate { subject } => {
-                    tracing::debug!(%subject, "ValidateToken caller trusted by its client certificate");
-                }
-                Caller::ServiceKey(key) => {
-                    self.authenticate_service_key(key, source).await?;
-                }
-            }
-        }
+        self.authenticate_token_checker(caller, source).await?;
         let token = token.trim();
         if token.is_empty() {
             return Err(Error::invalid("access_token is required"));

@@ -8,6 +8,7 @@ pub mod access;
 pub mod accounts;
 pub mod audit;
 mod authd;
+pub mod ext_authz;
 mod housekeeping;
 pub mod keystore;
 pub mod opaque;

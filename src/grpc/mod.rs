@@ -10,6 +10,7 @@
 //! ValidateToken's address.
 
 pub mod auth;
+pub mod ext_authz;
 pub mod user;
 
 use std::collections::HashMap;

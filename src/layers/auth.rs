@@ -117,6 +117,10 @@ mod tests {
             assert!(!needs_bearer_token(&format!("/{auth}/{open}")), "{open}");
         }
         assert!(!needs_bearer_token("/grpc.health.v1.Health/Check"));
+        // Envoy's ext_authz authenticates its caller by service key, in the domain.
+        assert!(!needs_bearer_token(
+            "/envoy.service.auth.v3.Authorization/Check"
+        ));
         assert!(!needs_bearer_token("/x"));
     }
 }

@@ -26,6 +26,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use crate::config::TrustedProxies;
 use crate::domain::{Authd, ClientInfo, RequestDeadline};
 use crate::proto::{auth_service_server, user_service_server};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server;
 
 /// The caller's address as `AUTHD_TRUSTED_PROXIES` alone resolve it (no proxy key): where a
 /// service key is presented from. What ValidateToken gets.
@@ -56,6 +57,9 @@ pub fn resolve_for(path: &str) -> Resolve {
         }
     } else if service == user_service_server::SERVICE_NAME {
         Resolve::Full
+    } else if service == authorization_server::SERVICE_NAME {
+        // Envoy's ext_authz Check is service-authenticated like ValidateToken.
+        Resolve::Address
     } else {
         Resolve::Nothing
     }

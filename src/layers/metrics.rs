@@ -31,13 +31,14 @@ const UNKNOWN_METHOD: MethodLabels = MethodLabels {
     kind: "unknown",
 };
 
-/// The served methods (API, health, reflection), from their descriptor sets.
+/// The served methods (API, Envoy ext_authz, health, reflection), from their descriptor sets.
 fn method_table() -> &'static HashMap<String, MethodLabels> {
     static TABLE: OnceLock<HashMap<String, MethodLabels>> = OnceLock::new();
     TABLE.get_or_init(|| {
         let mut table = HashMap::new();
         for set in [
             crate::proto::FILE_DESCRIPTOR_SET,
+            crate::grpc::ext_authz::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
@@ -178,6 +179,10 @@ mod tests {
         assert_eq!(
             method_labels("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").kind,
             "bidi_stream"
+        );
+        assert_eq!(
+            method_labels("/envoy.service.auth.v3.Authorization/Check").method,
+            "Check"
         );
         assert_eq!(method_labels(&format!("/{AUTH}/Nope")), UNKNOWN_METHOD);
         assert_eq!(method_labels("/x"), UNKNOWN_METHOD);

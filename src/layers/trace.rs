@@ -29,16 +29,18 @@ pub fn request_id(headers: &http::HeaderMap) -> String {
 
 /// One span per call (`rpc`, with `method`, `request_id`, and once it ends `code` and `latency_ms`)
 /// and one log line when it ends: INFO, DEBUG for `grpc.health.v1` and successful ValidateToken
-/// calls. The request id (the client's
+/// and Envoy ext_authz Check calls. The request id (the client's
 /// `x-request-id`, or a generated one) is returned in the response's `x-request-id`. No other
 /// metadata is ever logged. Place it outermost, so it sees the code the client receives.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RpcTraceLayer;
 
-/// The one API method whose successful calls are logged at DEBUG (see [`RpcTrace`]).
+/// The token-checking methods, whose successful calls are logged at DEBUG (see [`RpcTrace`]):
+/// ValidateToken and Envoy's ext_authz Check (whose denials are successful calls too).
 fn is_validate_token(path: &str) -> bool {
-    path.strip_prefix('/').and_then(|p| p.split_once('/'))
-        == Some((auth_service_server::SERVICE_NAME, "ValidateToken"))
+    let called = path.strip_prefix('/').and_then(|p| p.split_once('/'));
+    called == Some((auth_service_server::SERVICE_NAME, "ValidateToken"))
+        || called == Some(("envoy.service.auth.v3.Authorization", "Check"))
 }
 
 impl<S> tower::Layer<S> for RpcTraceLayer {
@@ -82,7 +84,7 @@ where
         let path = req.uri().path();
         let method = path.get(..MAX_LOGGED_PATH_CHARS).unwrap_or(path).to_owned();
         let health = method.starts_with("/grpc.health.v1.");
-        // ValidateToken runs on every request of every other service: its successes are logged at
+        // ValidateToken (and Check) runs on every request of every other service: its successes are logged at
         // DEBUG like health checks (an INFO line each would cost more than the call); its
         // failures stay at INFO.
         let quiet_if_ok = is_validate_token(&method);

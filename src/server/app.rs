@@ -16,6 +16,7 @@ use crate::db;
 use crate::domain::Authd;
 use crate::embedded_pg::{self, EmbeddedOptions, EmbeddedPostgres};
 use crate::grpc::auth::AuthApi;
+use crate::grpc::ext_authz::ExtAuthzApi;
 use crate::grpc::user::UserApi;
 use crate::layers;
 use crate::limits::MAX_MESSAGE_BYTES;
@@ -28,6 +29,7 @@ use crate::server::readiness::{self, Readiness};
 use crate::server::reflection;
 use crate::server::shutdown::{DrainTimings, drain};
 use crate::transport::{self, Transport, http2_limits};
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// The database in use: an external one, or the embedded PostgreSQL that this process owns.
 pub struct Database {
@@ -179,6 +181,12 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let users = UserServiceServer::new(UserApi::new(svc.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // Envoy's ext_authz: `envoy.service.auth.v3.Authorization/Check` (see grpc::ext_authz).
+    let envoy_ext_authz = AuthorizationServer::new(ExtAuthzApi::new(
+        svc.clone(),
+        config.tls_client_ca.is_some(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     let server = builder
         .layer(transport.web_layer())
@@ -187,7 +195,8 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(auth)
-        .add_service(users);
+        .add_service(users)
+        .add_service(envoy_ext_authz);
     let stop = async move {
         let _ = accepting.wait_for(|stop| *stop).await;
     };

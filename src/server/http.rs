@@ -80,8 +80,10 @@ impl HttpState {
     }
 }
 
-/// The `Cache-Control` max-age of the JWKS for a key publish delay: below the delay, at most
-/// [`MAX_JWKS_CACHE`].
+/// The `Cache-Control` max-age of the JWKS for a key publish delay: half the delay, at most
+/// [`MAX_JWKS_CACHE`]. A verifier that honours it has a new key long before it signs. Envoy's
+/// jwt_authn ignores it (it caches for its own `cache_duration`, 600 s by default), which is why the
+/// default publish delay (15 min) is longer than that: see the README's key rotation rule.
 pub fn jwks_max_age(publish_delay: Duration) -> Duration {
     (publish_delay / 2).min(MAX_JWKS_CACHE)
 }
@@ -213,8 +215,17 @@ mod tests {
     #[test]
     fn jwks_cache_lifetime_stays_below_the_publish_delay() {
         assert_eq!(
+            jwks_max_age(Duration::from_secs(900)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
             jwks_max_age(Duration::from_secs(600)),
             Duration::from_secs(300)
+        );
+        // The Envoy CI test's 10 s delay.
+        assert_eq!(
+            jwks_max_age(Duration::from_secs(10)),
+            Duration::from_secs(5)
         );
         assert_eq!(
             jwks_max_age(Duration::from_secs(60)),

@@ -5,6 +5,7 @@
 
 use tonic_reflection::server::{Builder, Error, v1, v1alpha};
 
+use crate::grpc::ext_authz;
 use crate::proto;
 use crate::proto::{auth_service_server, user_service_server};
 
@@ -13,12 +14,14 @@ pub const REFLECTED_SERVICES: &[&str] = &[
     auth_service_server::SERVICE_NAME,
     user_service_server::SERVICE_NAME,
     tonic_health::pb::health_server::SERVICE_NAME,
+    ext_authz::SERVICE_NAME,
 ];
 
 fn builder() -> Builder<'static> {
     let builder = Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(ext_authz::FILE_DESCRIPTOR_SET);
     REFLECTED_SERVICES
         .iter()
         .fold(builder, |b, name| b.with_service_name(*name))

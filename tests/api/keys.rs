@@ -27,7 +27,7 @@ use tonic::{Code, Request, Status};
 
 // ----- helpers -----------------------------------------------------------------------------------
 
-const PUBLISH_DELAY_SECS: i64 = 600;
+const PUBLISH_DELAY_SECS: i64 = 900;
 const ACCESS_TTL_SECS: i64 = 900;
 const RETIRE_MARGIN_SECS: i64 = 60;
 
@@ -273,7 +273,7 @@ async fn rotation_publishes_first_signs_after_the_delay_and_retires_the_old_key(
     assert_eq!(
         srv.config.key_publish_delay,
         StdDuration::from_secs(PUBLISH_DELAY_SECS as u64),
-        "the default publish delay is 10 minutes"
+        "the default publish delay is 15 minutes"
     );
     assert_eq!(
         srv.config.access_token_ttl,
@@ -413,7 +413,7 @@ async fn repeated_rotations_chain_signers_and_retire_each_key_in_turn() {
     let tok0 = srv.login(&email, PASSWORD).await;
     assert_eq!(kid_of(&tok0.access_token), k0);
 
-    // k1 signs from t0 + 600 s, k2 from t0 + 660 s.
+    // k1 signs from t0 + 900 s, k2 from t0 + 960 s.
     srv.clock
         .advance(Duration::seconds(PUBLISH_DELAY_SECS - 60 + 1));
     srv.svc.reload_keys().await.expect("reload");
@@ -432,7 +432,7 @@ async fn repeated_rotations_chain_signers_and_retire_each_key_in_turn() {
         assert_token_works(&srv, &t.access_token, what).await;
     }
 
-    // k0 retires at t0 + 600 + 900 + 60, k1 at t0 + 660 + 900 + 60.
+    // k0 retires at t0 + 900 + 900 + 60, k1 at t0 + 960 + 900 + 60.
     let k0_retire = t0 + Duration::seconds(PUBLISH_DELAY_SECS + ACCESS_TTL_SECS + 60);
     let k1_retire = k0_retire + Duration::seconds(60);
     let rows = key_rows(&srv.url).await;
@@ -635,12 +635,18 @@ async fn cli_rotate_prints_the_new_kid_and_servers_publish_it() {
         .activate_time;
     let now = clock.now();
     assert!(activate > now + Duration::seconds(PUBLISH_DELAY_SECS - 60));
-    clock.advance(activate - now + Duration::seconds(1));
+    // A token of the old key from just before the switch (the publish delay, 15 min, is as long
+    // as a token's life, so `pair` has expired by then).
+    clock.advance(activate - now - Duration::seconds(60));
+    srv.svc.reload_keys().await.expect("reload");
+    let before = srv.login(&user.email, PASSWORD).await;
+    assert_ne!(kid_of(&before.access_token), kid2);
+    clock.advance(Duration::seconds(61));
     srv.svc.reload_keys().await.expect("reload");
     let after = srv.login(&user.email, PASSWORD).await;
     assert_eq!(kid_of(&after.access_token), kid2);
     assert_token_works(&srv, &after.access_token, "token signed by the CLI's key").await;
-    assert_token_works(&srv, &pair.access_token, "token from before").await;
+    assert_token_works(&srv, &before.access_token, "token from before").await;
     srv.stop().await;
 }
 

@@ -10,6 +10,7 @@ mod auth_flows;
 mod bcrypt_pool;
 mod bootstrap;
 mod connections;
+mod ext_authz;
 mod fast_path;
 mod keys;
 mod redaction;

@@ -1785,13 +1785,15 @@ async fn ensure_database(pg: &EmbeddedPostgres, name: &str) {
 
 // ----- reflection ----------------------------------------------------------------------------------
 
-/// Reflection lists exactly the allowlist, [`REFLECTED_SERVICES`]: the API and health.
+/// Reflection lists exactly the allowlist, [`REFLECTED_SERVICES`]: the API, health and Envoy's
+/// ext_authz.
 fn assert_lists_the_allowlist(mut names: Vec<String>) {
     names.sort();
     let mut want: Vec<&str> = REFLECTED_SERVICES.to_vec();
     want.sort_unstable();
     assert_eq!(names, want);
     for expected in [
+        "envoy.service.auth.v3.Authorization",
         "authd.v1.AuthService",
         "authd.v1.UserService",
         "grpc.health.v1.Health",
