@@ -143,7 +143,11 @@ fn bench(c: &mut Criterion) {
     )]);
     let at = chrono::DateTime::from_timestamp(now, 0).unwrap();
     g.bench_function("verify_uncached", |b| {
-        b.iter(|| verifier.verify(black_box(&tok), "authd", "authd", at).unwrap())
+        b.iter(|| {
+            verifier
+                .verify(black_box(&tok), "authd", "authd", at)
+                .unwrap()
+        })
     });
     g.finish();
 }

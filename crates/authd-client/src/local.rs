@@ -150,14 +150,18 @@ impl LocalState {
                     })
                     .collect(),
             };
-            let verifier = Arc::new(Verifier::from_jwks(&jwks));
-            tracing::debug!(
-                keys = verifier.jwks().len(),
-                "authd-client: signing keys updated"
-            );
-            *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = verifier;
-            // A removed key must not keep verifying through the cache.
-            self.cache.clear();
+            let verifier = Verifier::from_jwks(&jwks);
+            let mut current = self.verifier.write().unwrap_or_else(|e| e.into_inner());
+            if current.jwks() != verifier.jwks() {
+                tracing::debug!(
+                    keys = verifier.jwks().len(),
+                    "authd-client: signing keys updated"
+                );
+                *current = Arc::new(verifier);
+                drop(current);
+                // A removed key must not keep verifying through the cache.
+                self.cache.clear();
+            }
         }
         let now_s = self.clock.now().timestamp();
         if !msg.revoked_sessions.is_empty() {
