@@ -6,7 +6,7 @@
 //! and rarely contends. The key is the whole token: a cached answer is only ever given for the
 //! exact bytes that were verified. Only verified tokens are inserted, so garbage cannot fill it.
 //!
-//! What a hit still checks, on every call, is up to the caller ([`crate::local`]): `exp` against
+//! What a hit still checks, on every call, is up to the caller (the `local` module): `exp` against
 //! the clock and the session against the revoked set. A change of keys clears the cache.
 //!
 //! Bound: at most `capacity` entries (rounded up to a multiple of the shard count). A full shard

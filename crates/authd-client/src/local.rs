@@ -1,4 +1,4 @@
-//! Local mode: the state that WatchRevocations feeds ([`crate::watch`]) and the check that the
+//! Local mode: the state that WatchRevocations feeds (the `watch` module) and the check that the
 //! layer runs on every call ([`LocalState::check`]).
 //!
 //! The state is the current [`Verifier`] (the published keys), the set of revoked sessions (each
