@@ -53,6 +53,7 @@ impl std::fmt::Debug for Config {
             db_timeout,
             log,
             token_cache_size,
+            watch_max_streams,
         } = self;
         let hidden = |s: &Option<String>| s.as_ref().map(|_| REDACTED);
         f.debug_struct("Config")
@@ -106,6 +107,7 @@ impl std::fmt::Debug for Config {
             .field("db_timeout", db_timeout)
             .field("log", log)
             .field("token_cache_size", token_cache_size)
+            .field("watch_max_streams", watch_max_streams)
             .finish()
     }
 }

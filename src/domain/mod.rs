@@ -12,6 +12,7 @@ mod housekeeping;
 pub mod keystore;
 pub mod opaque;
 pub mod passwords;
+pub mod revocation_feed;
 pub mod service;
 pub mod service_keys;
 pub mod sessions;
@@ -20,6 +21,7 @@ pub mod throttle;
 pub mod tokens;
 pub mod validate;
 pub mod views;
+pub mod watch;
 
 /// The old path of [`passwords`].
 pub use passwords as password;

@@ -173,7 +173,7 @@ pub async fn serve(
         None => None,
     };
 
-    let auth = AuthServiceServer::new(AuthApi::new(svc.clone()))
+    let auth = AuthServiceServer::new(AuthApi::new(svc.clone(), accepting.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let users = UserServiceServer::new(UserApi::new(svc.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);

@@ -19,3 +19,4 @@ mod self_service;
 mod smoke;
 mod throttle;
 mod tokens;
+mod watch;
