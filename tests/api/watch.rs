@@ -509,3 +509,66 @@ async fn fifty_streams_each_receive_a_whole_burst() {
         r.await.expect("every stream receives every revocation");
     }
 }
+
+// ----- a slow stream ------------------------------------------------------------------------------
+
+/// A client that stops reading while more revocations pass than the feed's ring holds gets a fresh
+/// snapshot when it reads again, never a gap: a session revoked while it was behind is in it.
+#[tokio::test]
+async fn a_stream_that_falls_behind_the_ring_gets_a_fresh_snapshot() {
+    use authd::domain::revocation_feed::RING_CAPACITY;
+    let srv = TestServer::start().await;
+    let (_, pair) = srv.user_session().await;
+    // Small HTTP/2 windows: the server blocks as soon as this client stops reading.
+    let channel = Channel::from_shared(format!("http://{}", srv.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(16 * 1024))
+        .initial_connection_window_size(Some(16 * 1024))
+        .connect()
+        .await
+        .unwrap();
+    let key = srv.service_key().await;
+    let mut stream = try_watch(&mut AuthServiceClient::new(channel), watch_req(&key, ""))
+        .await
+        .unwrap();
+    let mut seen = snapshot(&mut stream).await;
+
+    // Revocations the view never held (straight into the feed), in records of 1,000.
+    let feed = srv.svc.views().feed();
+    let until = chrono::Utc::now() + chrono::Duration::hours(1);
+    let flood = |records: usize| {
+        for _ in 0..records {
+            feed.publish(
+                (0..1000).map(|_| (uuid::Uuid::new_v4(), until)).collect(),
+                0,
+            );
+        }
+    };
+    flood(20);
+    tokio::time::sleep(Duration::from_millis(300)).await; // the server is now blocked on this client
+    logout(&srv, &pair.access_token).await;
+    flood(RING_CAPACITY / 1000 + 10); // the logout's record leaves the ring
+
+    read_until(&mut stream, &mut seen, PATIENCE * 6, |s| {
+        s.snapshots() >= 2 && s.revoked.contains(&pair.session_id)
+    })
+    .await;
+}
+
+/// No heartbeat while the server's own view is stale (here: its database is gone), so the client
+/// knows within seconds that it may be missing revocations.
+#[tokio::test]
+async fn no_heartbeats_while_the_view_is_stale() {
+    let srv = TestServer::start().await;
+    let mut stream = watch(&srv, "").await;
+    snapshot(&mut stream).await;
+    next(&mut stream).await; // a heartbeat while fresh
+    srv.svc.pool().close();
+    // The view goes stale 3 s after its last successful poll; then the heartbeats stop.
+    tokio::time::sleep(authd::domain::views::MAX_STALENESS + Duration::from_millis(500)).await;
+    while let Ok(m) = tokio::time::timeout(Duration::from_millis(100), stream.message()).await {
+        assert!(m.is_ok(), "the stream stays open");
+    }
+    let quiet = tokio::time::timeout(Duration::from_secs(3), stream.message()).await;
+    assert!(quiet.is_err(), "a message while stale: {quiet:?}");
+}

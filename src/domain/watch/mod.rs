@@ -53,9 +53,10 @@ pub use resume::{RESUME_SECRET, ResumePoint};
 
 /// How often a stream with nothing else to send sends an empty message (while the view is fresh).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-/// The most sessions one message carries (about 55 bytes each on the wire, so about 550 kB: well
-/// under the 4 MB gRPC clients accept by default).
-pub const MAX_SESSIONS_PER_MESSAGE: usize = 10_000;
+/// The most sessions one message carries (about 55 bytes each on the wire, so about 55 kB). Small
+/// enough that a burst held by a thousand slow streams at once costs little: each holds at most a
+/// message or two of its own, the rest stays in the feed's shared records.
+pub const MAX_SESSIONS_PER_MESSAGE: usize = 1_000;
 
 /// One message of a stream.
 #[derive(Debug, Clone, Default)]
@@ -100,7 +101,7 @@ impl Drop for StreamSlot {
 #[derive(Debug)]
 pub struct RevocationWatch {
     svc: Arc<Authd>,
-    pending: VecDeque<WatchMessage>,
+    pending: VecDeque<Batch>,
     /// The feed position delivered (or queued in `pending`).
     seq: u64,
     /// Every tombstone below this watermark has been delivered (or queued).
@@ -163,7 +164,7 @@ impl RevocationWatch {
     /// and changes the stream's state only after they fire.
     pub async fn next(&mut self) -> WatchMessage {
         loop {
-            if let Some(m) = self.pending.pop_front() {
+            if let Some(m) = self.take_message() {
                 self.next_heartbeat = Instant::now() + HEARTBEAT_INTERVAL;
                 return m;
             }
@@ -226,6 +227,39 @@ impl RevocationWatch {
         }
     }
 
+    /// The next message of the first queued batch: at most [`MAX_SESSIONS_PER_MESSAGE`] of its
+    /// tombstones, copied from the shared records only now, so that a stream never holds more
+    /// than one message's worth of its own.
+    fn take_message(&mut self) -> Option<WatchMessage> {
+        let b = self.pending.front_mut()?;
+        let mut out = Vec::new();
+        while out.len() < MAX_SESSIONS_PER_MESSAGE && b.record < b.records.len() {
+            let ended = &b.records[b.record].ended;
+            let take = (MAX_SESSIONS_PER_MESSAGE - out.len()).min(ended.len() - b.offset);
+            if out.capacity() == 0 {
+                out.reserve_exact(take);
+            }
+            out.extend_from_slice(&ended[b.offset..b.offset + take]);
+            b.offset += take;
+            if b.offset == ended.len() {
+                b.record += 1;
+                b.offset = 0;
+            }
+        }
+        let done = b.record >= b.records.len();
+        let keys = b.keys.take();
+        let snapshot = b.snapshot;
+        if done {
+            // With the batch's last message, the stream's watermark moves to the batch's.
+            let watermark = b.watermark;
+            self.pending.pop_front();
+            self.watermark = self.watermark.max(watermark);
+        }
+        // Inside a live batch the token keeps the previous watermark (a resume reads the rest
+        // again); inside a snapshot it resumes nowhere.
+        Some(self.message(out, keys, done && snapshot, done || !snapshot))
+    }
+
     /// The current key set and its fingerprint, marking the key notifications seen.
     fn current_keys(&mut self) -> (Vec<PublicJwk>, u64) {
         self.keys_version = *self.keys_changed.borrow_and_update();
@@ -237,21 +271,20 @@ impl RevocationWatch {
     /// Queues a fresh snapshot: every tombstone of the view and the keys.
     fn snapshot(&mut self) {
         let (keys, fp) = self.current_keys();
-        let (mut ended, at) = self.svc.views.snapshot();
+        let (ended, at) = self.svc.views.snapshot();
         self.seq = at.seq;
-        self.watermark = self.watermark.max(at.watermark);
         self.keys = fp;
-        let mut keys = Some(keys);
-        loop {
-            let rest = ended.split_off(ended.len().min(MAX_SESSIONS_PER_MESSAGE));
-            let last = rest.is_empty();
-            let m = self.message(ended, keys.take(), last, last);
-            self.pending.push_back(m);
-            if last {
-                break;
-            }
-            ended = rest;
-        }
+        self.pending.clear();
+        self.pending.push_back(Batch::new(
+            vec![Arc::new(Record {
+                seq: at.seq,
+                watermark: at.watermark,
+                ended,
+            })],
+            Some(keys),
+            true,
+            at.watermark,
+        ));
     }
 
     /// Continues from a resume point: this replica's feed position first, then what the database
@@ -272,40 +305,20 @@ impl RevocationWatch {
         };
         self.seq = at.seq;
         self.watermark = point.watermark;
-        self.keys = point.keys;
         let (keys, fp) = self.current_keys();
-        let keys = (fp != self.keys).then_some(keys);
+        let keys = (fp != point.keys).then_some(keys);
         self.keys = fp;
-        // Until the whole batch is out, the point's own watermark is where a resume must restart.
-        self.queue_chunks(batch.ended, keys, batch.watermark, true);
-    }
-
-    /// Queues `ended` in messages of at most [`MAX_SESSIONS_PER_MESSAGE`]; the stream's watermark
-    /// becomes `watermark` with the last one (earlier ones carry the previous watermark). With
-    /// `always`, one (possibly empty) message is queued even if there is nothing to send.
-    fn queue_chunks(
-        &mut self,
-        mut ended: Vec<Tombstone>,
-        mut keys: Option<Vec<PublicJwk>>,
-        watermark: i64,
-        always: bool,
-    ) {
-        if ended.is_empty() && keys.is_none() && !always {
-            self.watermark = self.watermark.max(watermark);
-            return;
-        }
-        loop {
-            let rest = ended.split_off(ended.len().min(MAX_SESSIONS_PER_MESSAGE));
-            if rest.is_empty() {
-                self.watermark = self.watermark.max(watermark);
-                let m = self.message(ended, keys.take(), false, true);
-                self.pending.push_back(m);
-                return;
-            }
-            let m = self.message(ended, keys.take(), false, true);
-            self.pending.push_back(m);
-            ended = rest;
-        }
+        // One message at once, even if empty: the client knows it is resumed.
+        self.pending.push_back(Batch::new(
+            vec![Arc::new(Record {
+                seq: at.seq,
+                watermark: batch.watermark,
+                ended: batch.ended,
+            })],
+            keys,
+            false,
+            batch.watermark,
+        ));
     }
 
     /// Queues what the feed published after this stream's position, and the keys if they changed.
@@ -330,20 +343,49 @@ impl RevocationWatch {
             }
             Catchup::Records(records, at) => {
                 self.seq = at.seq;
-                self.queue_chunks(flatten(&records), keys, at.watermark, false);
+                if records.is_empty() && keys.is_none() {
+                    self.watermark = self.watermark.max(at.watermark);
+                } else {
+                    self.pending
+                        .push_back(Batch::new(records, keys, false, at.watermark));
+                }
             }
         }
     }
 }
 
-/// The tombstones of consecutive records, in order.
-fn flatten(records: &[Arc<Record>]) -> Vec<Tombstone> {
-    let n = records.iter().map(|r| r.ended.len()).sum();
-    let mut out = Vec::with_capacity(n);
-    for r in records {
-        out.extend_from_slice(&r.ended);
+/// Tombstones (shared records of the feed, or a snapshot) queued for one stream, sent in messages
+/// of at most [`MAX_SESSIONS_PER_MESSAGE`].
+#[derive(Debug)]
+struct Batch {
+    records: Vec<Arc<Record>>,
+    /// The next tombstone to send: `records[record].ended[offset]`.
+    record: usize,
+    offset: usize,
+    /// Keys to send with the first message.
+    keys: Option<Vec<PublicJwk>>,
+    /// A snapshot: its last message has `snapshot_complete`, the others resume nowhere.
+    snapshot: bool,
+    /// The stream's watermark once the last message is out.
+    watermark: i64,
+}
+
+impl Batch {
+    fn new(
+        records: Vec<Arc<Record>>,
+        keys: Option<Vec<PublicJwk>>,
+        snapshot: bool,
+        watermark: i64,
+    ) -> Self {
+        Self {
+            records,
+            record: 0,
+            offset: 0,
+            keys,
+            snapshot,
+            watermark,
+        }
     }
-    out
 }
 
 /// Resolves when `rx` changes; never, if its sender is gone.
