@@ -53,3 +53,8 @@ pub mod tokens {
 pub mod views {
     pub use crate::domain::views::MAX_STALENESS;
 }
+
+/// The feed that WatchRevocations streams read: its ring of recent revocations.
+pub mod revocation_feed {
+    pub use crate::domain::revocation_feed::RING_CAPACITY;
+}

@@ -54,6 +54,7 @@ impl std::fmt::Debug for Config {
             db_timeout,
             log,
             token_cache_size,
+            watch_max_streams,
         } = self;
         let url = database_url.as_ref().map(|u| redact_url(u.expose()));
         f.debug_struct("Config")
@@ -104,6 +105,7 @@ impl std::fmt::Debug for Config {
             .field("db_timeout", db_timeout)
             .field("log", log)
             .field("token_cache_size", token_cache_size)
+            .field("watch_max_streams", watch_max_streams)
             .finish()
     }
 }

@@ -44,6 +44,7 @@ impl Config {
             access: AccessSettings {
                 validate_require_key: self.validate_require_key,
                 token_cache_size: self.token_cache_size,
+                watch_max_streams: self.watch_max_streams,
             },
             keys: KeySettings {
                 publish_delay: self.key_publish_delay,

@@ -303,6 +303,16 @@ pub struct Config {
         global = true
     )]
     pub token_cache_size: u64,
+
+    /// How many WatchRevocations streams one replica serves at once; beyond it a new stream gets
+    /// RESOURCE_EXHAUSTED (`0` = WatchRevocations is refused).
+    #[arg(
+        long,
+        env = "AUTHD_WATCH_MAX_STREAMS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub watch_max_streams: usize,
 }
 
 impl Config {
@@ -383,6 +393,7 @@ impl Config {
             db_timeout: Duration::from_secs(5),
             log: "info".into(),
             token_cache_size: 10_000,
+            watch_max_streams: 10_000,
         }
     }
 }

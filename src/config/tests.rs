@@ -107,6 +107,7 @@ fn defaults_match_the_documented_values() {
     assert_eq!(c.handshake_timeout, f.handshake_timeout);
     assert_eq!(c.log_format, f.log_format);
     assert_eq!(c.token_cache_size, f.token_cache_size);
+    assert_eq!(c.watch_max_streams, f.watch_max_streams);
     assert!(c.http_listen.is_none() && c.health_listen.is_none() && !c.grpc_web);
     assert!(c.tls_cert.is_none() && !c.tls_require_client_cert && c.cors_origins.is_empty());
     assert_eq!(c.audit_retention, f.audit_retention);

@@ -146,6 +146,27 @@ impl Authd {
             .filter(|e| e.trusted_proxy && e.matches(&hash))
     }
 
+    /// The caller of ValidateToken or WatchRevocations, a service that verifies tokens: a verified
+    /// client certificate, or a service key presented from `source` (see
+    /// [`Authd::authenticate_service_key`]). Anyone when `AUTHD_VALIDATE_REQUIRE_KEY=false`.
+    pub async fn authenticate_verifier(
+        &self,
+        caller: Caller<'_>,
+        source: Option<IpAddr>,
+    ) -> Result<()> {
+        if self.settings.access.validate_require_key {
+            match caller {
+                Caller::ClientCertificate { subject } => {
+                    tracing::debug!(%subject, "caller trusted by its client certificate");
+                }
+                Caller::ServiceKey(key) => {
+                    self.authenticate_service_key(key, source).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// ValidateToken: the caller first (a verified client certificate, or a service key; unless
     /// `AUTHD_VALIDATE_REQUIRE_KEY=false`), then the token.
     /// `source` is the caller's address (see [`Authd::authenticate_service_key`]).
@@ -155,7 +176,7 @@ impl Authd {
         source: Option<IpAddr>,
         token: &str,
     ) -> Result<Introspection> {
-        self.authenticate_token_checker(caller, source).await?;
+        self.authenticate_verifier(caller, source).await?;
         let token = token.trim();
         if token.is_empty() {
             return Err(Error::invalid("access_token is required"));

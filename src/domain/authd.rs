@@ -3,6 +3,7 @@
 //! behaviours share. The operations themselves live in the files of their behaviour: `accounts/`,
 //! `sessions/`, `access.rs`, `service_keys.rs`, `signing_keys.rs` and `housekeeping.rs`.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -37,6 +38,13 @@ pub struct Authd {
     pub(in crate::domain) proxy_budget: ProxyKeyBudget,
     pub(in crate::domain) views: Views,
     pub(in crate::domain) token_cache: TokenCache,
+    /// Bumped whenever the published key set changes (see [`Authd::reload_keys`]), for the
+    /// WatchRevocations streams.
+    pub(in crate::domain) keys_changed: tokio::sync::watch::Sender<u64>,
+    /// Keys WatchRevocations' resume tokens (`domain::watch::resume`).
+    pub(in crate::domain) resume_secret: Vec<u8>,
+    /// Open WatchRevocations streams on this replica.
+    pub(in crate::domain) watch_streams: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Authd {
@@ -74,6 +82,9 @@ impl Authd {
         // from its own "now") after ours was taken; with ours the key would not be active yet.
         let keyring = keystore.load_keyring(&mut conn, clock.now()).await?;
         let audit_secret = keystore.secret(&mut conn, AUDIT_SECRET, now).await?;
+        let resume_secret = keystore
+            .secret(&mut conn, crate::domain::watch::RESUME_SECRET, now)
+            .await?;
         let views = Views::new();
         let token_cache = TokenCache::new(settings.access.token_cache_size);
         views.sync(&mut conn, clock.now()).await?;
@@ -91,6 +102,9 @@ impl Authd {
             proxy_budget,
             views,
             token_cache,
+            keys_changed: tokio::sync::watch::channel(0).0,
+            resume_secret,
+            watch_streams: Arc::new(AtomicUsize::new(0)),
         }))
     }
 

@@ -58,28 +58,6 @@ impl Decision {
 }
 
 impl Authd {
-    /// Authenticates a service that asks about tokens (ValidateToken, ext_authz Check): a verified
-    /// client certificate or a service key, unless `AUTHD_VALIDATE_REQUIRE_KEY=false`.
-    /// `source` is the caller's address (see [`Authd::authenticate_service_key`]).
-    pub async fn authenticate_token_checker(
-        &self,
-        caller: Caller<'_>,
-        source: Option<IpAddr>,
-    ) -> Result<()> {
-        if !self.settings.access.validate_require_key {
-            return Ok(());
-        }
-        match caller {
-            Caller::ClientCertificate { subject } => {
-                tracing::debug!(%subject, "token-checking caller trusted by its client certificate");
-            }
-            Caller::ServiceKey(key) => {
-                self.authenticate_service_key(key, source).await?;
-            }
-        }
-        Ok(())
-    }
-
     /// Envoy ext_authz Check: see the module doc. `authorization` is the HTTP request's header.
     /// Errors are about the caller only (UNAUTHENTICATED without a valid key; RESOURCE_EXHAUSTED
     /// when its address is over the rate limit for bad keys).
@@ -90,7 +68,7 @@ impl Authd {
         authorization: Option<&str>,
         required: RequiredRole,
     ) -> Result<Decision> {
-        let decision = match self.authenticate_token_checker(caller, source).await {
+        let decision = match self.authenticate_verifier(caller, source).await {
             Ok(()) => self.ext_authz_decide(authorization, required).await,
             // A stale view cannot vouch for the key either; still a denial, not a failed RPC.
             Err(Error::Unavailable(detail)) => {

@@ -13,6 +13,7 @@ mod housekeeping;
 pub mod keystore;
 pub mod opaque;
 pub mod passwords;
+pub mod revocation_feed;
 pub mod service_keys;
 pub mod sessions;
 pub mod settings;
@@ -21,6 +22,7 @@ pub mod throttle;
 pub mod tokens;
 pub mod validate;
 pub mod views;
+pub mod watch;
 
 use std::net::IpAddr;
 use std::time::Duration;

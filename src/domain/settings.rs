@@ -99,6 +99,8 @@ pub struct AccessSettings {
     pub validate_require_key: bool,
     /// Verified access tokens kept in memory (`AUTHD_TOKEN_CACHE_SIZE`, 0 = off).
     pub token_cache_size: u64,
+    /// Open WatchRevocations streams per replica (`AUTHD_WATCH_MAX_STREAMS`).
+    pub watch_max_streams: usize,
 }
 
 /// Signing keys and the key that seals key material at rest.

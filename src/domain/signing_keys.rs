@@ -10,13 +10,22 @@ use crate::domain::{Authd, Principal, Result, Role};
 
 impl Authd {
     /// Re-reads the signing keys, so a rotation made by any replica (or a key whose activation time
-    /// has come) takes effect here.
+    /// has come) takes effect here. When the published set changed (a key added or retired), the
+    /// WatchRevocations streams are told (`keys_changed`).
     pub async fn reload_keys(&self) -> Result<()> {
         let keyring = self
             .keystore
             .load_keyring(&mut *self.conn().await?, self.now())
             .await?;
-        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
+        let changed = {
+            let mut current = self.keyring.write().unwrap_or_else(|e| e.into_inner());
+            let changed = current.jwks() != keyring.jwks();
+            *current = Arc::new(keyring);
+            changed
+        };
+        if changed {
+            self.keys_changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
         Ok(())
     }
 

@@ -44,6 +44,7 @@ use ipnet::IpNet;
 use uuid::Uuid;
 
 use super::opaque::HashedToken;
+use super::revocation_feed::{Feed, Position, Tombstone};
 use super::{Error, Result};
 use crate::db::{self, DbError, service_keys, sessions};
 
@@ -111,6 +112,8 @@ pub struct Views {
     /// When the view was last trimmed (unix seconds on the injected clock).
     trimmed_at: AtomicI64,
     retention: chrono::Duration,
+    /// What each poll added, for the WatchRevocations streams.
+    feed: Feed,
 }
 
 impl Default for Views {
@@ -132,6 +135,7 @@ impl Views {
             retention: chrono::Duration::seconds(
                 super::tokens::LEEWAY_SECS.saturating_add(RETENTION_MARGIN_SECS),
             ),
+            feed: Feed::default(),
         }
     }
 
@@ -151,21 +155,37 @@ impl Views {
         let mut watermark = self.watermark.lock().await;
         let batch = sessions::revocations_since(conn, *watermark, now - self.retention).await?;
         let keys = service_keys::list_active(conn).await?;
-        self.apply(batch.ended, now);
-        *watermark = (*watermark).max(batch.watermark);
+        let next = (*watermark).max(batch.watermark);
+        self.apply(batch.ended, now, next);
+        *watermark = next;
         self.replace_keys(keys);
         self.synced_at.fetch_max(began.max(1), Ordering::Relaxed);
         Ok(())
     }
 
-    /// Adds tombstones (session, keep until), and every [`TRIM_INTERVAL_SECS`] of the clock drops
-    /// those kept until more than [`Views::retention`] before `now`.
-    fn apply(&self, tombstones: Vec<(Uuid, DateTime<Utc>)>, now: DateTime<Utc>) {
+    /// Adds tombstones (session, keep until) and publishes to the feed those that are new (or kept
+    /// longer than before) with the view's `watermark` after this poll; every
+    /// [`TRIM_INTERVAL_SECS`] of the clock drops those kept until more than [`Views::retention`]
+    /// before `now`.
+    fn apply(&self, tombstones: Vec<Tombstone>, now: DateTime<Utc>, watermark: i64) {
         let mut ended = self.ended.write().unwrap_or_else(|e| e.into_inner());
+        let mut added = Vec::new();
         for (id, until) in tombstones {
-            let kept = ended.entry(id).or_insert(until);
-            *kept = (*kept).max(until);
+            match ended.entry(id) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(until);
+                    added.push((id, until));
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    if until > *o.get() {
+                        o.insert(until);
+                        added.push((id, until));
+                    }
+                }
+            }
         }
+        // Under the view's lock: a snapshot sees the map and the feed's position together.
+        self.feed.publish(added, watermark);
         let now_s = now.timestamp();
         if now_s.saturating_sub(self.trimmed_at.load(Ordering::Relaxed)) >= TRIM_INTERVAL_SECS {
             let cutoff = now - self.retention;
@@ -247,6 +267,20 @@ impl Views {
             .contains_key(&session_id)
     }
 
+    /// The feed of what each poll added (see [`crate::domain::revocation_feed`]).
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// Every tombstone the view holds, and the feed's position they correspond to: a stream that
+    /// sends these has delivered every tombstone below the position's watermark, and continues
+    /// with the feed's records after its sequence number.
+    pub fn snapshot(&self) -> (Vec<Tombstone>, Position) {
+        let ended = self.ended.read().unwrap_or_else(|e| e.into_inner());
+        let at = self.feed.position();
+        (ended.iter().map(|(id, until)| (*id, *until)).collect(), at)
+    }
+
     /// The unrevoked service key with this hash.
     pub fn service_key(&self, hash: &HashedToken) -> Option<Arc<ServiceKeyEntry>> {
         self.service_keys
@@ -299,10 +333,10 @@ mod tests {
         // whose last token expired at t0 + 1 s.
         let long = Uuid::new_v4();
         let short = Uuid::new_v4();
-        v.apply(vec![(long, t0 + secs(900)), (short, t0 + secs(1))], t0);
+        v.apply(vec![(long, t0 + secs(900)), (short, t0 + secs(1))], t0, 1);
         assert!(v.has_ended(long) && v.has_ended(short));
         // 330 s later (past a 1 s replica's old retention of ttl + leeway + 300 s): the long one stays.
-        v.apply(vec![], t0 + secs(330));
+        v.apply(vec![], t0 + secs(330), 1);
         assert!(
             v.has_ended(long),
             "tombstone dropped before the token's exp"
@@ -310,12 +344,13 @@ mod tests {
         assert!(!v.has_ended(short), "past its keep_until and the retention");
         // Until its exp, plus the leeway and the margin (302 s), at every trim.
         for at in [600, 899, 1100, 1190] {
-            v.apply(vec![], t0 + secs(at));
+            v.apply(vec![], t0 + secs(at), 1);
             assert!(v.has_ended(long), "dropped at t0 + {at} s");
         }
         v.apply(
             vec![],
             t0 + secs(900) + v.retention() + secs(TRIM_INTERVAL_SECS),
+            1,
         );
         assert!(!v.has_ended(long), "kept forever");
         // A later tombstone of the same session never shortens the earlier one.
@@ -323,8 +358,9 @@ mod tests {
         v.apply(
             vec![(s, t0 + secs(5000)), (s, t0 + secs(10))],
             t0 + secs(4000),
+            1,
         );
-        v.apply(vec![], t0 + secs(4000 + TRIM_INTERVAL_SECS));
+        v.apply(vec![], t0 + secs(4000 + TRIM_INTERVAL_SECS), 1);
         assert!(v.has_ended(s));
     }
 }

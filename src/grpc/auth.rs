@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -11,6 +12,7 @@ use crate::domain::Authd;
 use crate::domain::accounts::NewAccount;
 use crate::domain::service_keys::ServiceKeySpec;
 use crate::domain::sessions::{LoginIdentifier, TokenPair};
+use crate::domain::watch::WatchMessage;
 use crate::proto;
 use crate::proto::auth_service_server::AuthService;
 use crate::proto::login_request::Identifier;
@@ -21,13 +23,22 @@ pub struct AuthApi {
     svc: Arc<Authd>,
     /// `AUTHD_TLS_CLIENT_CA` is set: a verified client certificate authenticates ValidateToken.
     client_certificates: bool,
+    /// Turns true when the drain stops accepting connections: WatchRevocations streams end.
+    draining: watch::Receiver<bool>,
 }
 
 impl AuthApi {
-    pub fn new(svc: Arc<Authd>, client_certificates: bool) -> Self {
+    /// `draining` turns true when the server stops accepting connections (see
+    /// `server::shutdown::drain`).
+    pub fn new(
+        svc: Arc<Authd>,
+        client_certificates: bool,
+        draining: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             svc,
             client_certificates,
+            draining,
         }
     }
 }
@@ -170,19 +181,7 @@ impl AuthService for AuthApi {
         &self,
         _req: Request<proto::GetJwksRequest>,
     ) -> Result<Response<proto::GetJwksResponse>, Status> {
-        let keys = self
-            .svc
-            .jwks()
-            .into_iter()
-            .map(|k| proto::Jwk {
-                kty: "OKP".into(),
-                crv: "Ed25519".into(),
-                x: k.x,
-                kid: k.kid,
-                alg: "EdDSA".into(),
-                r#use: "sig".into(),
-            })
-            .collect();
+        let keys = self.svc.jwks().into_iter().map(jwk_to_proto).collect();
         Ok(Response::new(proto::GetJwksResponse { keys }))
     }
 
@@ -261,13 +260,77 @@ impl AuthService for AuthApi {
         >,
     >;
 
-    // In progress (issue H): the stream lands with its domain side.
+    /// The caller as for ValidateToken, then the domain's stream (see [`crate::domain::watch`]),
+    /// pumped by a task into a small channel until the client goes or the drain stops accepting
+    /// connections (the stream then ends with OK).
     async fn watch_revocations(
         &self,
-        _req: Request<proto::WatchRevocationsRequest>,
+        req: Request<proto::WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        Err(Status::unimplemented(
-            "WatchRevocations is not implemented yet",
-        ))
+        let source = client_address(&req)?;
+        self.svc
+            .authenticate_verifier(caller(&req, self.client_certificates), source)
+            .await?;
+        let mut watch = self
+            .svc
+            .watch_revocations(&req.get_ref().resume_token)
+            .await?;
+        let mut draining = self.draining.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            let drained = async move {
+                let _ = draining.wait_for(|d| *d).await;
+            };
+            tokio::pin!(drained);
+            loop {
+                let message = tokio::select! {
+                    biased;
+                    () = &mut drained => return,
+                    () = tx.closed() => return,
+                    m = watch.next() => m,
+                };
+                tokio::select! {
+                    biased;
+                    () = &mut drained => return,
+                    sent = tx.send(Ok(watch_response(message))) => if sent.is_err() { return },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// Messages a WatchRevocations stream may have ready before its client reads them. Beyond, the
+/// stream waits (HTTP/2 flow control), and falls behind the revocation feed if it waits too long.
+const WATCH_BUFFER: usize = 2;
+
+fn jwk_to_proto(k: crate::domain::tokens::PublicJwk) -> proto::Jwk {
+    proto::Jwk {
+        kty: "OKP".into(),
+        crv: "Ed25519".into(),
+        x: k.x,
+        kid: k.kid,
+        alg: "EdDSA".into(),
+        r#use: "sig".into(),
+    }
+}
+
+fn watch_response(m: WatchMessage) -> proto::WatchRevocationsResponse {
+    proto::WatchRevocationsResponse {
+        revoked_sessions: m
+            .revoked
+            .into_iter()
+            .map(|(id, until)| proto::RevokedSession {
+                session_id: id.to_string(),
+                expire_time: Some(timestamp(until)),
+            })
+            .collect(),
+        resume_token: m.resume_token,
+        jwks: m.keys.map(|keys| proto::JwkSet {
+            keys: keys.into_iter().map(jwk_to_proto).collect(),
+        }),
+        snapshot_complete: m.snapshot_complete,
     }
 }

@@ -177,8 +177,12 @@ pub async fn serve(
         None => None,
     };
 
-    let auth = AuthServiceServer::new(AuthApi::new(svc.clone(), config.tls_client_ca.is_some()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let auth = AuthServiceServer::new(AuthApi::new(
+        svc.clone(),
+        config.tls_client_ca.is_some(),
+        accepting.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let users = UserServiceServer::new(UserApi::new(svc.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     // Envoy's ext_authz: `envoy.service.auth.v3.Authorization/Check` (see grpc::ext_authz).

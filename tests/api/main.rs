@@ -20,3 +20,4 @@ mod self_service;
 mod smoke;
 mod throttle;
 mod tokens;
+mod watch;

@@ -70,6 +70,12 @@ impl TestServer {
 
     /// A server with exactly this config and clock (e.g. a restart on an existing database).
     pub async fn start_on(config: Config, clock: Arc<ManualClock>) -> Self {
+        Self::start_at(config, clock, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// [`TestServer::start_on`] at a given address, e.g. the one of a server that was stopped, so
+    /// that clients holding its address see a restart.
+    pub async fn start_at(config: Config, clock: Arc<ManualClock>, addr: SocketAddr) -> Self {
         let url = config
             .database_url()
             .expect("tests always set a database url")
@@ -78,7 +84,7 @@ impl TestServer {
         let svc = server::start_service(shared.clone(), &url, clock.clone())
             .await
             .expect("start service");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let serve_svc = svc.clone();
