@@ -17,5 +17,8 @@ pub const BCRYPT_PADDED: &str = "authd_bcrypt_padded_total";
 /// `authd_bcrypt_expected_wait_seconds`: the expected wait of the latest password check.
 pub const BCRYPT_EXPECTED_WAIT: &str = "authd_bcrypt_expected_wait_seconds";
 
+/// `authd_watch_streams`: WatchRevocations streams open on this replica.
+pub const WATCH_STREAMS: &str = "authd_watch_streams";
+
 /// The `result` label values of [`LOGINS`].
 pub const LOGIN_RESULTS: [&str; 4] = ["success", "failure", "disabled", "throttled"];

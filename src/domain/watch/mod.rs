@@ -86,13 +86,17 @@ impl StreamSlot {
             (n < max).then_some(n + 1)
         })
         .ok()
-        .map(|_| Self(open.clone()))
+        .map(|_| {
+            metrics::gauge!(crate::metric_names::WATCH_STREAMS).increment(1.0);
+            Self(open.clone())
+        })
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(crate::metric_names::WATCH_STREAMS).decrement(1.0);
     }
 }
 
