@@ -38,8 +38,8 @@ if [ "$build" = 1 ]; then
   say "cargo build --release -p authd -p authd-bench"
   CARGO_TARGET_DIR="$target" cargo build --release -p authd -p authd-bench >&2
 fi
-authd="$target/release/authd"
-bench="$target/release/authd-bench"
+authd="$target/${PROFILE_DIR:-release}/authd"
+bench="$target/${PROFILE_DIR:-release}/authd-bench"
 
 if command -v taskset >/dev/null 2>&1 && [ "$(nproc --all)" -ge 2 ]; then
   server_pin="taskset -c 1"; client_pin="taskset -c 0"
