@@ -8,7 +8,9 @@
 # at once). authd is pinned to CPU 1 and the bench to CPU 0 when taskset and 2 CPUs exist.
 #
 # Usage: scripts/bench-watch.sh [--streams 1000] [--connections 1000] [--burst 10000] [--users 10]
-#                               [--idle 10s] [--target-dir DIR] [--no-build]
+#                               [--idle 10s] [--target-dir DIR] [--no-build] [--two-replicas]
+# --two-replicas starts a second authd on the same embedded PostgreSQL and revokes the burst there,
+# so the streams (on the first) learn of it through their replica's 250 ms poll.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,6 +22,7 @@ users=10
 idle=10s
 target="${CARGO_TARGET_DIR:-$root/target}"
 build=1
+two=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --streams) streams="$2"; shift 2 ;;
@@ -29,7 +32,8 @@ while [ $# -gt 0 ]; do
     --idle) idle="$2"; shift 2 ;;
     --target-dir) target="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --two-replicas) two=1; shift ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-watch.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -53,9 +57,11 @@ url="http://127.0.0.1:$port"
 admin_email="admin@bench.example"
 admin_password="Bench-Admin-$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
 pid=""
+pid2=""
 cleanup() {
+  if [ -n "$pid2" ] && kill -0 "$pid2" 2>/dev/null; then kill -TERM "$pid2"; wait "$pid2" 2>/dev/null || true; fi
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$data" "$log"
+  rm -rf "$data" "$log" "$log.2"
 }
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -65,9 +71,20 @@ $server_pin env -u DATABASE_URL AUTHD_DATA_DIR="$data" AUTHD_LISTEN="127.0.0.1:$
   "$authd" serve >>"$log" 2>&1 &
 pid=$!
 $client_pin "$bench" --addr "$url" --wait-serving 120s >&2 || { tail -30 "$log" >&2; exit 1; }
+extra=()
+if [ "$two" = 1 ]; then
+  port2="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  $server_pin env -u DATABASE_URL AUTHD_DATA_DIR="$data" AUTHD_LISTEN="127.0.0.1:$port2" \
+    AUTHD_BCRYPT_COST=4 AUTHD_RATE_LIMIT_PER_IP=0 AUTHD_SHUTDOWN_DELAY=0 AUTHD_MIN_PASSWORD_SCORE=0 \
+    "$authd" serve >>"$log.2" 2>&1 &
+  pid2=$!
+  $client_pin "$bench" --addr "http://127.0.0.1:$port2" --wait-serving 120s >&2 || { tail -30 "$log.2" >&2; exit 1; }
+  extra=(--watch-revoke-addr "http://127.0.0.1:$port2")
+  say "second replica pid $pid2 on port $port2 (same database): the burst is revoked there"
+fi
 say "authd pid $pid on $url; $streams streams over $connections connections; burst $burst sessions of $users users"
 AUTHD_BENCH_ADMIN_EMAIL="$admin_email" AUTHD_BENCH_ADMIN_PASSWORD="$admin_password" \
   $client_pin "$bench" --addr "$url" --watch-streams "$streams" --connections "$connections" \
   --watch-burst "$burst" --watch-users "$users" --watch-idle "$idle" --watch-pid "$pid" \
-  --setup-parallelism 16 \
+  --setup-parallelism 16 "${extra[@]}" \
   || { tail -30 "$log" >&2; exit 1; }

@@ -169,6 +169,12 @@ pub struct Cli {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub watch_users: u32,
 
+    /// With --watch-streams: send the burst's RevokeUserSessions to this replica (of the same
+    /// database) instead of --addr, to measure how a revocation reaches the streams of another
+    /// replica (through its 250 ms poll).
+    #[arg(long)]
+    pub watch_revoke_addr: Option<String>,
+
     /// With --wait-serving: measure from this instant (Unix time in nanoseconds, e.g. from
     /// `date +%s%N` right before starting the server) instead of from this tool's start.
     #[arg(long)]

@@ -8,7 +8,8 @@
 //!    (from `/proc/<--watch-pid>/stat` and `status`) before and after;
 //! 4. burst: RevokeUserSessions on every user at once (as the admin), and the time until each
 //!    stream has received every one of the revoked sessions; authd's CPU time over the burst and
-//!    its peak RSS (sampled every 20 ms).
+//!    its peak RSS (sampled every 20 ms). With `--watch-revoke-addr` the burst is revoked on
+//!    another replica of the same database.
 //!
 //! CPU times are in clock ticks of 1/100 s (Linux's USER_HZ). Without `--watch-pid` the process
 //! figures are left out.
@@ -77,6 +78,8 @@ fn sample(pid: u32) -> Result<ProcSample, String> {
 #[derive(Debug, Serialize)]
 pub struct WatchReport {
     pub streams: usize,
+    /// Whether the burst was revoked on another replica (--watch-revoke-addr).
+    pub revoked_on_other_replica: bool,
     pub connections: usize,
     /// Seconds from the first stream opened until every snapshot was complete.
     pub open_s: f64,
@@ -398,11 +401,21 @@ pub async fn run(
             }
         })
     });
+    let revoke_channel = match cli.watch_revoke_addr.as_deref() {
+        Some(addr) => {
+            log(&format!("the burst is revoked on {addr}"));
+            crate::client::endpoint(addr)?
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to {addr}: {e}"))?
+        }
+        None => setup_channel.clone(),
+    };
     let started = Instant::now();
     let _ = start_tx.send(Some(started));
     let mut revokes = tokio::task::JoinSet::new();
     for (id, _, _) in &registered {
-        let mut users = UserServiceClient::new(setup_channel.clone());
+        let mut users = UserServiceClient::new(revoke_channel.clone());
         let mut req = setup::with_timeout(RevokeUserSessionsRequest {
             user_id: id.clone(),
         });
@@ -447,6 +460,7 @@ pub async fn run(
     let incomplete_streams = n - results.iter().filter(|r| r.all.is_some()).count();
     Ok(WatchReport {
         streams: n,
+        revoked_on_other_replica: cli.watch_revoke_addr.is_some(),
         connections: channels.len(),
         open_s,
         before_streams,
