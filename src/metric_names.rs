@@ -19,6 +19,9 @@ pub const BCRYPT_EXPECTED_WAIT: &str = "authd_bcrypt_expected_wait_seconds";
 /// `authd_ext_authz_checks_total{result}`: Envoy ext_authz Check answers (the caller authenticated).
 pub const EXT_AUTHZ_CHECKS: &str = "authd_ext_authz_checks_total";
 
+/// `authd_watch_streams`: WatchRevocations streams open on this replica.
+pub const WATCH_STREAMS: &str = "authd_watch_streams";
+
 /// The `result` label values of [`LOGINS`].
 pub const LOGIN_RESULTS: [&str; 4] = ["success", "failure", "disabled", "throttled"];
 /// The `result` label values of [`EXT_AUTHZ_CHECKS`]: allowed (status 0), denied (16, HTTP 401),

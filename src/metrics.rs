@@ -22,7 +22,8 @@
 //! - `authd_bcrypt_padded_total`: failed checks against a hash cheaper than `AUTHD_BCRYPT_COST` that
 //!   were padded with a dummy check at the configured cost;
 //! - `authd_bcrypt_expected_wait_seconds`: the expected wait computed for the latest password check
-//!   (admitted or refused).
+//!   (admitted or refused);
+//! - `authd_watch_streams`: WatchRevocations streams open on this replica.
 //!
 //! Nothing is recorded until [`install_recorder`] runs (the server calls it when
 //! `AUTHD_HTTP_LISTEN` is set); before that the `metrics` macros are no-ops.
@@ -118,6 +119,10 @@ fn describe() {
         "Database connections a cancelled call left inside a transaction or statement: rolled_back (and back in the pool) or closed."
     );
     describe_gauge!(
+        WATCH_STREAMS,
+        "WatchRevocations streams open on this replica."
+    );
+    describe_gauge!(
         BCRYPT_QUEUE_DEPTH,
         "bcrypt hashes and verifications admitted to the bcrypt pool and not yet finished (waiting plus running)."
     );
@@ -151,6 +156,7 @@ fn describe() {
     counter!(BCRYPT_PADDED).increment(0);
     gauge!(BCRYPT_EXPECTED_WAIT).set(0.0);
     gauge!(BCRYPT_QUEUE_DEPTH).increment(0.0);
+    gauge!(WATCH_STREAMS).increment(0.0);
 }
 
 /// Samples the pool's counts into [`DB_POOL_CONNECTIONS`] (called at scrape time).

@@ -46,6 +46,7 @@
 //! | `AUTHD_DB_TIMEOUT` | `--db-timeout` | `5s` (pool wait, connect and statement timeout) |
 //! | `AUTHD_LOG` | `--log` | `info` (a `tracing` filter such as `authd=debug,info`) |
 //! | `AUTHD_TOKEN_CACHE_SIZE` | `--token-cache-size` | `10000` (verified access tokens kept in memory; `0` = off) |
+//! | `AUTHD_WATCH_MAX_STREAMS` | `--watch-max-streams` | `10000` (WatchRevocations streams per replica; beyond, RESOURCE_EXHAUSTED) |
 //!
 //! Durations are written as a number and a unit: `500ms`, `90s`, `15m`, `12h`, `7d` (a bare `0` is zero).
 //!

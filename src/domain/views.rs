@@ -322,6 +322,40 @@ mod tests {
         assert!(e.claim_touch(t0 + minute, minute));
     }
 
+    /// Issue H: each poll publishes to the feed what it added (a tombstone read again is not
+    /// published again; one kept longer is), with the view's watermark; a snapshot and the feed's
+    /// position agree.
+    #[test]
+    fn polls_publish_what_they_added() {
+        use crate::domain::revocation_feed::Catchup;
+        let v = Views::new();
+        let t0 = Utc::now();
+        let secs = chrono::Duration::seconds;
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        v.apply(vec![(a, t0 + secs(60))], t0, 10);
+        v.apply(vec![(a, t0 + secs(60)), (b, t0 + secs(60))], t0, 12);
+        v.apply(vec![(a, t0 + secs(30))], t0, 13);
+        v.apply(vec![(a, t0 + secs(90))], t0, 14);
+        let Catchup::Records(records, at) = v.feed().since(0) else {
+            panic!("fell behind")
+        };
+        let published: Vec<Vec<Tombstone>> = records.iter().map(|r| r.ended.clone()).collect();
+        assert_eq!(
+            published,
+            [
+                vec![(a, t0 + secs(60))],
+                vec![(b, t0 + secs(60))],
+                vec![(a, t0 + secs(90))]
+            ]
+        );
+        assert_eq!((at.seq, at.watermark), (3, 14));
+        let (mut snap, pos) = v.snapshot();
+        snap.sort();
+        let mut want = vec![(a, t0 + secs(90)), (b, t0 + secs(60))];
+        want.sort();
+        assert_eq!((snap, pos), (want, at));
+    }
+
     /// Issue F, item 5: a tombstone lasts until its session's last access token expires, however
     /// long ago it was revoked and whatever this replica's own token lifetime is.
     #[test]

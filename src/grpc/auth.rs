@@ -304,7 +304,7 @@ impl AuthService for AuthApi {
 
 /// Messages a WatchRevocations stream may have ready before its client reads them. Beyond, the
 /// stream waits (HTTP/2 flow control), and falls behind the revocation feed if it waits too long.
-const WATCH_BUFFER: usize = 2;
+const WATCH_BUFFER: usize = 1;
 
 fn jwk_to_proto(k: crate::domain::tokens::PublicJwk) -> proto::Jwk {
     proto::Jwk {

@@ -145,6 +145,36 @@ pub struct Cli {
     #[arg(long, default_value = "20ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
+    /// Do not benchmark RPCs: measure AuthService.WatchRevocations with this many streams (spread
+    /// over --connections): authd's RSS and CPU idle with them open, then a revocation burst of
+    /// --watch-burst sessions and the time until every stream has all of them. Needs
+    /// --admin-email/--admin-password.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub watch_streams: Option<u32>,
+
+    /// With --watch-streams: authd's process id, to read its CPU time and RSS from /proc.
+    #[arg(long)]
+    pub watch_pid: Option<u32>,
+
+    /// With --watch-streams: how long to measure the streams idle (heartbeats only).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub watch_idle: Duration,
+
+    /// With --watch-streams: sessions revoked in the burst (logged in at setup).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub watch_burst: u32,
+
+    /// With --watch-streams: the users the burst's sessions belong to; RevokeUserSessions is
+    /// called on all of them at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub watch_users: u32,
+
+    /// With --watch-streams: send the burst's RevokeUserSessions to this replica (of the same
+    /// database) instead of --addr, to measure how a revocation reaches the streams of another
+    /// replica (through its 250 ms poll).
+    #[arg(long)]
+    pub watch_revoke_addr: Option<String>,
+
     /// With --wait-serving: measure from this instant (Unix time in nanoseconds, e.g. from
     /// `date +%s%N` right before starting the server) instead of from this tool's start.
     #[arg(long)]

@@ -12,7 +12,8 @@
 //! * [`load`]: the closed-loop workers and the reply checks;
 //! * [`report`]: merging histograms, the JSON and text reports, the error-rate verdict;
 //! * [`bcrypt_probe`]: the in-process bcrypt verify timing;
-//! * [`wait`]: `--wait-serving`, the start-up probe.
+//! * [`wait`]: `--wait-serving`, the start-up probe;
+//! * [`watch`]: `--watch-streams`, the scale of WatchRevocations.
 
 mod bcrypt_probe;
 mod cli;
@@ -21,6 +22,7 @@ mod load;
 mod report;
 mod setup;
 mod wait;
+mod watch;
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -70,8 +72,34 @@ fn main() -> ExitCode {
     if let Some(limit) = cli.wait_serving {
         return runtime.block_on(wait_mode(&cli, limit));
     }
+    if let Some(streams) = cli.watch_streams {
+        return runtime.block_on(watch_mode(&cli, streams));
+    }
     match runtime.block_on(bench(&cli, plan, client_cores, threads)) {
         Ok(code) => code,
+        Err(e) => {
+            log(&e);
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn watch_mode(cli: &Cli, streams: u32) -> ExitCode {
+    match watch::run(cli, streams, &log).await {
+        Ok(report) => {
+            match serde_json::to_string_pretty(&report) {
+                Ok(j) => println!("{j}"),
+                Err(e) => log(&format!("JSON: {e}")),
+            }
+            if report.incomplete_streams > 0 {
+                log(&format!(
+                    "{} stream(s) did not receive the whole burst",
+                    report.incomplete_streams
+                ));
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             log(&e);
             ExitCode::from(EXIT_FAILURE)

@@ -56,7 +56,7 @@ impl fmt::Display for SetupError {
 }
 
 impl SetupError {
-    fn msg(what: impl Into<String>) -> Self {
+    pub(crate) fn msg(what: impl Into<String>) -> Self {
         Self {
             what: what.into(),
             status: None,
@@ -64,7 +64,7 @@ impl SetupError {
         }
     }
 
-    fn rpc(what: impl Into<String>, status: Status) -> Self {
+    pub(crate) fn rpc(what: impl Into<String>, status: Status) -> Self {
         let hint = match status.code() {
             Code::ResourceExhausted => Some(
                 "still refused after retrying; is the per-IP rate limit on? run authd with \
@@ -143,7 +143,7 @@ fn random_string(len: usize) -> String {
 }
 
 /// A strong random password (zxcvbn scores 28 random alphanumerics 4 of 4).
-fn new_password() -> String {
+pub(crate) fn new_password() -> String {
     format!("bench-{}", random_string(28))
 }
 
@@ -193,7 +193,7 @@ fn retry_after(status: &Status) -> Option<Duration> {
     Some(Duration::from_secs(secs).min(RETRY_AFTER_MAX))
 }
 
-fn with_timeout<T>(msg: T) -> Request<T> {
+pub(crate) fn with_timeout<T>(msg: T) -> Request<T> {
     let mut req = Request::new(msg);
     req.set_timeout(SETUP_CALL_TIMEOUT);
     req
@@ -205,7 +205,7 @@ pub fn bearer(token: &str) -> Result<MetadataValue<Ascii>, SetupError> {
         .map_err(|_| SetupError::msg("an access token is not valid ASCII metadata"))
 }
 
-async fn login(
+pub(crate) async fn login(
     auth: &mut AuthServiceClient<Channel>,
     email: &str,
     password: &str,
@@ -265,7 +265,7 @@ async fn register(
 }
 
 /// Runs `tasks` with at most `parallelism` at once; results in task order.
-async fn bounded<T, Fut>(parallelism: u32, tasks: Vec<Fut>) -> Result<Vec<T>, SetupError>
+pub(crate) async fn bounded<T, Fut>(parallelism: u32, tasks: Vec<Fut>) -> Result<Vec<T>, SetupError>
 where
     T: Send + 'static,
     Fut: Future<Output = Result<T, SetupError>> + Send + 'static,
@@ -412,7 +412,7 @@ async fn service_key(
         .map_err(|_| SetupError::msg("the new service key is not valid ASCII metadata"))
 }
 
-async fn admin_bearer(
+pub(crate) async fn admin_bearer(
     auth: &mut AuthServiceClient<Channel>,
     email: &str,
     password: &str,
@@ -426,7 +426,7 @@ async fn admin_bearer(
     bearer(&pair.access_token)
 }
 
-async fn create_key(
+pub(crate) async fn create_key(
     mut auth: AuthServiceClient<Channel>,
     email: &str,
     password: &str,

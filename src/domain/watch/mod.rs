@@ -53,10 +53,11 @@ pub use resume::{RESUME_SECRET, ResumePoint};
 
 /// How often a stream with nothing else to send sends an empty message (while the view is fresh).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-/// The most sessions one message carries (about 55 bytes each on the wire, so about 55 kB). Small
-/// enough that a burst held by a thousand slow streams at once costs little: each holds at most a
-/// message or two of its own, the rest stays in the feed's shared records.
-pub const MAX_SESSIONS_PER_MESSAGE: usize = 1_000;
+/// The most sessions one message carries (about 55 bytes each on the wire, about 100 in memory as
+/// protobuf). Small, because what a burst costs is what every stream holds at once: a stream keeps
+/// only the message in hand and the one queued as its own, the rest stays in the feed's shared
+/// records (see BENCHMARKS.md, "WatchRevocations").
+pub const MAX_SESSIONS_PER_MESSAGE: usize = 250;
 
 /// One message of a stream.
 #[derive(Debug, Clone, Default)]
@@ -86,13 +87,17 @@ impl StreamSlot {
             (n < max).then_some(n + 1)
         })
         .ok()
-        .map(|_| Self(open.clone()))
+        .map(|_| {
+            metrics::gauge!(crate::metric_names::WATCH_STREAMS).increment(1.0);
+            Self(open.clone())
+        })
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(crate::metric_names::WATCH_STREAMS).decrement(1.0);
     }
 }
 
