@@ -37,6 +37,8 @@ pub struct Authd {
     pub(in crate::domain) proxy_budget: ProxyKeyBudget,
     pub(in crate::domain) views: Views,
     pub(in crate::domain) token_cache: TokenCache,
+    /// The outbox (src/domain/mail).
+    pub(in crate::domain) mailer: Arc<crate::domain::mail::Mailer>,
 }
 
 impl std::fmt::Debug for Authd {
@@ -64,6 +66,15 @@ impl Authd {
                  unencrypted in the database"
             );
         }
+        let mailer = Arc::new(crate::domain::mail::Mailer::new(
+            settings.mail.clone(),
+            settings
+                .keys
+                .master_key
+                .as_ref()
+                .map(|k| k.expose().as_str())
+                .filter(|k| !k.is_empty()),
+        )?);
         let keystore = KeyStore::new(master);
         let rate_limiter = IpRateLimiter::new(settings.throttle.rate_limit_per_ip);
         let proxy_budget = ProxyKeyBudget::new(settings.throttle.proxy_key_max_failures_per_minute);
@@ -91,6 +102,7 @@ impl Authd {
             proxy_budget,
             views,
             token_cache,
+            mailer,
         }))
     }
 

@@ -10,6 +10,7 @@ pub mod audit;
 mod authd;
 mod housekeeping;
 pub mod keystore;
+pub mod mail;
 pub mod opaque;
 pub mod passwords;
 pub mod service_keys;

@@ -12,6 +12,7 @@ mod bootstrap;
 mod connections;
 mod fast_path;
 mod keys;
+mod mail;
 mod redaction;
 mod refresh_rules;
 mod security;
