@@ -354,3 +354,32 @@ fn the_smtp_url_password_stays_out_of_debug() {
     assert!(!shown.contains("hunter2-pass"), "{shown}");
     assert!(shown.contains("mail.example.test"));
 }
+
+#[tokio::test]
+async fn sent_messages_are_pruned_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|c| {
+        mail_config(c, None);
+        c.mail_dir = Some(dir.path().to_path_buf());
+        c.mail_retention = Duration::from_secs(3600);
+    })
+    .await;
+    let id = server
+        .svc
+        .queue_mail(&mail("frank@example.test", 6))
+        .await
+        .unwrap();
+    wait_until("sent", Duration::from_secs(20), || async {
+        rows(&server).await[0].sent_time.is_some()
+    })
+    .await;
+    assert_eq!(
+        server.svc.mail_housekeeping(true).await.unwrap(),
+        0,
+        "kept within the retention"
+    );
+    server.clock.advance(chrono::Duration::hours(2));
+    assert_eq!(server.svc.mail_housekeeping(true).await.unwrap(), 1);
+    assert!(rows(&server).await.iter().all(|r| r.id != id));
+    server.stop().await;
+}
