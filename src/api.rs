@@ -49,6 +49,15 @@ pub mod tokens {
     pub use crate::domain::tokens::{AccessClaims, Keyring, TokenCache, Verifier, generate_key};
 }
 
+/// The outbox and mail delivery (issue I).
+pub mod mail {
+    pub use crate::domain::mail::templates::{Rendered, Templates};
+    pub use crate::domain::mail::transport::{FileTransport, SendError, SmtpTransport, Transport};
+    pub use crate::domain::mail::{
+        CLAIM_BATCH, CLAIM_LEASE, DeliveryReport, MAX_BACKOFF, Mail, MailSettings, Mailer, backoff,
+    };
+}
+
 /// The in-memory revocation view.
 pub mod views {
     pub use crate::domain::views::MAX_STALENESS;

@@ -21,6 +21,16 @@ pub const EXT_AUTHZ_CHECKS: &str = "authd_ext_authz_checks_total";
 
 /// `authd_watch_streams`: WatchRevocations streams open on this replica.
 pub const WATCH_STREAMS: &str = "authd_watch_streams";
+/// `authd_mail_outbox_depth`: messages waiting in the outbox (neither sent nor failed).
+pub const MAIL_OUTBOX_DEPTH: &str = "authd_mail_outbox_depth";
+/// `authd_mail_oldest_unsent_seconds`: age of the oldest waiting message (0 when none waits).
+pub const MAIL_OLDEST_UNSENT: &str = "authd_mail_oldest_unsent_seconds";
+/// `authd_mail_sent_total`: messages delivered.
+pub const MAIL_SENT: &str = "authd_mail_sent_total";
+/// `authd_mail_send_failures_total`: failed delivery attempts (each retry counts).
+pub const MAIL_SEND_FAILURES: &str = "authd_mail_send_failures_total";
+/// `authd_mail_failed_total`: messages given up (marked failed) after their last attempt.
+pub const MAIL_FAILED: &str = "authd_mail_failed_total";
 
 /// The `result` label values of [`LOGINS`].
 pub const LOGIN_RESULTS: [&str; 4] = ["success", "failure", "disabled", "throttled"];

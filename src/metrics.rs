@@ -143,6 +143,27 @@ fn describe() {
         Unit::Seconds,
         "Expected wait in the bcrypt pool computed for the latest password check (admitted or refused)."
     );
+    describe_gauge!(
+        crate::metric_names::MAIL_OUTBOX_DEPTH,
+        "Messages waiting in the outbox (neither sent nor failed)."
+    );
+    describe_gauge!(
+        crate::metric_names::MAIL_OLDEST_UNSENT,
+        Unit::Seconds,
+        "Age of the oldest message waiting in the outbox (0 when none waits)."
+    );
+    describe_counter!(crate::metric_names::MAIL_SENT, "Mail messages delivered.");
+    describe_counter!(
+        crate::metric_names::MAIL_SEND_FAILURES,
+        "Failed mail delivery attempts (each retry counts)."
+    );
+    describe_counter!(
+        crate::metric_names::MAIL_FAILED,
+        "Mail messages given up after their last attempt (marked failed in the outbox)."
+    );
+    counter!(crate::metric_names::MAIL_SENT).increment(0);
+    counter!(crate::metric_names::MAIL_SEND_FAILURES).increment(0);
+    counter!(crate::metric_names::MAIL_FAILED).increment(0);
     for result in LOGIN_RESULTS {
         counter!(LOGINS, "result" => result).increment(0);
     }

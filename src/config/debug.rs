@@ -55,7 +55,17 @@ impl std::fmt::Debug for Config {
             log,
             token_cache_size,
             watch_max_streams,
+            smtp_url,
+            mail_from,
+            smtp_ca,
+            mail_dir,
+            mail_templates,
+            mail_max_attempts,
+            mail_retry_base,
+            mail_poll_interval,
+            mail_retention,
         } = self;
+        let smtp = smtp_url.as_ref().map(|u| redact_url(u.expose()));
         let url = database_url.as_ref().map(|u| redact_url(u.expose()));
         f.debug_struct("Config")
             .field("database_url", &url)
@@ -106,6 +116,15 @@ impl std::fmt::Debug for Config {
             .field("log", log)
             .field("token_cache_size", token_cache_size)
             .field("watch_max_streams", watch_max_streams)
+            .field("smtp_url", &smtp)
+            .field("mail_from", mail_from)
+            .field("smtp_ca", smtp_ca)
+            .field("mail_dir", mail_dir)
+            .field("mail_templates", mail_templates)
+            .field("mail_max_attempts", mail_max_attempts)
+            .field("mail_retry_base", mail_retry_base)
+            .field("mail_poll_interval", mail_poll_interval)
+            .field("mail_retention", mail_retention)
             .finish()
     }
 }

@@ -2,6 +2,7 @@
 //! place that knows which flag feeds which rule.
 
 use super::Config;
+use crate::domain::mail::MailSettings;
 use crate::domain::settings::{
     AccessSettings, AccountSettings, BcryptPoolSettings, KeySettings, PasswordSettings,
     SessionSettings, Settings, ThrottleSettings, TokenSettings,
@@ -51,6 +52,22 @@ impl Config {
                 master_key: self.master_key.clone(),
             },
             audit_retention: self.audit_retention,
+            mail: MailSettings {
+                from: self.mail_from.clone(),
+                smtp_url: self.smtp_url.clone(),
+                smtp_ca: self.smtp_ca.clone(),
+                dir: self.mail_dir.clone().unwrap_or_else(|| {
+                    self.data_dir
+                        .clone()
+                        .unwrap_or_else(crate::embedded_pg::default_data_dir)
+                        .join("mail")
+                }),
+                templates: self.mail_templates.clone(),
+                max_attempts: self.mail_max_attempts,
+                retry_base: self.mail_retry_base,
+                poll_interval: self.mail_poll_interval,
+                retention: self.mail_retention,
+            },
         }
     }
 }

@@ -47,10 +47,19 @@
 //! | `AUTHD_LOG` | `--log` | `info` (a `tracing` filter such as `authd=debug,info`) |
 //! | `AUTHD_TOKEN_CACHE_SIZE` | `--token-cache-size` | `10000` (verified access tokens kept in memory; `0` = off) |
 //! | `AUTHD_WATCH_MAX_STREAMS` | `--watch-max-streams` | `10000` (WatchRevocations streams per replica; beyond, RESOURCE_EXHAUSTED) |
+//! | `AUTHD_SMTP_URL` | `--smtp-url` | unset: mail is written as `.eml` files into `AUTHD_MAIL_DIR` (`smtp://user:pass@host:587?tls=required`, `smtps://host:465`) |
+//! | `AUTHD_MAIL_FROM` | `--mail-from` | `authd@localhost` (From address; its domain names the Message-IDs) |
+//! | `AUTHD_SMTP_CA` | `--smtp-ca` | unset (PEM bundle trusted for the SMTP server, next to the public roots) |
+//! | `AUTHD_MAIL_DIR` | `--mail-dir` | `<data dir>/mail` (the data directory as in `AUTHD_DATA_DIR`, also with `DATABASE_URL`) |
+//! | `AUTHD_MAIL_TEMPLATES` | `--mail-templates` | unset (built-in templates; a directory of `<kind>.subject.txt`, `<kind>.txt`, `<kind>.html` overrides them) |
+//! | `AUTHD_MAIL_MAX_ATTEMPTS` | `--mail-max-attempts` | `10` (then the message is marked failed) |
+//! | `AUTHD_MAIL_RETRY_BASE` | `--mail-retry-base` | `30s` (first retry delay, doubled per attempt, at most 1h) |
+//! | `AUTHD_MAIL_POLL_INTERVAL` | `--mail-poll-interval` | `1s` (how often each replica's sender looks for due mail) |
+//! | `AUTHD_MAIL_RETENTION` | `--mail-retention` | `7d` (sent and failed messages are then deleted) |
 //!
 //! Durations are written as a number and a unit: `500ms`, `90s`, `15m`, `12h`, `7d` (a bare `0` is zero).
 //!
-//! Secrets (`DATABASE_URL`, `AUTHD_BOOTSTRAP_ADMIN_PASSWORD`, `AUTHD_MASTER_KEY`) are held as
+//! Secrets (`DATABASE_URL`, `AUTHD_BOOTSTRAP_ADMIN_PASSWORD`, `AUTHD_MASTER_KEY`, `AUTHD_SMTP_URL`) are held as
 //! [`Secret`]s: their Debug is redacted and their value is read only through `expose()`.
 //!
 //! Files (one per concern): this one holds the flat clap [`Config`] (its field names and variables
@@ -314,6 +323,50 @@ pub struct Config {
         global = true
     )]
     pub watch_max_streams: usize,
+
+    /// SMTP server for outgoing mail: `smtp://user:pass@host:587?tls=required` (STARTTLS),
+    /// `?tls=opportunistic`, no `tls` (plaintext), or `smtps://host:465` (TLS from the start).
+    /// Unset: messages are written as `.eml` files into AUTHD_MAIL_DIR.
+    #[arg(long, env = "AUTHD_SMTP_URL", hide_env_values = true, global = true)]
+    pub smtp_url: Option<Secret<String>>,
+
+    /// From address of outgoing mail; its domain names the Message-IDs.
+    #[arg(
+        long,
+        env = "AUTHD_MAIL_FROM",
+        default_value = "authd@localhost",
+        global = true
+    )]
+    pub mail_from: String,
+
+    /// PEM bundle of certificates trusted for the SMTP server (a private mail server).
+    #[arg(long, env = "AUTHD_SMTP_CA", global = true)]
+    pub smtp_ca: Option<PathBuf>,
+
+    /// Directory of the `.eml` files written without AUTHD_SMTP_URL. Default: `mail` in the data
+    /// directory (AUTHD_DATA_DIR or its default), also when DATABASE_URL is set.
+    #[arg(long, env = "AUTHD_MAIL_DIR", global = true)]
+    pub mail_dir: Option<PathBuf>,
+
+    /// Directory of mail templates overriding the built-in ones.
+    #[arg(long, env = "AUTHD_MAIL_TEMPLATES", global = true)]
+    pub mail_templates: Option<PathBuf>,
+
+    /// Delivery attempts of one message before it is marked failed.
+    #[arg(long, env = "AUTHD_MAIL_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub mail_max_attempts: u32,
+
+    /// Delay before the first retry of a failed delivery; doubled per attempt, at most 1 hour.
+    #[arg(long, env = "AUTHD_MAIL_RETRY_BASE", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub mail_retry_base: Duration,
+
+    /// How often each replica's sender looks for due mail (it is also woken by a local queue).
+    #[arg(long, env = "AUTHD_MAIL_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub mail_poll_interval: Duration,
+
+    /// How long sent and failed messages stay in the outbox.
+    #[arg(long, env = "AUTHD_MAIL_RETENTION", default_value = "7d", value_parser = parse_duration, global = true)]
+    pub mail_retention: Duration,
 }
 
 impl Config {
@@ -395,6 +448,15 @@ impl Config {
             log: "info".into(),
             token_cache_size: 10_000,
             watch_max_streams: 10_000,
+            smtp_url: None,
+            mail_from: "authd@localhost".into(),
+            smtp_ca: None,
+            mail_dir: None,
+            mail_templates: None,
+            mail_max_attempts: 10,
+            mail_retry_base: Duration::from_secs(30),
+            mail_poll_interval: Duration::from_secs(1),
+            mail_retention: Duration::from_secs(7 * 86400),
         }
     }
 }

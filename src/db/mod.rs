@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod keys;
 pub mod models;
+pub mod outbox;
 pub mod schema;
 pub mod service_keys;
 pub mod sessions;

@@ -143,3 +143,22 @@ diesel::table! {
         last_success_time -> Timestamptz,
     }
 }
+
+diesel::table! {
+    outbox (id) {
+        id -> Uuid,
+        create_time -> Timestamptz,
+        recipient -> Text,
+        subject -> Text,
+        kind -> Text,
+        body -> Bytea,
+        body_sealed -> Bool,
+        live_link -> Bool,
+        message_id -> Text,
+        attempts -> Int4,
+        next_attempt_time -> Timestamptz,
+        last_error -> Nullable<Text>,
+        sent_time -> Nullable<Timestamptz>,
+        failed_time -> Nullable<Timestamptz>,
+    }
+}

@@ -45,6 +45,8 @@ pub struct Authd {
     pub(in crate::domain) resume_secret: Vec<u8>,
     /// Open WatchRevocations streams on this replica.
     pub(in crate::domain) watch_streams: Arc<AtomicUsize>,
+    /// The outbox (src/domain/mail).
+    pub(in crate::domain) mailer: Arc<crate::domain::mail::Mailer>,
 }
 
 impl std::fmt::Debug for Authd {
@@ -72,6 +74,15 @@ impl Authd {
                  unencrypted in the database"
             );
         }
+        let mailer = Arc::new(crate::domain::mail::Mailer::new(
+            settings.mail.clone(),
+            settings
+                .keys
+                .master_key
+                .as_ref()
+                .map(|k| k.expose().as_str())
+                .filter(|k| !k.is_empty()),
+        )?);
         let keystore = KeyStore::new(master);
         let rate_limiter = IpRateLimiter::new(settings.throttle.rate_limit_per_ip);
         let proxy_budget = ProxyKeyBudget::new(settings.throttle.proxy_key_max_failures_per_minute);
@@ -105,6 +116,7 @@ impl Authd {
             keys_changed: tokio::sync::watch::channel(0).0,
             resume_secret,
             watch_streams: Arc::new(AtomicUsize::new(0)),
+            mailer,
         }))
     }
 

@@ -58,7 +58,7 @@ impl MasterKey {
         }
     }
 
-    fn seal(&self, plaintext: &[u8], aad: &str) -> Result<Vec<u8>> {
+    pub(crate) fn seal(&self, plaintext: &[u8], aad: &str) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ct = self
@@ -76,7 +76,7 @@ impl MasterKey {
         Ok(out)
     }
 
-    fn open(&self, sealed: &[u8], aad: &str) -> Result<Vec<u8>> {
+    pub(crate) fn open(&self, sealed: &[u8], aad: &str) -> Result<Vec<u8>> {
         if sealed.len() < NONCE_LEN {
             return Err(Error::internal(format!("sealed {aad} is truncated")));
         }

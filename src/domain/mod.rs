@@ -11,6 +11,7 @@ mod authd;
 pub mod ext_authz;
 mod housekeeping;
 pub mod keystore;
+pub mod mail;
 pub mod opaque;
 pub mod passwords;
 pub mod revocation_feed;

@@ -22,6 +22,8 @@ pub struct Settings {
     pub keys: KeySettings,
     /// How long audit events are kept (`AUTHD_AUDIT_RETENTION`).
     pub audit_retention: Duration,
+    /// The outbox and its delivery.
+    pub mail: crate::domain::mail::MailSettings,
 }
 
 /// Access tokens: their claims and lifetime.

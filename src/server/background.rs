@@ -1,5 +1,5 @@
 //! The background loops of a serving process: pruning, the sweep of refresh-token replays, the
-//! revocation and service-key views, and the reload of signing keys. Each ends when `stop` changes.
+//! revocation and service-key views, the reload of signing keys, and the mail sender. Each ends when `stop` changes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +97,66 @@ pub(crate) async fn key_reload_loop(svc: Arc<Authd>, mut stop: watch::Receiver<b
         ticks = ticks.wrapping_add(1);
         if ticks.is_multiple_of(30) {
             svc.rate_limit_housekeeping();
+        }
+    }
+}
+
+/// How often the sender records the outbox gauges.
+const MAIL_GAUGE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The mail sender (see [`crate::api::mail`]): every `AUTHD_MAIL_POLL_INTERVAL`, or at once when
+/// this process queued mail, claims due messages and delivers them. Every replica runs it; a
+/// message is claimed by one. Also records the outbox gauges and prunes old messages hourly.
+/// A failure is logged once per outage.
+pub(crate) async fn mail_sender_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
+    let poll = svc.mailer().settings().poll_interval;
+    let mut failing = false;
+    let mut gauges_at = tokio::time::Instant::now();
+    let mut prune_at = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = svc.mailer().woken() => {}
+            _ = stop.changed() => return,
+        }
+        // Deliver until a round finds nothing more to do (a batch may leave more due messages).
+        loop {
+            match svc.deliver_mail().await {
+                Ok(report) => {
+                    if failing {
+                        failing = false;
+                        tracing::info!("mail sender works again");
+                    }
+                    if report.sent + report.retried + report.failed
+                        < crate::api::mail::CLAIM_BATCH as usize
+                    {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(error = %e, "mail sender round failed; will retry");
+                    }
+                    break;
+                }
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if now >= gauges_at {
+            gauges_at = now + MAIL_GAUGE_INTERVAL;
+            let prune = now >= prune_at;
+            if prune {
+                prune_at = now + PRUNE_INTERVAL;
+            }
+            match svc.mail_housekeeping(prune).await {
+                Ok(n) if n > 0 => tracing::info!(messages = n, "pruned old outbox messages"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "outbox gauges or prune failed; will retry"),
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ mod connections;
 mod ext_authz;
 mod fast_path;
 mod keys;
+mod mail;
 mod redaction;
 mod refresh_rules;
 mod security;

@@ -21,6 +21,7 @@ pub mod outcomes;
 pub mod requests;
 pub mod rows;
 pub mod server;
+pub mod smtp;
 pub mod wait;
 
 pub use client::*;
