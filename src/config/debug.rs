@@ -64,6 +64,7 @@ impl std::fmt::Debug for Config {
             mail_retry_base,
             mail_poll_interval,
             mail_retention,
+            link_base_url,
         } = self;
         let smtp = smtp_url.as_ref().map(|u| redact_url(u.expose()));
         let url = database_url.as_ref().map(|u| redact_url(u.expose()));
@@ -125,6 +126,7 @@ impl std::fmt::Debug for Config {
             .field("mail_retry_base", mail_retry_base)
             .field("mail_poll_interval", mail_poll_interval)
             .field("mail_retention", mail_retention)
+            .field("link_base_url", link_base_url)
             .finish()
     }
 }

@@ -67,6 +67,7 @@ impl Config {
                 retry_base: self.mail_retry_base,
                 poll_interval: self.mail_poll_interval,
                 retention: self.mail_retention,
+                link_base_url: self.link_base_url.clone(),
             },
         }
     }

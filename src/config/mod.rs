@@ -56,6 +56,7 @@
 //! | `AUTHD_MAIL_RETRY_BASE` | `--mail-retry-base` | `30s` (first retry delay, doubled per attempt, at most 1h) |
 //! | `AUTHD_MAIL_POLL_INTERVAL` | `--mail-poll-interval` | `1s` (how often each replica's sender looks for due mail) |
 //! | `AUTHD_MAIL_RETENTION` | `--mail-retention` | `7d` (sent and failed messages are then deleted) |
+//! | `AUTHD_LINK_BASE_URL` | `--link-base-url` | `http://localhost:3000/auth` (the application's pages that mailed links point at: `…/verify-email?token=…`, `…/reset-password?token=…`, `…/confirm-email-change?token=…`) |
 //!
 //! Durations are written as a number and a unit: `500ms`, `90s`, `15m`, `12h`, `7d` (a bare `0` is zero).
 //!
@@ -82,8 +83,8 @@ mod tests;
 pub use crate::domain::settings::BCRYPT_SCHED_IDLE;
 pub use crate::secret::Secret;
 pub use debug::redact_url;
-use parse::parse_bcrypt_priority;
 pub use parse::{TrustedProxies, parse_duration, parse_net, parse_trusted_proxies};
+use parse::{parse_bcrypt_priority, parse_link_base_url};
 
 /// Every setting of the server; also used by the CLI subcommands that touch the database.
 #[derive(Clone, Args)]
@@ -367,6 +368,12 @@ pub struct Config {
     /// How long sent and failed messages stay in the outbox.
     #[arg(long, env = "AUTHD_MAIL_RETENTION", default_value = "7d", value_parser = parse_duration, global = true)]
     pub mail_retention: Duration,
+
+    /// Base URL of the application's pages that mailed links point at (authd speaks only gRPC):
+    /// `<base>/verify-email?token=…`, `<base>/reset-password?token=…`,
+    /// `<base>/confirm-email-change?token=…`. The page calls the matching RPC with the token.
+    #[arg(long, env = "AUTHD_LINK_BASE_URL", default_value = "http://localhost:3000/auth", value_parser = parse_link_base_url, global = true)]
+    pub link_base_url: String,
 }
 
 impl Config {
@@ -457,6 +464,7 @@ impl Config {
             mail_retry_base: Duration::from_secs(30),
             mail_poll_interval: Duration::from_secs(1),
             mail_retention: Duration::from_secs(7 * 86400),
+            link_base_url: "http://localhost:3000/auth".to_string(),
         }
     }
 }

@@ -81,3 +81,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         )),
     }
 }
+
+/// `AUTHD_LINK_BASE_URL`: an absolute `http://` or `https://` URL, stored without a trailing `/`.
+pub fn parse_link_base_url(s: &str) -> Result<String, String> {
+    let trimmed = s.trim().trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{s}` is not an http:// or https:// URL"))?;
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(['?', '#', ' ']) {
+        return Err(format!(
+            "`{s}` must be a base URL with a host and no query or fragment"
+        ));
+    }
+    Ok(trimmed.to_string())
+}

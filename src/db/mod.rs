@@ -4,6 +4,7 @@
 //! Errors leave this layer as [`DbError`], which already tells "the database is unreachable" apart from
 //! constraint violations and genuine bugs.
 
+pub mod account_tokens;
 pub mod audit;
 pub mod keys;
 pub mod models;

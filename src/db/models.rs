@@ -20,6 +20,8 @@ pub struct User {
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
     pub last_login_time: Option<DateTime<Utc>>,
+    pub email_verified: bool,
+    pub email_verify_time: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Insertable)]

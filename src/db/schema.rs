@@ -13,6 +13,8 @@ diesel::table! {
         create_time -> Timestamptz,
         update_time -> Timestamptz,
         last_login_time -> Nullable<Timestamptz>,
+        email_verified -> Bool,
+        email_verify_time -> Nullable<Timestamptz>,
     }
 }
 
@@ -162,3 +164,20 @@ diesel::table! {
         failed_time -> Nullable<Timestamptz>,
     }
 }
+
+diesel::table! {
+    account_tokens (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        purpose -> Text,
+        token_hash -> Bytea,
+        new_email -> Nullable<Text>,
+        create_time -> Timestamptz,
+        expire_time -> Timestamptz,
+        use_time -> Nullable<Timestamptz>,
+        void_time -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::joinable!(account_tokens -> users (user_id));
+diesel::allow_tables_to_appear_in_same_query!(account_tokens, users);

@@ -57,6 +57,9 @@ pub struct MailSettings {
     pub poll_interval: Duration,
     /// `AUTHD_MAIL_RETENTION`: how long sent and failed messages are kept.
     pub retention: Duration,
+    /// `AUTHD_LINK_BASE_URL`: the application's pages that mailed links point at, without a
+    /// trailing `/` (e.g. `https://app.example.com/auth`).
+    pub link_base_url: String,
 }
 
 /// A message to queue.
