@@ -4,6 +4,8 @@
 # Uses the embedded PostgreSQL in a throw-away data directory and listens on loopback only.
 #
 # Usage: scripts/smoke.sh [path/to/authd]   (default: target/release/authd)
+# With AUTHD_SMOKE_DATABASE_URL set, authd and its CLI use that database instead of the embedded one
+# (scripts/pgbouncer-test.sh runs the smoke test through PgBouncer that way).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,6 +20,11 @@ admin_email="admin@example.com"
 admin_password="Smoke-Admin-Passphrase-9281"
 user_password="Correct-Horse-Battery-Staple-42"
 pid=""
+if [ -n "${AUTHD_SMOKE_DATABASE_URL:-}" ]; then
+  db_env=(DATABASE_URL="$AUTHD_SMOKE_DATABASE_URL" AUTHD_DATA_DIR="$data")
+else
+  db_env=(-u DATABASE_URL AUTHD_DATA_DIR="$data")
+fi
 
 fail() {
   echo "SMOKE FAIL: $*" >&2
@@ -39,9 +46,9 @@ step() { echo "smoke: $*"; }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 call() { "$grpcurl" -plaintext "$@"; }
 
-step "starting $bin on $addr (embedded PostgreSQL in $data)"
-env -u DATABASE_URL \
-  AUTHD_DATA_DIR="$data" AUTHD_LISTEN="$addr" AUTHD_BCRYPT_COST=10 \
+step "starting $bin on $addr (${AUTHD_SMOKE_DATABASE_URL:+DATABASE_URL given; }data directory $data)"
+env "${db_env[@]}" \
+  AUTHD_LISTEN="$addr" AUTHD_BCRYPT_COST=10 \
   AUTHD_BOOTSTRAP_ADMIN_EMAIL="$admin_email" AUTHD_BOOTSTRAP_ADMIN_PASSWORD="$admin_password" \
   "$bin" serve >"$log" 2>&1 &
 pid=$!
@@ -96,8 +103,8 @@ step "GetMe"
 me="$(call -H "authorization: Bearer $access" "$addr" authd.v1.UserService/GetMe)" || fail "GetMe"
 [ "$(echo "$me" | json 'd["id"]')" = "$user_id" ] || fail "GetMe returned another user"
 
-step "service key from the CLI (attaches to the running embedded PostgreSQL)"
-cli_key="$(env -u DATABASE_URL AUTHD_DATA_DIR="$data" "$bin" service-keys create smoke-cli 2>/dev/null)" \
+step "service key from the CLI (attaches to the running embedded PostgreSQL, or DATABASE_URL)"
+cli_key="$(env "${db_env[@]}" "$bin" service-keys create smoke-cli 2>/dev/null)" \
   || fail "authd service-keys create"
 
 step "service key from the bootstrap admin"
