@@ -195,6 +195,8 @@ impl TestServer {
                 authd::api::NewAccount {
                     email: email.into(),
                     password: password.into(),
+                    // As `authd users create-admin` does.
+                    email_verified: true,
                     ..Default::default()
                 },
                 authd::api::Role::Admin,
