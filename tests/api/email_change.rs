@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use authd::config::{Config, Secret};
 use authd::proto;
-use authd_testkit::mailbox::{received_for, smtp_tokens, wait_smtp_tokens};
+use authd_testkit::mailbox::{received_for, smtp_tokens, unfold_qp, wait_smtp_tokens};
 use authd_testkit::smtp::SmtpServer;
 use authd_testkit::*;
 use chrono::Duration as ChronoDuration;
@@ -80,20 +80,16 @@ async fn a_change_waits_for_the_link_then_applies_verified_and_revokes_other_ses
     // A link to the new address, a notice (without a link) to the old one.
     let tokens = wait_smtp_tokens(&smtp, &new, PAGE, 1).await;
     let confirm = &received_for(&smtp, &new)[0];
-    assert!(
-        confirm
-            .data
-            .contains(&format!("{BASE}/{PAGE}?token={}", tokens[0]))
-    );
+    assert!(unfold_qp(&confirm.data).contains(&format!("{BASE}/{PAGE}?token={}", tokens[0])));
     wait_until("the notice", Duration::from_secs(20), || async {
         received_for(&smtp, &old)
             .iter()
-            .any(|m| m.data.contains(&new))
+            .any(|m| unfold_qp(&m.data).contains(&new))
     })
     .await;
     let notice = received_for(&smtp, &old)
         .into_iter()
-        .find(|m| m.data.contains(&new))
+        .find(|m| unfold_qp(&m.data).contains(&new))
         .unwrap();
     assert!(!notice.data.contains("token="), "{}", notice.data);
     assert_eq!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use authd::clock::Clock;
 use authd::config::{Config, Secret};
 use authd::proto;
-use authd_testkit::mailbox::{eml_tokens, received_for, smtp_tokens, wait_smtp_tokens};
+use authd_testkit::mailbox::{eml_tokens, received_for, smtp_tokens, unfold_qp, wait_smtp_tokens};
 use authd_testkit::smtp::SmtpServer;
 use authd_testkit::*;
 use chrono::Duration as ChronoDuration;
@@ -110,8 +110,7 @@ async fn register_mails_a_single_use_link_that_verifies_the_address() {
         Some("Verify your e-mail address")
     );
     assert!(
-        mail.data
-            .contains(&format!("{BASE}/verify-email?token={}", tokens[0])),
+        unfold_qp(&mail.data).contains(&format!("{BASE}/verify-email?token={}", tokens[0])),
         "{}",
         mail.data
     );
@@ -489,7 +488,7 @@ async fn without_an_smtp_url_the_link_is_in_an_eml_file() {
     let text = std::fs::read_to_string(&files[0]).unwrap();
     let token = eml_tokens(&srv, &email, "verify-email")[0].clone();
     assert!(
-        text.contains(&format!("{BASE}/verify-email?token={token}")),
+        unfold_qp(&text).contains(&format!("{BASE}/verify-email?token={token}")),
         "{text}"
     );
     let v = verify_email(&srv, &token)

@@ -8,13 +8,19 @@ use std::time::{Duration, Instant};
 use crate::server::TestServer;
 use crate::smtp::{ReceivedMail, SmtpServer};
 
-/// The token of the first `<base>/<page>?token=…` link in `message` (a whole message, headers
-/// and bodies; quoted-printable soft breaks and `=3D` are undone first).
-pub fn link_token(message: &str, page: &str) -> Option<String> {
-    let text = message
+/// `message` with the quoted-printable soft line breaks and `=3D` undone: enough to read links
+/// (a line longer than 76 characters, such as a link, makes lettre encode a body that way).
+pub fn unfold_qp(message: &str) -> String {
+    message
         .replace("=\r\n", "")
         .replace("=\n", "")
-        .replace("=3D", "=");
+        .replace("=3D", "=")
+}
+
+/// The token of the first `<base>/<page>?token=…` link in `message` (a whole message, headers
+/// and bodies; see [`unfold_qp`]).
+pub fn link_token(message: &str, page: &str) -> Option<String> {
+    let text = unfold_qp(message);
     let marker = format!("/{page}?token=");
     let start = text.find(&marker)? + marker.len();
     let token: String = text[start..]
