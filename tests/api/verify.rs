@@ -497,3 +497,58 @@ async fn without_an_smtp_url_the_link_is_in_an_eml_file() {
     assert!(v.email_verified);
     srv.stop().await;
 }
+
+/// A measurement, not a check (run with `--ignored --nocapture`): ResendVerification's latency for
+/// an unverified account, a verified one and an unknown address, interleaved, limits off. The
+/// numbers go to BENCHMARKS.md; nothing here asserts a timing.
+#[tokio::test]
+#[ignore]
+async fn measure_resend_latency_per_kind_of_address() {
+    let (smtp, srv) = smtp_server(|c| {
+        c.verify_resend_per_address = 0;
+        c.verify_resend_per_ip = 0;
+    })
+    .await;
+    let unverified = unique_email();
+    srv.register(&unverified, PASSWORD).await;
+    let verified = unique_email();
+    srv.register(&verified, PASSWORD).await;
+    let t = wait_smtp_tokens(&smtp, &verified, "verify-email", 1).await;
+    verify_email(&srv, &t[0]).await.expect("verify");
+    let unknown = unique_email();
+    let mut users = srv.users().await;
+    let kinds = [
+        ("unverified", &unverified),
+        ("verified", &verified),
+        ("unknown", &unknown),
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    for round in 0..900 {
+        // A fixed shuffle of the three kinds, and a pause so that the background job of one call
+        // does not overlap the next.
+        let i = [0, 1, 2, 1, 0, 2, 2, 1, 0][round % 9];
+        let email = kinds[i].1;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let start = std::time::Instant::now();
+        users
+            .resend_verification(resend(email))
+            .await
+            .expect("resend");
+        if round >= 90 {
+            samples[i].push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    for ((name, _), s) in kinds.iter().zip(samples.iter_mut()) {
+        s.sort_by(f64::total_cmp);
+        let q = |p: f64| s[((s.len() - 1) as f64 * p) as usize];
+        println!(
+            "{name:>10}: n={} p50={:.3} ms p90={:.3} ms p99={:.3} ms mean={:.3} ms",
+            s.len(),
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            s.iter().sum::<f64>() / s.len() as f64
+        );
+    }
+    srv.stop().await;
+}

@@ -198,7 +198,7 @@ impl Authd {
                         return Err(resend_exhausted("for this e-mail address", oldest, now));
                     }
                 }
-                let user_id = users::find_by_email(conn, &email).await?.map(|u| u.id);
+                let user_id = users::id_by_email(conn, &email).await?;
                 let new = NewRequest {
                     id: Uuid::new_v4(),
                     email_hash: &hash,
