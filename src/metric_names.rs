@@ -31,9 +31,17 @@ pub const MAIL_SENT: &str = "authd_mail_sent_total";
 pub const MAIL_SEND_FAILURES: &str = "authd_mail_send_failures_total";
 /// `authd_mail_failed_total`: messages given up (marked failed) after their last attempt.
 pub const MAIL_FAILED: &str = "authd_mail_failed_total";
+/// `authd_email_verification_total{result}`: e-mail verification: `mailed` (a link queued),
+/// `capped` (none: 3 links are live), `requested` (a ResendVerification accepted), `throttled`
+/// (refused by its limits), `verified`, `invalid_token`.
+pub const EMAIL_VERIFICATION: &str = "authd_email_verification_total";
+/// `authd_email_change_total{result}`: e-mail changes: `requested` (UpdateMe), `confirmed`,
+/// `conflict` (the new address was taken meanwhile), `invalid_token`, `admin` (applied at once by
+/// an admin).
+pub const EMAIL_CHANGE: &str = "authd_email_change_total";
 
 /// The `result` label values of [`LOGINS`].
-pub const LOGIN_RESULTS: [&str; 4] = ["success", "failure", "disabled", "throttled"];
+pub const LOGIN_RESULTS: [&str; 5] = ["success", "failure", "disabled", "throttled", "unverified"];
 /// The `result` label values of [`EXT_AUTHZ_CHECKS`]: allowed (status 0), denied (16, HTTP 401),
 /// forbidden (7, HTTP 403), misconfigured (an unknown `authd_required_role`; HTTP 500), unavailable
 /// (14, HTTP 503).

@@ -154,6 +154,14 @@ fn describe() {
     );
     describe_counter!(crate::metric_names::MAIL_SENT, "Mail messages delivered.");
     describe_counter!(
+        crate::metric_names::EMAIL_VERIFICATION,
+        "E-mail verification: result mailed (a link queued), capped (3 links live, none queued), requested (ResendVerification accepted), throttled, verified, invalid_token."
+    );
+    describe_counter!(
+        crate::metric_names::EMAIL_CHANGE,
+        "E-mail changes: result requested (UpdateMe), confirmed, conflict (the address was taken meanwhile), invalid_token, admin (applied at once by an admin)."
+    );
+    describe_counter!(
         crate::metric_names::MAIL_SEND_FAILURES,
         "Failed mail delivery attempts (each retry counts)."
     );

@@ -187,6 +187,7 @@ fn main() -> std::io::Result<()> {
                 first_name: "Bob".into(),
                 last_name: String::new(),
                 role: proto::Role::Moderator as i32,
+                email_verified: false,
             }
             .encode_to_vec(),
         ),

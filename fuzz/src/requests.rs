@@ -55,6 +55,7 @@ pub fn run(data: &[u8]) {
         proto::UpdateUserRequest,
         proto::DeleteUserRequest,
         proto::ListAuditEventsRequest,
+        proto::ResendVerificationRequest,
     );
     // The user-agent metadata is sanitized the same way.
     let ua = String::from_utf8_lossy(data);
@@ -311,6 +312,12 @@ impl Checked for proto::GetUserRequest {
 impl Checked for proto::RevokeUserSessionsRequest {
     fn check(&self) {
         uuid("user_id", &self.user_id);
+    }
+}
+
+impl Checked for proto::ResendVerificationRequest {
+    fn check(&self) {
+        email(&self.email);
     }
 }
 

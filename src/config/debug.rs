@@ -65,6 +65,10 @@ impl std::fmt::Debug for Config {
             mail_poll_interval,
             mail_retention,
             link_base_url,
+            email_verify_ttl,
+            require_verified_email,
+            verify_resend_per_address,
+            verify_resend_per_ip,
         } = self;
         let smtp = smtp_url.as_ref().map(|u| redact_url(u.expose()));
         let url = database_url.as_ref().map(|u| redact_url(u.expose()));
@@ -127,6 +131,10 @@ impl std::fmt::Debug for Config {
             .field("mail_poll_interval", mail_poll_interval)
             .field("mail_retention", mail_retention)
             .field("link_base_url", link_base_url)
+            .field("email_verify_ttl", email_verify_ttl)
+            .field("require_verified_email", require_verified_email)
+            .field("verify_resend_per_address", verify_resend_per_address)
+            .field("verify_resend_per_ip", verify_resend_per_ip)
             .finish()
     }
 }

@@ -41,6 +41,10 @@ impl Config {
             },
             accounts: AccountSettings {
                 allow_registration: self.allow_registration,
+                email_verify_ttl: self.email_verify_ttl,
+                require_verified_email: self.require_verified_email,
+                verify_resend_per_address: self.verify_resend_per_address,
+                verify_resend_per_ip: self.verify_resend_per_ip,
             },
             access: AccessSettings {
                 validate_require_key: self.validate_require_key,

@@ -57,6 +57,10 @@
 //! | `AUTHD_MAIL_POLL_INTERVAL` | `--mail-poll-interval` | `1s` (how often each replica's sender looks for due mail) |
 //! | `AUTHD_MAIL_RETENTION` | `--mail-retention` | `7d` (sent and failed messages are then deleted) |
 //! | `AUTHD_LINK_BASE_URL` | `--link-base-url` | `http://localhost:3000/auth` (the application's pages that mailed links point at: `…/verify-email?token=…`, `…/reset-password?token=…`, `…/confirm-email-change?token=…`) |
+//! | `AUTHD_EMAIL_VERIFY_TTL` | `--email-verify-ttl` | `24h` (lifetime of verification and e-mail change links) |
+//! | `AUTHD_REQUIRE_VERIFIED_EMAIL` | `--require-verified-email` | `false` (refuse Login with the right password for an unverified address) |
+//! | `AUTHD_VERIFY_RESEND_PER_ADDRESS` | `--verify-resend-per-address` | `5` (ResendVerification requests per address per hour; `0` = off) |
+//! | `AUTHD_VERIFY_RESEND_PER_IP` | `--verify-resend-per-ip` | `20` (ResendVerification requests per client per hour; `0` = off) |
 //!
 //! Durations are written as a number and a unit: `500ms`, `90s`, `15m`, `12h`, `7d` (a bare `0` is zero).
 //!
@@ -374,6 +378,36 @@ pub struct Config {
     /// `<base>/confirm-email-change?token=…`. The page calls the matching RPC with the token.
     #[arg(long, env = "AUTHD_LINK_BASE_URL", default_value = "http://localhost:3000/auth", value_parser = parse_link_base_url, global = true)]
     pub link_base_url: String,
+
+    /// Lifetime of e-mail verification links (Register, ResendVerification) and of e-mail change
+    /// confirmation links (UpdateMe).
+    #[arg(long, env = "AUTHD_EMAIL_VERIFY_TTL", default_value = "24h", value_parser = parse_duration, global = true)]
+    pub email_verify_ttl: Duration,
+
+    /// When true, Login with the right password for an unverified address is refused
+    /// (FAILED_PRECONDITION "email not verified", reason EMAIL_NOT_VERIFIED).
+    #[arg(long, env = "AUTHD_REQUIRE_VERIFIED_EMAIL", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub require_verified_email: bool,
+
+    /// ResendVerification requests per address per hour (counted whether or not an account has
+    /// the address, across replicas); 0 turns the limit off.
+    #[arg(
+        long,
+        env = "AUTHD_VERIFY_RESEND_PER_ADDRESS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub verify_resend_per_address: u32,
+
+    /// ResendVerification requests per client (an IPv4 address, or an IPv6 /64) per hour, across
+    /// replicas; 0 turns the limit off.
+    #[arg(
+        long,
+        env = "AUTHD_VERIFY_RESEND_PER_IP",
+        default_value_t = 20,
+        global = true
+    )]
+    pub verify_resend_per_ip: u32,
 }
 
 impl Config {
@@ -465,6 +499,10 @@ impl Config {
             mail_poll_interval: Duration::from_secs(1),
             mail_retention: Duration::from_secs(7 * 86400),
             link_base_url: "http://localhost:3000/auth".to_string(),
+            email_verify_ttl: Duration::from_secs(24 * 3600),
+            require_verified_email: false,
+            verify_resend_per_address: 5,
+            verify_resend_per_ip: 20,
         }
     }
 }

@@ -8,9 +8,6 @@
 //! - [`spend`] is one UPDATE: of concurrent callers with the same token, exactly one gets the row.
 //! - [`void_all`] voids a user's live tokens of one purpose (a password change voids reset links).
 
-// Used by the e-mail verification, reset and e-mail change code landing next.
-#![allow(dead_code)]
-
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -23,6 +20,8 @@ use super::schema::{account_tokens, users};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     VerifyEmail,
+    // Issued by the password reset (branch i-reset).
+    #[allow(dead_code)]
     ResetPassword,
     ChangeEmail,
 }
@@ -37,7 +36,8 @@ impl Purpose {
     }
 }
 
-/// A stored token (never the token itself).
+/// A stored token (never the token itself). Every column is selected; not every caller reads all.
+#[allow(dead_code)]
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = account_tokens, check_for_backend(diesel::pg::Pg))]
 pub struct AccountToken {
@@ -50,6 +50,8 @@ pub struct AccountToken {
     pub expire_time: DateTime<Utc>,
     pub use_time: Option<DateTime<Utc>>,
     pub void_time: Option<DateTime<Utc>>,
+    /// For `change_email`: the session that asked for the change.
+    pub session_id: Option<Uuid>,
 }
 
 /// A token to insert.
@@ -63,6 +65,7 @@ pub struct NewAccountToken<'a> {
     pub new_email: Option<&'a str>,
     pub create_time: DateTime<Utc>,
     pub expire_time: DateTime<Utc>,
+    pub session_id: Option<Uuid>,
 }
 
 /// Inserts `new` unless the user already has `cap` live (unspent, unvoided, unexpired) tokens of
@@ -149,6 +152,26 @@ pub async fn void_all(
         account_tokens::table
             .filter(account_tokens::user_id.eq(user_id))
             .filter(account_tokens::purpose.eq(purpose.as_str()))
+            .filter(account_tokens::use_time.is_null())
+            .filter(account_tokens::void_time.is_null()),
+    )
+    .set(account_tokens::void_time.eq(now))
+    .execute(conn)
+    .await?)
+}
+
+/// Voids every live token of `user_id` whose purpose is in `purposes`; returns how many.
+pub async fn void_purposes(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    purposes: &[Purpose],
+    now: DateTime<Utc>,
+) -> Result<usize, DbError> {
+    let names: Vec<&str> = purposes.iter().map(|p| p.as_str()).collect();
+    Ok(diesel::update(
+        account_tokens::table
+            .filter(account_tokens::user_id.eq(user_id))
+            .filter(account_tokens::purpose.eq_any(names))
             .filter(account_tokens::use_time.is_null())
             .filter(account_tokens::void_time.is_null()),
     )

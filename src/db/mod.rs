@@ -14,6 +14,7 @@ pub mod service_keys;
 pub mod sessions;
 pub mod throttle;
 pub mod users;
+pub mod verification_requests;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

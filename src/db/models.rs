@@ -37,6 +37,8 @@ pub struct NewUser<'a> {
     pub active: bool,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
+    pub email_verified: bool,
+    pub email_verify_time: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Identifiable)]
@@ -242,4 +244,7 @@ pub struct UserChanges<'a> {
     pub role: Option<&'a str>,
     pub active: Option<bool>,
     pub update_time: Option<DateTime<Utc>>,
+    pub email_verified: Option<bool>,
+    /// `Some(None)` clears it.
+    pub email_verify_time: Option<Option<DateTime<Utc>>>,
 }

@@ -176,6 +176,18 @@ diesel::table! {
         expire_time -> Timestamptz,
         use_time -> Nullable<Timestamptz>,
         void_time -> Nullable<Timestamptz>,
+        session_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    verification_requests (id) {
+        id -> Uuid,
+        email_hash -> Bytea,
+        user_id -> Nullable<Uuid>,
+        client -> Text,
+        create_time -> Timestamptz,
+        process_time -> Nullable<Timestamptz>,
     }
 }
 

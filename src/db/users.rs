@@ -46,6 +46,20 @@ pub async fn find_by_email(
         .optional()?)
 }
 
+/// The id of the account with `email` (normalized), if any: one index lookup, no row to decode
+/// (ResendVerification's reply path, which must cost the same for every address).
+pub async fn id_by_email(
+    conn: &mut AsyncPgConnection,
+    email: &str,
+) -> Result<Option<Uuid>, DbError> {
+    Ok(users::table
+        .filter(users::email.eq(email))
+        .select(users::id)
+        .first(conn)
+        .await
+        .optional()?)
+}
+
 /// Case-insensitive, served by the unique index on `lower(username)`.
 pub async fn find_by_username(
     conn: &mut AsyncPgConnection,

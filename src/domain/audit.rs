@@ -38,7 +38,12 @@ pub enum AuditKind {
     /// successor returned); the detail names both the replaying and the spending address.
     RefreshReplayed,
     PasswordChanged,
+    /// An e-mail change applied (ConfirmEmailChange, or an admin's UpdateUser).
     EmailChanged,
+    /// UpdateMe asked for an e-mail change; it waits for the link mailed to the new address.
+    EmailChangeRequested,
+    /// The owner proved control of the address (VerifyEmail).
+    EmailVerified,
     UserCreated,
     UserUpdated,
     UserDeleted,
@@ -58,6 +63,8 @@ impl AuditKind {
             AuditKind::RefreshReplayed => "REFRESH_REPLAYED",
             AuditKind::PasswordChanged => "PASSWORD_CHANGED",
             AuditKind::EmailChanged => "EMAIL_CHANGED",
+            AuditKind::EmailChangeRequested => "EMAIL_CHANGE_REQUESTED",
+            AuditKind::EmailVerified => "EMAIL_VERIFIED",
             AuditKind::UserCreated => "USER_CREATED",
             AuditKind::UserUpdated => "USER_UPDATED",
             AuditKind::UserDeleted => "USER_DELETED",

@@ -8,7 +8,8 @@ use crate::domain::{Authd, Result};
 
 impl Authd {
     /// Deletes audit events past the retention, sessions that ended over a day ago, stale throttle
-    /// state, and signing keys retired over a day ago.
+    /// state, signing keys retired over a day ago, mailed tokens expired over a day ago, and
+    /// ResendVerification requests handled over a day ago.
     /// Returns (events, sessions) pruned.
     pub async fn prune(&self) -> Result<(usize, usize)> {
         const BATCH: i64 = 5000;
@@ -48,6 +49,10 @@ impl Authd {
         // Tombstones go a day after the last access token of their session expired.
         let tombstones_before = now - self.views().retention().max(chrono::Duration::days(1));
         sessions::prune_revocations(&mut conn, tombstones_before).await?;
+        // Mailed tokens a day after they expired; handled ResendVerification requests after a day
+        // (their limits count only the last hour).
+        crate::db::account_tokens::prune(&mut conn, sessions_before).await?;
+        crate::db::verification_requests::prune(&mut conn, sessions_before).await?;
         Ok((events, ended))
     }
 

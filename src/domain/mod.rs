@@ -5,6 +5,7 @@
 //! status codes in a single place.
 
 pub mod access;
+pub mod account_tokens;
 pub mod accounts;
 pub mod audit;
 mod authd;
@@ -56,6 +57,8 @@ pub enum AuthFailure {
     ServiceKeyMissing,
     /// ValidateToken: unknown or revoked service key.
     ServiceKeyInvalid,
+    /// VerifyEmail, ConfirmEmailChange: the mailed token is unknown, used, voided or expired.
+    BadAccountToken,
 }
 
 /// Every way a domain operation can fail.
@@ -73,6 +76,10 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Login with the right password for an unverified address while `AUTHD_REQUIRE_VERIFIED_EMAIL`
+    /// is on: FAILED_PRECONDITION with the ErrorInfo reason `EMAIL_NOT_VERIFIED`.
+    #[error("email not verified")]
+    EmailNotVerified,
     #[error("{message}")]
     ResourceExhausted {
         message: String,

@@ -51,7 +51,8 @@ impl std::fmt::Debug for HashedToken {
     }
 }
 
-fn random_256(prefix: &str) -> String {
+/// A prefix plus 256 random bits, base64url.
+pub fn random_256(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))

@@ -92,6 +92,14 @@ pub struct ThrottleSettings {
 pub struct AccountSettings {
     /// Whether anyone may Register (`AUTHD_ALLOW_REGISTRATION`).
     pub allow_registration: bool,
+    /// Lifetime of verification and e-mail change links (`AUTHD_EMAIL_VERIFY_TTL`).
+    pub email_verify_ttl: Duration,
+    /// Refuse Login for unverified addresses (`AUTHD_REQUIRE_VERIFIED_EMAIL`).
+    pub require_verified_email: bool,
+    /// ResendVerification requests per address per hour (`AUTHD_VERIFY_RESEND_PER_ADDRESS`, 0 = off).
+    pub verify_resend_per_address: u32,
+    /// ResendVerification requests per client per hour (`AUTHD_VERIFY_RESEND_PER_IP`, 0 = off).
+    pub verify_resend_per_ip: u32,
 }
 
 /// Token checks: ValidateToken and the verified-token cache.

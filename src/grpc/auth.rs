@@ -87,12 +87,39 @@ impl AuthService for AuthApi {
                     username: r.username,
                     first_name: r.first_name,
                     last_name: r.last_name,
+                    email_verified: false,
                 },
                 &client,
             )
             .await?;
         Ok(Response::new(proto::RegisterResponse {
             user: Some(account.into()),
+        }))
+    }
+
+    async fn verify_email(
+        &self,
+        req: Request<proto::VerifyEmailRequest>,
+    ) -> Result<Response<proto::VerifyEmailResponse>, Status> {
+        let client = client_info(&req)?;
+        let account = self.svc.verify_email(&req.get_ref().token, &client).await?;
+        Ok(Response::new(proto::VerifyEmailResponse {
+            user: Some(account.into()),
+        }))
+    }
+
+    async fn confirm_email_change(
+        &self,
+        req: Request<proto::ConfirmEmailChangeRequest>,
+    ) -> Result<Response<proto::ConfirmEmailChangeResponse>, Status> {
+        let client = client_info(&req)?;
+        let changed = self
+            .svc
+            .confirm_email_change(&req.get_ref().token, &client)
+            .await?;
+        Ok(Response::new(proto::ConfirmEmailChangeResponse {
+            user: Some(changed.account.into()),
+            revoked_sessions: changed.revoked_sessions,
         }))
     }
 

@@ -41,6 +41,15 @@ impl From<Error> for Status {
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::NotFound(m) => Status::not_found(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::EmailNotVerified => Status::with_error_details(
+                Code::FailedPrecondition,
+                "email not verified",
+                ErrorDetails::with_error_info(
+                    ErrorReason::EmailNotVerified.as_str_name(),
+                    ERROR_DOMAIN,
+                    HashMap::<String, String>::new(),
+                ),
+            ),
             Error::ResourceExhausted {
                 message,
                 retry_after,
@@ -79,6 +88,10 @@ fn unauthenticated(f: AuthFailure) -> Status {
         ),
         AuthFailure::ServiceKeyMissing => ("missing x-api-key", ErrorReason::ServiceKeyMissing),
         AuthFailure::ServiceKeyInvalid => ("invalid service key", ErrorReason::ServiceKeyInvalid),
+        AuthFailure::BadAccountToken => (
+            "invalid, used or expired token",
+            ErrorReason::AccountTokenInvalid,
+        ),
     };
     Status::with_error_details(
         Code::Unauthenticated,
@@ -188,6 +201,8 @@ impl From<Account> for proto::User {
             create_time: Some(timestamp(a.create_time)),
             update_time: Some(timestamp(a.update_time)),
             last_login_time: a.last_login_time.map(timestamp),
+            email_verified: a.email_verified,
+            email_verify_time: a.email_verify_time.map(timestamp),
         }
     }
 }

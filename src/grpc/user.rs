@@ -52,6 +52,17 @@ impl UserService for UserApi {
         ))
     }
 
+    async fn resend_verification(
+        &self,
+        req: Request<proto::ResendVerificationRequest>,
+    ) -> Result<Response<proto::ResendVerificationResponse>, Status> {
+        let client = client_info(&req)?;
+        self.svc
+            .resend_verification(&req.get_ref().email, &client)
+            .await?;
+        Ok(Response::new(proto::ResendVerificationResponse {}))
+    }
+
     async fn change_password(
         &self,
         req: Request<proto::ChangePasswordRequest>,
@@ -179,6 +190,7 @@ impl UserService for UserApi {
             username: r.username,
             first_name: r.first_name,
             last_name: r.last_name,
+            email_verified: r.email_verified,
         };
         let account = self
             .svc

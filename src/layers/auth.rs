@@ -4,7 +4,8 @@
 //! handlers read it with `grpc::principal`. A call that fails gets the same
 //! UNAUTHENTICATED status (and ErrorInfo reason) the handlers returned before.
 //!
-//! Which methods need a token: every UserService method, and the AuthService methods in
+//! Which methods need a token: every UserService method but those in
+//! [`USER_SERVICE_PUBLIC_METHODS`], and the AuthService methods in
 //! [`AUTH_SERVICE_BEARER_METHODS`]. Logout is not among them: it authenticates only when no refresh
 //! token is given, which depends on the request body, so its handler does it itself.
 
@@ -26,12 +27,16 @@ pub const AUTH_SERVICE_BEARER_METHODS: [&str; 5] = [
     "RevokeServiceKey",
 ];
 
+/// The UserService methods that need no bearer token: ResendVerification (an unverified user may
+/// be unable to log in).
+pub const USER_SERVICE_PUBLIC_METHODS: [&str; 1] = ["ResendVerification"];
+
 /// Whether a call to `path` (`/package.Service/Method`) needs a bearer token.
 pub fn needs_bearer_token(path: &str) -> bool {
     let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
         return false;
     };
-    service == user_service_server::SERVICE_NAME
+    (service == user_service_server::SERVICE_NAME && !USER_SERVICE_PUBLIC_METHODS.contains(&method))
         || (service == auth_service_server::SERVICE_NAME
             && AUTH_SERVICE_BEARER_METHODS.contains(&method))
 }
@@ -113,9 +118,13 @@ mod tests {
             "Logout",
             "ValidateToken",
             "GetJwks",
+            "VerifyEmail",
+            "ConfirmEmailChange",
         ] {
             assert!(!needs_bearer_token(&format!("/{auth}/{open}")), "{open}");
         }
+        assert!(!needs_bearer_token(&format!("/{users}/ResendVerification")));
+        assert!(needs_bearer_token(&format!("/{users}/UpdateMe")));
         assert!(!needs_bearer_token("/grpc.health.v1.Health/Check"));
         // Envoy's ext_authz authenticates its caller by service key, in the domain.
         assert!(!needs_bearer_token(

@@ -105,7 +105,8 @@ pub(crate) async fn key_reload_loop(svc: Arc<Authd>, mut stop: watch::Receiver<b
 const MAIL_GAUGE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// The mail sender (see [`crate::api::mail`]): every `AUTHD_MAIL_POLL_INTERVAL`, or at once when
-/// this process queued mail, claims due messages and delivers them. Every replica runs it; a
+/// this process queued mail, turns pending ResendVerification requests into messages
+/// ([`Authd::process_verification_requests`]), then claims due messages and delivers them. Every replica runs it; a
 /// message is claimed by one. Also records the outbox gauges and prunes old messages hourly.
 /// A failure is logged once per outage.
 pub(crate) async fn mail_sender_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
@@ -118,6 +119,12 @@ pub(crate) async fn mail_sender_loop(svc: Arc<Authd>, mut stop: watch::Receiver<
             _ = tokio::time::sleep(poll) => {}
             _ = svc.mailer().woken() => {}
             _ = stop.changed() => return,
+        }
+        // ResendVerification requests become messages first, so that they go out in this round.
+        if let Err(e) = svc.process_verification_requests().await
+            && !failing
+        {
+            tracing::warn!(error = %e, "handling verification requests failed; will retry");
         }
         // Deliver until a round finds nothing more to do (a batch may leave more due messages).
         loop {

@@ -75,6 +75,8 @@ pub async fn create_admin(
         let input = domain::accounts::NewAccount {
             email: email.to_owned(),
             password: password.to_owned(),
+            // CLI-created admins are verified.
+            email_verified: true,
             ..Default::default()
         };
         let account = svc

@@ -587,7 +587,9 @@ async fn current_password_checks_are_throttled_per_user() {
     let me = update_me_on(&mut users, t, email_change(&new_email, PASSWORD))
         .await
         .expect("e-mail change after the wait");
-    assert_eq!(me.email, new_email);
+    // Pending until the link mailed to the new address is opened.
+    assert_ne!(me.email, new_email);
+    authd_testkit::mailbox::wait_eml_tokens(&srv, &new_email, "confirm-email-change", 1).await;
 
     // DeleteMe on its own.
     let (_, pair) = srv.user_session().await;
@@ -650,7 +652,8 @@ async fn current_password_checks_are_throttled_per_client_ip() {
         .await
         .expect("another client IP is not throttled")
         .into_inner();
-    assert_eq!(me.email, new_email);
+    assert_ne!(me.email, new_email, "pending until confirmed");
+    authd_testkit::mailbox::wait_eml_tokens(&srv, &new_email, "confirm-email-change", 1).await;
 }
 
 // ----- per-IP token bucket --------------------------------------------------------------------------

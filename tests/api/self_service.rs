@@ -1,3 +1,4 @@
+use authd_testkit::mailbox::wait_eml_tokens;
 use authd_testkit::*;
 
 // Self-service (UpdateMe, ChangePassword, DeleteMe, ListMySessions, RevokeMySession), closed
@@ -560,8 +561,16 @@ async fn update_me_changing_the_email_requires_the_current_password() {
     )
     .await
     .expect("UpdateMe email with the right password");
-    assert_eq!(u.email, new_email);
+    // The other fields apply at once; the e-mail waits for the link mailed to the new address.
+    assert_eq!(u.email, user.email);
     assert_eq!(u.first_name, "Grace");
+    let tokens = wait_eml_tokens(&srv, &new_email, "confirm-email-change", 1).await;
+    let confirmed = confirm_email_change(&srv, &tokens[0])
+        .await
+        .expect("ConfirmEmailChange");
+    let u = confirmed.user.expect("user");
+    assert_eq!(u.email, new_email);
+    assert!(u.email_verified);
     assert_eq!(
         count(
             &srv.url,
@@ -2248,7 +2257,7 @@ async fn audit_log_never_contains_passwords_tokens_or_keys() {
         .await
         .expect("change password");
     let new_email = unique_email();
-    update_me(&srv, &p2.access_token, set_email(&new_email, NEW_PASSWORD))
+    change_email(&srv, &p2.access_token, &new_email, NEW_PASSWORD)
         .await
         .expect("change e-mail");
     revoke_session(&srv, &p2.access_token, &p3.session_id)

@@ -65,6 +65,65 @@ pub async fn update_me(
         .map(|r| r.into_inner())
 }
 
+/// VerifyEmail with `token` (no credentials).
+pub async fn verify_email(srv: &TestServer, token: &str) -> Result<proto::User, Status> {
+    srv.auth()
+        .await
+        .verify_email(proto::VerifyEmailRequest {
+            token: token.into(),
+        })
+        .await
+        .map(|r| r.into_inner().user.expect("user in VerifyEmailResponse"))
+}
+
+/// ConfirmEmailChange with `token` (no credentials).
+pub async fn confirm_email_change(
+    srv: &TestServer,
+    token: &str,
+) -> Result<proto::ConfirmEmailChangeResponse, Status> {
+    srv.auth()
+        .await
+        .confirm_email_change(proto::ConfirmEmailChangeRequest {
+            token: token.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// ResendVerification for `email` (any metadata, no credentials needed).
+pub async fn resend_verification(
+    srv: &TestServer,
+    req: impl tonic::IntoRequest<proto::ResendVerificationRequest>,
+) -> Result<(), Status> {
+    srv.users().await.resend_verification(req).await.map(|_| ())
+}
+
+/// UpdateMe with a new e-mail, then ConfirmEmailChange with the link mailed (as an `.eml` file)
+/// to the new address: the change applied. The confirmed account.
+pub async fn change_email(
+    srv: &TestServer,
+    token: &str,
+    new_email: &str,
+    current_password: &str,
+) -> Result<proto::User, Status> {
+    let to = new_email.trim().to_ascii_lowercase();
+    let before = crate::mailbox::eml_tokens(srv, &to, "confirm-email-change").len();
+    update_me(
+        srv,
+        token,
+        proto::UpdateMeRequest {
+            email: Some(new_email.into()),
+            current_password: current_password.into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let tokens =
+        crate::mailbox::wait_eml_tokens(srv, &to, "confirm-email-change", before + 1).await;
+    let confirmed = confirm_email_change(srv, &tokens[before]).await?;
+    Ok(confirmed.user.expect("user in ConfirmEmailChangeResponse"))
+}
+
 /// ChangePassword; the number of sessions it revoked.
 pub async fn change_password(
     srv: &TestServer,

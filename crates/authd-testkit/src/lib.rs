@@ -9,6 +9,7 @@
 //! - [`outcomes`]: the outcomes of many calls counted by status code ([`Codes`]);
 //! - [`rows`]: direct database access (row shapes, sealed boxes) for tests that look behind the API;
 //! - [`wait`]: waiting for background work;
+//! - [`mailbox`]: the links (tokens) of the messages a server sent, from `.eml` files or SMTP;
 //! - [`capture`]: an in-memory sink for captured log output.
 //!
 //! Test support panics on a broken fixture (a failed connection, a refused setup call): that is the
@@ -17,6 +18,7 @@
 pub mod capture;
 pub mod client;
 pub mod cluster;
+pub mod mailbox;
 pub mod outcomes;
 pub mod requests;
 pub mod rows;

@@ -40,6 +40,10 @@ pub fn test_config(url: &str) -> Config {
     c.login_max_failures_per_hour = 1_000_000;
     // Fixtures create accounts many at a time; the bcrypt pool's fail-fast queue has its own tests.
     c.bcrypt_queue = Some(100_000);
+    // Register queues a verification message: without an SMTP URL it becomes an `.eml` file, in a
+    // directory of this test's own (named after its database), never the shared data directory.
+    let db_name = url.rsplit('/').next().unwrap_or("authd");
+    c.mail_dir = Some(std::env::temp_dir().join("authd-test-mail").join(db_name));
     c
 }
 
@@ -195,6 +199,8 @@ impl TestServer {
                 authd::api::NewAccount {
                     email: email.into(),
                     password: password.into(),
+                    // As `authd users create-admin` does.
+                    email_verified: true,
                     ..Default::default()
                 },
                 authd::api::Role::Admin,

@@ -110,7 +110,8 @@ impl Authd {
         Ok(self.publish(&mut conn, revoked).await)
     }
 
-    /// ADMIN: creates an account with any role (ROLE_UNSPECIFIED means ROLE_USER).
+    /// ADMIN: creates an account with any role (ROLE_UNSPECIFIED means ROLE_USER), verified when
+    /// `input.email_verified`, else with a verification message.
     pub async fn create_user(
         &self,
         p: &Principal,
@@ -208,6 +209,9 @@ impl Authd {
                     role: role_change.map(Role::as_str),
                     active: active_change,
                     update_time: Some(now),
+                    // Applied at once, unverified (see `email_change`).
+                    email_verified: email_change.is_some().then_some(false),
+                    email_verify_time: email_change.is_some().then_some(None),
                 };
                 let row = users::update(conn, id, &changes)
                     .await
@@ -256,12 +260,17 @@ impl Authd {
                     .actor(actor)
                     .detail(detail.join("; "));
                 audit::record(conn, now, entry).await?;
+                let mut queued = false;
                 if let Some(e) = &email_change {
                     let entry = AuditEntry::new(AuditKind::EmailChanged, client)
                         .user(id)
                         .actor(actor)
-                        .detail(format!("{} -> {e}", target.email));
+                        .detail(format!(
+                            "{} -> {e}; set by an admin, unverified",
+                            target.email
+                        ));
                     audit::record(conn, now, entry).await?;
+                    queued = self.after_admin_email_change(conn, id, e, now).await?;
                 }
                 if hash.is_some() {
                     let entry = AuditEntry::new(AuditKind::PasswordChanged, client)
@@ -270,10 +279,13 @@ impl Authd {
                         .detail("set by an admin");
                     audit::record(conn, now, entry).await?;
                 }
-                Ok(revoked.map(|_| row))
+                Ok(revoked.map(|_| (row, queued)))
             })
             .await?;
-        let row = self.publish(&mut conn, revoked).await;
+        let (row, queued) = self.publish(&mut conn, revoked).await;
+        if queued {
+            self.mailer.wake();
+        }
         Account::try_from(row)
     }
 

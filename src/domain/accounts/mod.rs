@@ -24,8 +24,10 @@ use crate::domain::authd::REDACTED;
 use crate::domain::{Error, Principal, Result, Role, validate};
 
 mod admin;
+mod email_change;
 mod profile;
 pub(in crate::domain) mod register;
+mod verify;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -44,6 +46,8 @@ pub struct Account {
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
     pub last_login_time: Option<DateTime<Utc>>,
+    pub email_verified: bool,
+    pub email_verify_time: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<db::models::User> for Account {
@@ -63,6 +67,8 @@ impl TryFrom<db::models::User> for Account {
             create_time: u.create_time,
             update_time: u.update_time,
             last_login_time: u.last_login_time,
+            email_verified: u.email_verified,
+            email_verify_time: u.email_verify_time,
         })
     }
 }
@@ -75,6 +81,9 @@ pub struct NewAccount {
     pub username: String,
     pub first_name: String,
     pub last_name: String,
+    /// The address counts as verified at once (bootstrap and CLI admins, CreateUser with
+    /// `email_verified`); otherwise a verification message is queued. Register ignores it.
+    pub email_verified: bool,
 }
 
 impl std::fmt::Debug for NewAccount {
@@ -86,6 +95,7 @@ impl std::fmt::Debug for NewAccount {
             username,
             first_name,
             last_name,
+            email_verified,
         } = self;
         f.debug_struct("NewAccount")
             .field("email", email)
@@ -93,6 +103,7 @@ impl std::fmt::Debug for NewAccount {
             .field("username", username)
             .field("first_name", first_name)
             .field("last_name", last_name)
+            .field("email_verified", email_verified)
             .finish()
     }
 }

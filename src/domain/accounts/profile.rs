@@ -8,7 +8,7 @@ use crate::db::{self, DbError, sessions, users};
 use crate::domain::accounts::{
     Account, ProfileFields, ProfileUpdate, SessionInfo, last_admin, uniqueness_error,
 };
-use crate::domain::audit::{self, AuditEntry, AuditKind};
+use crate::domain::audit::{AuditEntry, AuditKind};
 use crate::domain::passwords;
 use crate::domain::sessions::revocation;
 use crate::domain::throttle;
@@ -17,7 +17,8 @@ use crate::domain::{AuthFailure, Authd, ClientInfo, Error, Principal, Result, va
 impl Authd {
     // ----- self-service ----------------------------------------------------------------------
 
-    /// UpdateMe. Changing the e-mail requires the current password.
+    /// UpdateMe. Changing the e-mail requires the current password, and only asks for the change
+    /// (see `email_change`): the reply shows the current address until ConfirmEmailChange.
     pub async fn update_me(
         &self,
         p: &Principal,
@@ -33,13 +34,15 @@ impl Authd {
 
         let current = self.get_me(p).await?;
         let email_change = email.filter(|e| *e != current.email);
-        if email_change.is_some() {
-            self.reauthenticate(p.user_id, &upd.current_password, client)
-                .await?;
-        }
+        let me = match &email_change {
+            Some(_) => Some(
+                self.reauthenticate(p.user_id, &upd.current_password, client)
+                    .await?,
+            ),
+            None => None,
+        };
         let now = self.now();
         let changes = UserChanges {
-            email: email_change.as_deref(),
             username: username.as_ref().map(|u| u.as_deref()),
             first_name: first_name.as_deref(),
             last_name: last_name.as_deref(),
@@ -49,19 +52,20 @@ impl Authd {
         let row = self
             .conn()
             .await?
-            .transaction::<_, DbError, _>(async |conn| {
-                let row = users::update(conn, p.user_id, &changes).await?;
-                if let Some(new_email) = &email_change {
-                    let entry = AuditEntry::new(AuditKind::EmailChanged, client)
-                        .user(p.user_id)
-                        .actor(Some(p.user_id))
-                        .detail(format!("{} -> {new_email}", current.email));
-                    audit::record(conn, now, entry).await?;
+            .transaction::<_, Error, _>(async |conn| {
+                let row = users::update(conn, p.user_id, &changes)
+                    .await
+                    .map_err(uniqueness_error)?;
+                if let (Some(new_email), Some(me)) = (&email_change, &me) {
+                    self.request_email_change(conn, p, me, new_email, client, now)
+                        .await?;
                 }
                 Ok(row)
             })
-            .await
-            .map_err(uniqueness_error)?;
+            .await?;
+        if email_change.is_some() {
+            self.mailer.wake();
+        }
         Account::try_from(row)
     }
 

@@ -1,5 +1,6 @@
 //! New accounts: Register, the bootstrap admin, and the shared path (validation, password policy,
-//! bcrypt, insert with its USER_CREATED event) that admin creation uses too.
+//! bcrypt, insert with its USER_CREATED event, and the verification message of an unverified
+//! address, queued in the same transaction) that admin creation uses too.
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
@@ -12,7 +13,8 @@ use crate::domain::passwords;
 use crate::domain::{Authd, ClientInfo, Error, Principal, Result, Role, validate};
 
 impl Authd {
-    /// Validates and stores a new account, with its USER_CREATED event. Every check runs before bcrypt.
+    /// Validates and stores a new account, with its USER_CREATED event and, unless
+    /// `input.email_verified`, a verification message. Every check runs before bcrypt.
     pub async fn create_account(
         &self,
         input: NewAccount,
@@ -23,14 +25,25 @@ impl Authd {
     ) -> Result<Account> {
         let prepared = self.prepare_account(input, client).await?;
         let now = self.now();
-        let row = self
+        let (row, queued) = self
             .conn()
             .await?
-            .transaction::<_, DbError, _>(async |conn| {
-                insert_account(conn, &prepared, role, actor, client, how, now).await
+            .transaction::<_, Error, _>(async |conn| {
+                let row = insert_account(conn, &prepared, role, actor, client, how, now)
+                    .await
+                    .map_err(uniqueness_error)?;
+                let queued = if row.email_verified {
+                    false
+                } else {
+                    self.queue_verification(conn, row.id, &row.email, now)
+                        .await?
+                };
+                Ok((row, queued))
             })
-            .await
-            .map_err(uniqueness_error)?;
+            .await?;
+        if queued {
+            self.mailer.wake();
+        }
         Account::try_from(row)
     }
 
@@ -45,6 +58,7 @@ impl Authd {
         let first_name = validate::person_name("first_name", &input.first_name)?;
         let last_name = validate::person_name("last_name", &input.last_name)?;
         let password = passwords::new_password("password", &input.password)?;
+        let email_verified = input.email_verified;
         passwords::check_strength(
             "password",
             &password,
@@ -58,12 +72,15 @@ impl Authd {
             first_name,
             last_name,
             hash,
+            email_verified,
         })
     }
 
     /// Register: always an active ROLE_USER; refused when registration is closed.
-    pub async fn register(&self, input: NewAccount, client: &ClientInfo) -> Result<Account> {
+    /// The account starts unverified; its verification message is queued with it.
+    pub async fn register(&self, mut input: NewAccount, client: &ClientInfo) -> Result<Account> {
         self.rate_limiter.check(client.ip)?;
+        input.email_verified = false;
         if !self.settings.accounts.allow_registration {
             return Err(Error::PermissionDenied("registration is closed".into()));
         }
@@ -84,6 +101,8 @@ impl Authd {
         let input = NewAccount {
             email: normalized.clone(),
             password: password.to_owned(),
+            // The bootstrap admin is verified.
+            email_verified: true,
             ..Default::default()
         };
         let client = ClientInfo::default();
@@ -140,6 +159,7 @@ pub(in crate::domain) struct PreparedAccount {
     first_name: String,
     last_name: String,
     hash: String,
+    email_verified: bool,
 }
 
 /// Inserts a prepared account with its USER_CREATED event (inside the caller's transaction).
@@ -163,12 +183,22 @@ pub(in crate::domain) async fn insert_account(
         active: true,
         create_time: now,
         update_time: now,
+        email_verified: p.email_verified,
+        email_verify_time: p.email_verified.then_some(now),
     };
     let row = users::insert(conn, &new_user).await?;
     let entry = AuditEntry::new(AuditKind::UserCreated, client)
         .user(row.id)
         .actor(actor)
-        .detail(format!("{how}; role {}", role.as_str()));
+        .detail(format!(
+            "{how}; role {}{}",
+            role.as_str(),
+            if p.email_verified {
+                "; email verified"
+            } else {
+                ""
+            }
+        ));
     audit::record(conn, now, entry).await?;
     Ok(row)
 }

@@ -4,8 +4,14 @@
 //! `AUTHD_MAIL_TEMPLATES` is loaded over them (same name: it replaces the default; new name: a new
 //! template). A template that does not parse stops the start-up with its file name.
 //!
-//! Built-in kinds: `generic` (context: `subject`, `text`, optional `link`). The messages of
-//! verification, reset and notices add theirs next to it.
+//! Built-in kinds:
+//! - `generic` (context: `subject`, `text`, optional `link`);
+//! - `verify_email` (context: `email`, `link`, `valid_for`): the verification link of a new or
+//!   changed address;
+//! - `email_change_confirm` (context: `email` (the new address), `old_email`, `link`,
+//!   `valid_for`): the link that confirms an e-mail change, sent to the new address;
+//! - `email_change_notice` (context: `email` (the current address), `new_email`): the notice to
+//!   the current address that a change was asked for.
 
 use std::path::Path;
 
@@ -23,6 +29,39 @@ const DEFAULTS: &[(&str, &str)] = &[
     (
         "generic.html",
         "<!doctype html>\n<html><body>\n<p>{{ text }}</p>\n{% if link %}<p><a href=\"{{ link }}\">{{ link }}</a></p>\n{% endif %}</body></html>\n",
+    ),
+    ("verify_email.subject.txt", "Verify your e-mail address"),
+    (
+        "verify_email.txt",
+        "Hello,\n\nplease confirm that {{ email }} is your e-mail address by opening this link:\n\n{{ link }}\n\nThe link works once and expires in {{ valid_for }}. If you did not create an account, ignore this message.\n",
+    ),
+    (
+        "verify_email.html",
+        "<!doctype html>\n<html><body>\n<p>Hello,</p>\n<p>please confirm that {{ email }} is your e-mail address by opening this link:</p>\n<p><a href=\"{{ link }}\">{{ link }}</a></p>\n<p>The link works once and expires in {{ valid_for }}. If you did not create an account, ignore this message.</p>\n</body></html>\n",
+    ),
+    (
+        "email_change_confirm.subject.txt",
+        "Confirm your new e-mail address",
+    ),
+    (
+        "email_change_confirm.txt",
+        "Hello,\n\nsomeone asked to change the e-mail address of the account {{ old_email }} to {{ email }}. To confirm, open this link:\n\n{{ link }}\n\nThe link works once and expires in {{ valid_for }}. Until then the account keeps its current address. If you did not ask for this, ignore this message.\n",
+    ),
+    (
+        "email_change_confirm.html",
+        "<!doctype html>\n<html><body>\n<p>Hello,</p>\n<p>someone asked to change the e-mail address of the account {{ old_email }} to {{ email }}. To confirm, open this link:</p>\n<p><a href=\"{{ link }}\">{{ link }}</a></p>\n<p>The link works once and expires in {{ valid_for }}. Until then the account keeps its current address. If you did not ask for this, ignore this message.</p>\n</body></html>\n",
+    ),
+    (
+        "email_change_notice.subject.txt",
+        "A change of your e-mail address was requested",
+    ),
+    (
+        "email_change_notice.txt",
+        "Hello,\n\na change of your account's e-mail address from {{ email }} to {{ new_email }} was requested. It takes effect only when the link sent to {{ new_email }} is opened.\n\nIf this was not you, change your password now: whoever asked knows it.\n",
+    ),
+    (
+        "email_change_notice.html",
+        "<!doctype html>\n<html><body>\n<p>Hello,</p>\n<p>a change of your account's e-mail address from {{ email }} to {{ new_email }} was requested. It takes effect only when the link sent to {{ new_email }} is opened.</p>\n<p>If this was not you, change your password now: whoever asked knows it.</p>\n</body></html>\n",
     ),
 ];
 
@@ -118,6 +157,37 @@ mod tests {
         assert!(r.text.contains("a <b>") && r.text.contains("https://x/y?token=1&a=2"));
         assert!(r.html.contains("a &lt;b&gt;"), "{}", r.html);
         assert!(r.html.contains("token=1&amp;a=2"), "{}", r.html);
+    }
+
+    #[test]
+    fn the_account_messages_render_with_their_links() {
+        let t = Templates::load(None).unwrap();
+        let link = "https://app.test/auth/verify-email?token=ev_abc";
+        let r = t
+            .render(
+                "verify_email",
+                &serde_json::json!({"email": "a@example.test", "link": link, "valid_for": "24 hours"}),
+            )
+            .unwrap();
+        assert_eq!(r.subject, "Verify your e-mail address");
+        assert!(r.text.contains(link) && r.text.contains("24 hours"));
+        // Auto-escaped (minijinja escapes `/` too); browsers decode it in the href.
+        assert!(r.html.contains("verify-email?token=ev_abc"), "{}", r.html);
+        let r = t
+            .render(
+                "email_change_confirm",
+                &serde_json::json!({"email": "new@example.test", "old_email": "old@example.test",
+                    "link": link, "valid_for": "24 hours"}),
+            )
+            .unwrap();
+        assert!(r.text.contains(link) && r.text.contains("new@example.test"));
+        let r = t
+            .render(
+                "email_change_notice",
+                &serde_json::json!({"email": "old@example.test", "new_email": "new@example.test"}),
+            )
+            .unwrap();
+        assert!(r.text.contains("new@example.test") && !r.text.contains("token"));
     }
 
     #[test]

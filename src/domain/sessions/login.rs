@@ -140,14 +140,19 @@ impl Authd {
         } else {
             reservation.failed();
         }
+        // Only after the password check: nothing about the address is revealed before it.
+        let unverified = |u: &db::models::User| {
+            self.settings.accounts.require_verified_email && !u.email_verified
+        };
         let user = match user {
-            Some(u) if ok && u.active => u,
+            Some(u) if ok && u.active && !unverified(&u) => u,
             user => {
                 let (reason, denial) = match &user {
                     Some(u) if ok && !u.active => (
                         "account disabled",
                         Error::PermissionDenied("account disabled".into()),
                     ),
+                    Some(_) if ok => ("email not verified", Error::EmailNotVerified),
                     Some(_) => (
                         "wrong password",
                         Error::Unauthenticated(AuthFailure::BadCredentials),
@@ -157,7 +162,11 @@ impl Authd {
                         Error::Unauthenticated(AuthFailure::BadCredentials),
                     ),
                 };
-                count_login(if ok { "disabled" } else { "failure" });
+                count_login(match &denial {
+                    Error::EmailNotVerified => "unverified",
+                    _ if ok => "disabled",
+                    _ => "failure",
+                });
                 // A known account's identifier is stored (sanitized) with its user id; an unknown
                 // one only as a keyed hash: it is often a password typed into the wrong field.
                 let entry = match &user {

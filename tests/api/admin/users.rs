@@ -73,6 +73,7 @@ async fn create_user_with_each_role_and_the_user_can_log_in() {
                 first_name: "Ada".into(),
                 last_name: "Lovelace".into(),
                 role: asked as i32,
+                email_verified: false,
             },
         )
         .await

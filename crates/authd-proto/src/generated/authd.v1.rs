@@ -29,6 +29,14 @@ pub struct User {
     /// Unset until the first successful login.
     #[prost(message, optional, tag = "10")]
     pub last_login_time: ::core::option::Option<::prost_types::Timestamp>,
+    /// Whether the owner proved control of the address (AuthService.VerifyEmail or
+    /// ConfirmEmailChange), or an admin created the account verified. An admin's change of the
+    /// address (UpdateUser) makes it unverified again.
+    #[prost(bool, tag = "11")]
+    pub email_verified: bool,
+    /// When the address was verified; unset while it is not.
+    #[prost(message, optional, tag = "12")]
+    pub email_verify_time: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// A user's role. Roles are ordered: ADMIN > MODERATOR > USER.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -91,6 +99,36 @@ pub struct RegisterRequest {
 pub struct RegisterResponse {
     #[prost(message, optional, tag = "1")]
     pub user: ::core::option::Option<User>,
+}
+/// The token of AuthService.VerifyEmail.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VerifyEmailRequest {
+    /// Required: the token of the verification link (its "token" query parameter), at most 128 bytes.
+    #[prost(string, tag = "1")]
+    pub token: ::prost::alloc::string::String,
+}
+/// The account whose address is now verified.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VerifyEmailResponse {
+    #[prost(message, optional, tag = "1")]
+    pub user: ::core::option::Option<User>,
+}
+/// The token of AuthService.ConfirmEmailChange.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ConfirmEmailChangeRequest {
+    /// Required: the token of the confirmation link mailed to the new address (its "token" query
+    /// parameter), at most 128 bytes.
+    #[prost(string, tag = "1")]
+    pub token: ::prost::alloc::string::String,
+}
+/// The account with its new, verified address.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ConfirmEmailChangeResponse {
+    #[prost(message, optional, tag = "1")]
+    pub user: ::core::option::Option<User>,
+    /// How many other sessions of the user were revoked.
+    #[prost(int64, tag = "2")]
+    pub revoked_sessions: i64,
 }
 /// The credentials of AuthService.Login.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -485,6 +523,9 @@ pub mod auth_service_client {
         /// Creates an active ROLE_USER account. No credentials needed.
         /// INVALID_ARGUMENT for a malformed field or a weak/oversized password; ALREADY_EXISTS for a taken
         /// e-mail or username; PERMISSION_DENIED "registration is closed" when the deployment turned it off.
+        /// The account starts unverified: a verification message with a single-use link
+        /// (\<AUTHD_LINK_BASE_URL>/verify-email?token=..., valid for AUTHD_EMAIL_VERIFY_TTL) is queued to the
+        /// address in the same transaction.
         pub async fn register(
             &mut self,
             request: impl tonic::IntoRequest<super::RegisterRequest>,
@@ -509,9 +550,68 @@ pub mod auth_service_client {
                 .insert(GrpcMethod::new("authd.v1.AuthService", "Register"));
             self.inner.unary(req, path, codec).await
         }
+        /// Marks the address of the token's account verified. No credentials needed: the token is the
+        /// proof. The token is single-use. UNAUTHENTICATED (reason ACCOUNT_TOKEN_INVALID, message
+        /// "invalid, used or expired token") for an unknown, used, voided or expired token alike.
+        pub async fn verify_email(
+            &mut self,
+            request: impl tonic::IntoRequest<super::VerifyEmailRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::VerifyEmailResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/authd.v1.AuthService/VerifyEmail",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("authd.v1.AuthService", "VerifyEmail"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Applies a pending e-mail change (asked for with UserService.UpdateMe) with the token mailed to
+        /// the new address. No credentials needed. The new address is then verified, EMAIL_CHANGED is
+        /// audited, and every other session of the user (all but the one that asked for the change) is
+        /// revoked, as a password change does. UNAUTHENTICATED (reason ACCOUNT_TOKEN_INVALID) for an
+        /// unknown, used, voided or expired token; ALREADY_EXISTS if another account took the new address
+        /// meanwhile (the token then stays unused).
+        pub async fn confirm_email_change(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ConfirmEmailChangeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ConfirmEmailChangeResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/authd.v1.AuthService/ConfirmEmailChange",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("authd.v1.AuthService", "ConfirmEmailChange"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Exchanges an e-mail or username and a password for a new session's token pair.
         /// UNAUTHENTICATED for any credentials that cannot match (same reply for an unknown account and a
         /// wrong password); PERMISSION_DENIED when the password is right but the account is deactivated;
+        /// FAILED_PRECONDITION "email not verified" (ErrorInfo reason EMAIL_NOT_VERIFIED) when the password
+        /// is right, AUTHD_REQUIRE_VERIFIED_EMAIL is on and the address is not verified;
         /// RESOURCE_EXHAUSTED with "retry-after" metadata (seconds) while this client must wait after
         /// repeated failures for this identifier, or is over its request rate.
         pub async fn login(
@@ -819,6 +919,9 @@ pub mod auth_service_server {
         /// Creates an active ROLE_USER account. No credentials needed.
         /// INVALID_ARGUMENT for a malformed field or a weak/oversized password; ALREADY_EXISTS for a taken
         /// e-mail or username; PERMISSION_DENIED "registration is closed" when the deployment turned it off.
+        /// The account starts unverified: a verification message with a single-use link
+        /// (\<AUTHD_LINK_BASE_URL>/verify-email?token=..., valid for AUTHD_EMAIL_VERIFY_TTL) is queued to the
+        /// address in the same transaction.
         async fn register(
             &self,
             request: tonic::Request<super::RegisterRequest>,
@@ -826,9 +929,34 @@ pub mod auth_service_server {
             tonic::Response<super::RegisterResponse>,
             tonic::Status,
         >;
+        /// Marks the address of the token's account verified. No credentials needed: the token is the
+        /// proof. The token is single-use. UNAUTHENTICATED (reason ACCOUNT_TOKEN_INVALID, message
+        /// "invalid, used or expired token") for an unknown, used, voided or expired token alike.
+        async fn verify_email(
+            &self,
+            request: tonic::Request<super::VerifyEmailRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::VerifyEmailResponse>,
+            tonic::Status,
+        >;
+        /// Applies a pending e-mail change (asked for with UserService.UpdateMe) with the token mailed to
+        /// the new address. No credentials needed. The new address is then verified, EMAIL_CHANGED is
+        /// audited, and every other session of the user (all but the one that asked for the change) is
+        /// revoked, as a password change does. UNAUTHENTICATED (reason ACCOUNT_TOKEN_INVALID) for an
+        /// unknown, used, voided or expired token; ALREADY_EXISTS if another account took the new address
+        /// meanwhile (the token then stays unused).
+        async fn confirm_email_change(
+            &self,
+            request: tonic::Request<super::ConfirmEmailChangeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ConfirmEmailChangeResponse>,
+            tonic::Status,
+        >;
         /// Exchanges an e-mail or username and a password for a new session's token pair.
         /// UNAUTHENTICATED for any credentials that cannot match (same reply for an unknown account and a
         /// wrong password); PERMISSION_DENIED when the password is right but the account is deactivated;
+        /// FAILED_PRECONDITION "email not verified" (ErrorInfo reason EMAIL_NOT_VERIFIED) when the password
+        /// is right, AUTHD_REQUIRE_VERIFIED_EMAIL is on and the address is not verified;
         /// RESOURCE_EXHAUSTED with "retry-after" metadata (seconds) while this client must wait after
         /// repeated failures for this identifier, or is over its request rate.
         async fn login(
@@ -1052,6 +1180,97 @@ pub mod auth_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RegisterSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/authd.v1.AuthService/VerifyEmail" => {
+                    #[allow(non_camel_case_types)]
+                    struct VerifyEmailSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::VerifyEmailRequest>
+                    for VerifyEmailSvc<T> {
+                        type Response = super::VerifyEmailResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::VerifyEmailRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::verify_email(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = VerifyEmailSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/authd.v1.AuthService/ConfirmEmailChange" => {
+                    #[allow(non_camel_case_types)]
+                    struct ConfirmEmailChangeSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::ConfirmEmailChangeRequest>
+                    for ConfirmEmailChangeSvc<T> {
+                        type Response = super::ConfirmEmailChangeResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ConfirmEmailChangeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::confirm_email_change(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ConfirmEmailChangeSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
@@ -1605,7 +1824,8 @@ pub mod auth_service_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
-/// The `reason` of the google.rpc.ErrorInfo detail (domain "authd") on UNAUTHENTICATED replies.
+/// The `reason` of the google.rpc.ErrorInfo detail (domain "authd") on UNAUTHENTICATED replies, and
+/// on the FAILED_PRECONDITION of Login for an unverified address (EMAIL_NOT_VERIFIED).
 ///
 /// The value's name is the string on the wire: ErrorInfo.reason is "TOKEN_EXPIRED", never a number.
 /// This enum only lists the names, so that clients can match on generated constants. The names carry
@@ -1632,6 +1852,13 @@ pub enum ErrorReason {
     ServiceKeyMissing = 6,
     /// The "x-api-key" is unknown, revoked, or used from outside its allowed networks.
     ServiceKeyInvalid = 7,
+    /// Login (FAILED_PRECONDITION): the password is right, but the deployment requires a verified
+    /// address (AUTHD_REQUIRE_VERIFIED_EMAIL) and this account's is not. Verify it
+    /// (AuthService.VerifyEmail; UserService.ResendVerification sends a new link).
+    EmailNotVerified = 8,
+    /// VerifyEmail, ConfirmEmailChange: the mailed token is unknown, used, voided or expired (one
+    /// reason for all four).
+    AccountTokenInvalid = 9,
 }
 impl ErrorReason {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -1648,6 +1875,8 @@ impl ErrorReason {
             Self::RefreshTokenInvalid => "REFRESH_TOKEN_INVALID",
             Self::ServiceKeyMissing => "SERVICE_KEY_MISSING",
             Self::ServiceKeyInvalid => "SERVICE_KEY_INVALID",
+            Self::EmailNotVerified => "EMAIL_NOT_VERIFIED",
+            Self::AccountTokenInvalid => "ACCOUNT_TOKEN_INVALID",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -1661,6 +1890,8 @@ impl ErrorReason {
             "REFRESH_TOKEN_INVALID" => Some(Self::RefreshTokenInvalid),
             "SERVICE_KEY_MISSING" => Some(Self::ServiceKeyMissing),
             "SERVICE_KEY_INVALID" => Some(Self::ServiceKeyInvalid),
+            "EMAIL_NOT_VERIFIED" => Some(Self::EmailNotVerified),
+            "ACCOUNT_TOKEN_INVALID" => Some(Self::AccountTokenInvalid),
             _ => None,
         }
     }
@@ -1677,12 +1908,23 @@ pub struct UpdateMeRequest {
     pub first_name: ::core::option::Option<::prost::alloc::string::String>,
     #[prost(string, optional, tag = "3")]
     pub last_name: ::core::option::Option<::prost::alloc::string::String>,
-    /// Cannot be empty. Requires current_password.
+    /// Cannot be empty; at most 254 characters, as at Register. Requires current_password. The change
+    /// is pending until confirmed (see UpdateMe).
     #[prost(string, optional, tag = "4")]
     pub email: ::core::option::Option<::prost::alloc::string::String>,
     #[prost(string, tag = "5")]
     pub current_password: ::prost::alloc::string::String,
 }
+/// The address of UserService.ResendVerification.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ResendVerificationRequest {
+    /// Required: ASCII, valid syntax, at most 254 characters; compared trimmed and lowercased.
+    #[prost(string, tag = "1")]
+    pub email: ::prost::alloc::string::String,
+}
+/// Empty: the request was accepted (whether or not a message goes out).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ResendVerificationResponse {}
 /// The caller's current and new password for UserService.ChangePassword.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ChangePasswordRequest {
@@ -1813,12 +2055,19 @@ pub struct CreateUserRequest {
     /// ROLE_UNSPECIFIED means ROLE_USER.
     #[prost(enumeration = "Role", tag = "6")]
     pub role: i32,
+    /// True: the address counts as verified at once, and no verification message is sent. False: the
+    /// account starts unverified and a verification message is queued, as at Register.
+    #[prost(bool, tag = "7")]
+    pub email_verified: bool,
 }
 /// The account that UserService.UpdateUser changes, and the fields to change; unset fields stay.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct UpdateUserRequest {
     #[prost(string, tag = "1")]
     pub user_id: ::prost::alloc::string::String,
+    /// Applied at once (no confirmation, as in Keycloak), and the address becomes unverified: its
+    /// pending verification and e-mail change links are voided and a verification message goes to
+    /// the new address. At most 254 characters.
     #[prost(string, optional, tag = "2")]
     pub email: ::core::option::Option<::prost::alloc::string::String>,
     #[prost(string, optional, tag = "3")]
@@ -1877,7 +2126,8 @@ pub struct AuditEvent {
     pub actor_id: ::prost::alloc::string::String,
     /// LOGIN_SUCCEEDED, LOGIN_FAILED, LOGOUT, LOGOUT_ALL, REFRESH_REUSE_DETECTED, REFRESH_REPLAYED (a
     /// just-spent refresh token honoured inside the grace window; the detail names the replaying and
-    /// the spending address), PASSWORD_CHANGED, EMAIL_CHANGED, USER_CREATED, USER_UPDATED,
+    /// the spending address), PASSWORD_CHANGED, EMAIL_CHANGED (a change applied),
+    /// EMAIL_CHANGE_REQUESTED (UpdateMe, waiting for confirmation), EMAIL_VERIFIED, USER_CREATED, USER_UPDATED,
     /// USER_DELETED, SESSIONS_REVOKED, SERVICE_KEY_CREATED or SERVICE_KEY_REVOKED.
     #[prost(string, tag = "4")]
     pub kind: ::prost::alloc::string::String,
@@ -1903,7 +2153,8 @@ pub mod user_service_client {
     use tonic::codegen::http::Uri;
     /// UserService: an account's own profile and sessions, and user administration by role.
     ///
-    /// Every call needs "authorization: Bearer \<access_token>" metadata. Checks run in this order:
+    /// Every call except ResendVerification needs "authorization: Bearer \<access_token>" metadata.
+    /// Checks run in this order:
     /// authenticate (UNAUTHENTICATED), authorize by role (PERMISSION_DENIED), validate input
     /// (INVALID_ARGUMENT), then look up (NOT_FOUND) and act.
     ///
@@ -2015,7 +2266,12 @@ pub mod user_service_client {
             self.inner.unary(req, path, codec).await
         }
         /// Changes the caller's own profile: only the fields that are present. An empty username,
-        /// first_name or last_name clears it. Changing the e-mail requires current_password.
+        /// first_name or last_name clears it. Changing the e-mail requires current_password, and is not
+        /// applied at once: a confirmation link (\<AUTHD_LINK_BASE_URL>/confirm-email-change?token=...,
+        /// valid for AUTHD_EMAIL_VERIFY_TTL) goes to the new address and a notice to the current one; the
+        /// change is pending until AuthService.ConfirmEmailChange. The reply therefore still shows the
+        /// current e-mail. A new change voids the links of an earlier pending one. ALREADY_EXISTS if the
+        /// new address belongs to another account.
         pub async fn update_me(
             &mut self,
             request: impl tonic::IntoRequest<super::UpdateMeRequest>,
@@ -2035,6 +2291,37 @@ pub mod user_service_client {
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("authd.v1.UserService", "UpdateMe"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Sends a new verification link to an address. No credentials needed (an unverified user may be
+        /// unable to log in). Always OK, after the same work, whether the address is unknown, verified
+        /// or not: a message goes out (from a background job) only for an active account whose address
+        /// is unverified and that has fewer than 3 live verification links (a new link never voids the
+        /// others). INVALID_ARGUMENT for a malformed address; RESOURCE_EXHAUSTED with "retry-after"
+        /// metadata (seconds) past AUTHD_VERIFY_RESEND_PER_ADDRESS requests for the address or
+        /// AUTHD_VERIFY_RESEND_PER_IP requests from the client in an hour.
+        pub async fn resend_verification(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ResendVerificationRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ResendVerificationResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/authd.v1.UserService/ResendVerification",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("authd.v1.UserService", "ResendVerification"));
             self.inner.unary(req, path, codec).await
         }
         /// Changes the caller's password (UNAUTHENTICATED if current_password is wrong). Every other session
@@ -2329,11 +2616,30 @@ pub mod user_service_server {
             request: tonic::Request<super::GetMeRequest>,
         ) -> std::result::Result<tonic::Response<super::User>, tonic::Status>;
         /// Changes the caller's own profile: only the fields that are present. An empty username,
-        /// first_name or last_name clears it. Changing the e-mail requires current_password.
+        /// first_name or last_name clears it. Changing the e-mail requires current_password, and is not
+        /// applied at once: a confirmation link (\<AUTHD_LINK_BASE_URL>/confirm-email-change?token=...,
+        /// valid for AUTHD_EMAIL_VERIFY_TTL) goes to the new address and a notice to the current one; the
+        /// change is pending until AuthService.ConfirmEmailChange. The reply therefore still shows the
+        /// current e-mail. A new change voids the links of an earlier pending one. ALREADY_EXISTS if the
+        /// new address belongs to another account.
         async fn update_me(
             &self,
             request: tonic::Request<super::UpdateMeRequest>,
         ) -> std::result::Result<tonic::Response<super::User>, tonic::Status>;
+        /// Sends a new verification link to an address. No credentials needed (an unverified user may be
+        /// unable to log in). Always OK, after the same work, whether the address is unknown, verified
+        /// or not: a message goes out (from a background job) only for an active account whose address
+        /// is unverified and that has fewer than 3 live verification links (a new link never voids the
+        /// others). INVALID_ARGUMENT for a malformed address; RESOURCE_EXHAUSTED with "retry-after"
+        /// metadata (seconds) past AUTHD_VERIFY_RESEND_PER_ADDRESS requests for the address or
+        /// AUTHD_VERIFY_RESEND_PER_IP requests from the client in an hour.
+        async fn resend_verification(
+            &self,
+            request: tonic::Request<super::ResendVerificationRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ResendVerificationResponse>,
+            tonic::Status,
+        >;
         /// Changes the caller's password (UNAUTHENTICATED if current_password is wrong). Every other session
         /// of the caller is revoked; the current one stays valid.
         async fn change_password(
@@ -2421,7 +2727,8 @@ pub mod user_service_server {
     }
     /// UserService: an account's own profile and sessions, and user administration by role.
     ///
-    /// Every call needs "authorization: Bearer \<access_token>" metadata. Checks run in this order:
+    /// Every call except ResendVerification needs "authorization: Bearer \<access_token>" metadata.
+    /// Checks run in this order:
     /// authenticate (UNAUTHENTICATED), authorize by role (PERMISSION_DENIED), validate input
     /// (INVALID_ARGUMENT), then look up (NOT_FOUND) and act.
     ///
@@ -2579,6 +2886,52 @@ pub mod user_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = UpdateMeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/authd.v1.UserService/ResendVerification" => {
+                    #[allow(non_camel_case_types)]
+                    struct ResendVerificationSvc<T: UserService>(pub Arc<T>);
+                    impl<
+                        T: UserService,
+                    > tonic::server::UnaryService<super::ResendVerificationRequest>
+                    for ResendVerificationSvc<T> {
+                        type Response = super::ResendVerificationResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ResendVerificationRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as UserService>::resend_verification(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ResendVerificationSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
