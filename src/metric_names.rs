@@ -31,6 +31,13 @@ pub const MAIL_SENT: &str = "authd_mail_sent_total";
 pub const MAIL_SEND_FAILURES: &str = "authd_mail_send_failures_total";
 /// `authd_mail_failed_total`: messages given up (marked failed) after their last attempt.
 pub const MAIL_FAILED: &str = "authd_mail_failed_total";
+/// `authd_password_reset_requests_total`: RequestPasswordReset calls accepted (one request row each,
+/// known address or not).
+pub const PASSWORD_RESET_REQUESTS: &str = "authd_password_reset_requests_total";
+/// `authd_password_reset_mails_queued_total`: reset links created and mailed (active accounts only).
+pub const PASSWORD_RESET_MAILS: &str = "authd_password_reset_mails_queued_total";
+/// `authd_password_resets_total`: passwords set through ResetPassword.
+pub const PASSWORD_RESETS: &str = "authd_password_resets_total";
 
 /// The `result` label values of [`LOGINS`].
 pub const LOGIN_RESULTS: [&str; 4] = ["success", "failure", "disabled", "throttled"];

@@ -65,6 +65,9 @@ impl std::fmt::Debug for Config {
             mail_poll_interval,
             mail_retention,
             link_base_url,
+            password_reset_ttl,
+            password_reset_per_address,
+            password_reset_per_ip,
         } = self;
         let smtp = smtp_url.as_ref().map(|u| redact_url(u.expose()));
         let url = database_url.as_ref().map(|u| redact_url(u.expose()));
@@ -127,6 +130,9 @@ impl std::fmt::Debug for Config {
             .field("mail_poll_interval", mail_poll_interval)
             .field("mail_retention", mail_retention)
             .field("link_base_url", link_base_url)
+            .field("password_reset_ttl", password_reset_ttl)
+            .field("password_reset_per_address", password_reset_per_address)
+            .field("password_reset_per_ip", password_reset_per_ip)
             .finish()
     }
 }

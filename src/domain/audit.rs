@@ -38,6 +38,8 @@ pub enum AuditKind {
     /// successor returned); the detail names both the replaying and the spending address.
     RefreshReplayed,
     PasswordChanged,
+    /// A password set through a mailed reset link (ResetPassword).
+    PasswordReset,
     EmailChanged,
     UserCreated,
     UserUpdated,
@@ -57,6 +59,7 @@ impl AuditKind {
             AuditKind::RefreshReuseDetected => "REFRESH_REUSE_DETECTED",
             AuditKind::RefreshReplayed => "REFRESH_REPLAYED",
             AuditKind::PasswordChanged => "PASSWORD_CHANGED",
+            AuditKind::PasswordReset => "PASSWORD_RESET",
             AuditKind::EmailChanged => "EMAIL_CHANGED",
             AuditKind::UserCreated => "USER_CREATED",
             AuditKind::UserUpdated => "USER_UPDATED",

@@ -51,7 +51,7 @@ impl std::fmt::Debug for HashedToken {
     }
 }
 
-fn random_256(prefix: &str) -> String {
+pub(in crate::domain) fn random_256(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))

@@ -4,8 +4,9 @@
 //! `AUTHD_MAIL_TEMPLATES` is loaded over them (same name: it replaces the default; new name: a new
 //! template). A template that does not parse stops the start-up with its file name.
 //!
-//! Built-in kinds: `generic` (context: `subject`, `text`, optional `link`). The messages of
-//! verification, reset and notices add theirs next to it.
+//! Built-in kinds: `generic` (context: `subject`, `text`, optional `link`), `password_reset`
+//! (`email`, `link`, `ttl_minutes`) and `password_changed` (`email`, `how`: `reset` or `changed`,
+//! `time`). The messages of verification and e-mail change add theirs next to them.
 
 use std::path::Path;
 
@@ -23,6 +24,41 @@ const DEFAULTS: &[(&str, &str)] = &[
     (
         "generic.html",
         "<!doctype html>\n<html><body>\n<p>{{ text }}</p>\n{% if link %}<p><a href=\"{{ link }}\">{{ link }}</a></p>\n{% endif %}</body></html>\n",
+    ),
+    // Password reset (context: `email`, `link`, `ttl_minutes`).
+    ("password_reset.subject.txt", "Reset your password"),
+    (
+        "password_reset.txt",
+        "Someone asked to reset the password of the account {{ email }}.\n\n\
+         To choose a new password, open this link within {{ ttl_minutes }} minutes:\n\n\
+         {{ link }}\n\n\
+         The link works once. If you did not ask for this, ignore this message: your password \
+         stays as it is.\n",
+    ),
+    (
+        "password_reset.html",
+        "<!doctype html>\n<html><body>\n\
+         <p>Someone asked to reset the password of the account {{ email }}.</p>\n\
+         <p>To choose a new password, open this link within {{ ttl_minutes }} minutes:</p>\n\
+         <p><a href=\"{{ link }}\">{{ link }}</a></p>\n\
+         <p>The link works once. If you did not ask for this, ignore this message: your password \
+         stays as it is.</p>\n</body></html>\n",
+    ),
+    // The notice after a password change (context: `email`, `how`: "reset" or "changed", `time`).
+    ("password_changed.subject.txt", "Your password was changed"),
+    (
+        "password_changed.txt",
+        "The password of the account {{ email }} was {{ how }} at {{ time }}, and every \
+         session{% if how == \"changed\" %} but the one that changed it{% endif %} was signed out.\n\n\
+         If this was not you, reset your password at once and contact your administrator.\n",
+    ),
+    (
+        "password_changed.html",
+        "<!doctype html>\n<html><body>\n\
+         <p>The password of the account {{ email }} was {{ how }} at {{ time }}, and every \
+         session{% if how == \"changed\" %} but the one that changed it{% endif %} was signed out.</p>\n\
+         <p>If this was not you, reset your password at once and contact your administrator.</p>\n\
+         </body></html>\n",
     ),
 ];
 
@@ -118,6 +154,28 @@ mod tests {
         assert!(r.text.contains("a <b>") && r.text.contains("https://x/y?token=1&a=2"));
         assert!(r.html.contains("a &lt;b&gt;"), "{}", r.html);
         assert!(r.html.contains("token=1&amp;a=2"), "{}", r.html);
+    }
+
+    #[test]
+    fn reset_templates_render() {
+        let t = Templates::load(None).unwrap();
+        let r = t
+            .render(
+                "password_reset",
+                &serde_json::json!({"email": "a@x.test", "link": "https://x/reset-password?token=pr_1", "ttl_minutes": 30}),
+            )
+            .unwrap();
+        assert_eq!(r.subject, "Reset your password");
+        assert!(r.text.contains("https://x/reset-password?token=pr_1") && r.text.contains("30 minutes"));
+        assert!(r.html.contains("href=\"https://x/reset-password?token=pr_1\""));
+        let r = t
+            .render(
+                "password_changed",
+                &serde_json::json!({"email": "a@x.test", "how": "reset", "time": "2026-12-06 12:00 UTC"}),
+            )
+            .unwrap();
+        assert_eq!(r.subject, "Your password was changed");
+        assert!(r.text.contains("was reset at 2026-12-06 12:00 UTC"), "{}", r.text);
     }
 
     #[test]
