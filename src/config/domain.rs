@@ -5,8 +5,7 @@ use super::Config;
 use crate::domain::mail::MailSettings;
 use crate::domain::settings::{
     AccessSettings, AccountSettings, BcryptPoolSettings, KeySettings, PasswordResetSettings,
-    PasswordSettings,
-    SessionSettings, Settings, ThrottleSettings, TokenSettings,
+    PasswordSettings, SessionSettings, Settings, ThrottleSettings, TokenSettings,
 };
 
 impl Config {

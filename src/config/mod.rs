@@ -384,12 +384,22 @@ pub struct Config {
 
     /// RequestPasswordReset calls per e-mail address per hour, counted on every replica together
     /// (known and unknown addresses alike); 0 turns the limit off.
-    #[arg(long, env = "AUTHD_PASSWORD_RESET_PER_ADDRESS", default_value_t = 5, global = true)]
+    #[arg(
+        long,
+        env = "AUTHD_PASSWORD_RESET_PER_ADDRESS",
+        default_value_t = 5,
+        global = true
+    )]
     pub password_reset_per_address: u32,
 
     /// RequestPasswordReset calls per client IP (an IPv6 /64) per hour, counted on every replica
     /// together; 0 turns the limit off.
-    #[arg(long, env = "AUTHD_PASSWORD_RESET_PER_IP", default_value_t = 20, global = true)]
+    #[arg(
+        long,
+        env = "AUTHD_PASSWORD_RESET_PER_IP",
+        default_value_t = 20,
+        global = true
+    )]
     pub password_reset_per_ip: u32,
 }
 

@@ -227,9 +227,13 @@ impl Authd {
         let hash = HashedToken::of(token);
         let user = {
             let mut conn = self.conn().await?;
-            let Some(live) =
-                tokens_db::find_live(&mut conn, Purpose::ResetPassword, hash.as_bytes(), self.now())
-                    .await?
+            let Some(live) = tokens_db::find_live(
+                &mut conn,
+                Purpose::ResetPassword,
+                hash.as_bytes(),
+                self.now(),
+            )
+            .await?
             else {
                 return Err(bad_token());
             };

@@ -40,6 +40,12 @@ pub fn test_config(url: &str) -> Config {
     c.login_max_failures_per_hour = 1_000_000;
     // Fixtures create accounts many at a time; the bcrypt pool's fail-fast queue has its own tests.
     c.bcrypt_queue = Some(100_000);
+    // Mail that tests do not deliver over SMTP goes to `.eml` files under the temp dir, not into
+    // the default data directory.
+    c.mail_dir = Some(std::env::temp_dir().join("authd-test-mail"));
+    // The password-reset limits have their own tests.
+    c.password_reset_per_address = 0;
+    c.password_reset_per_ip = 0;
     c
 }
 

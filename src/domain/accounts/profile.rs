@@ -3,8 +3,8 @@
 use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
-use crate::db::models::{Session, UserChanges};
 use crate::db::account_tokens::{self, Purpose};
+use crate::db::models::{Session, UserChanges};
 use crate::db::{self, DbError, sessions, users};
 use crate::domain::accounts::{
     Account, ProfileFields, ProfileUpdate, SessionInfo, last_admin, uniqueness_error,
@@ -164,7 +164,11 @@ impl Authd {
                 // A password change voids every mailed reset link, and tells the owner.
                 account_tokens::void_all(conn, p.user_id, Purpose::ResetPassword, now).await?;
                 self.mailer
-                    .queue(conn, &password_changed_mail(&user.email, "changed", now), now)
+                    .queue(
+                        conn,
+                        &password_changed_mail(&user.email, "changed", now),
+                        now,
+                    )
                     .await?;
                 let revoked = revocation::revoke_user_sessions(
                     conn,

@@ -166,8 +166,13 @@ mod tests {
             )
             .unwrap();
         assert_eq!(r.subject, "Reset your password");
-        assert!(r.text.contains("https://x/reset-password?token=pr_1") && r.text.contains("30 minutes"));
-        assert!(r.html.contains("href=\"https://x/reset-password?token=pr_1\""));
+        assert!(
+            r.text.contains("https://x/reset-password?token=pr_1") && r.text.contains("30 minutes")
+        );
+        assert!(
+            r.html
+                .contains("href=\"https://x/reset-password?token=pr_1\"")
+        );
         let r = t
             .render(
                 "password_changed",
@@ -175,7 +180,11 @@ mod tests {
             )
             .unwrap();
         assert_eq!(r.subject, "Your password was changed");
-        assert!(r.text.contains("was reset at 2026-12-06 12:00 UTC"), "{}", r.text);
+        assert!(
+            r.text.contains("was reset at 2026-12-06 12:00 UTC"),
+            "{}",
+            r.text
+        );
     }
 
     #[test]
