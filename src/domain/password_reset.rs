@@ -203,6 +203,7 @@ impl Authd {
             context: serde_json::json!({
                 "email": user.email,
                 "link": link(&self.settings.mail.link_base_url, RESET_PAGE, &token),
+                "token": token,
                 "ttl_minutes": ttl.num_minutes().max(1),
             }),
             live_link: true,

@@ -255,6 +255,8 @@ async fn a_reset_link_sets_the_password_revokes_every_session_and_verifies_the_a
     assert!(token.starts_with("pr_") && token.len() == 46, "{token}");
     let mail = &mails_to(&smtp, &email, "Reset your password")[0];
     assert!(decoded(mail).contains("30 minutes"));
+    // The same token as a code on a line of its own (what the README's walkthrough greps).
+    assert!(mail.data.contains(&format!("\r\n{token}\r\n")));
     // The token is stored hashed only.
     assert_eq!(
         count(

@@ -5,7 +5,7 @@
 //! template). A template that does not parse stops the start-up with its file name.
 //!
 //! Built-in kinds: `generic` (context: `subject`, `text`, optional `link`), `password_reset`
-//! (`email`, `link`, `ttl_minutes`) and `password_changed` (`email`, `how`: `reset` or `changed`,
+//! (`email`, `link`, `token`, `ttl_minutes`) and `password_changed` (`email`, `how`: `reset` or `changed`,
 //! `time`). The messages of verification and e-mail change add theirs next to them.
 
 use std::path::Path;
@@ -25,13 +25,14 @@ const DEFAULTS: &[(&str, &str)] = &[
         "generic.html",
         "<!doctype html>\n<html><body>\n<p>{{ text }}</p>\n{% if link %}<p><a href=\"{{ link }}\">{{ link }}</a></p>\n{% endif %}</body></html>\n",
     ),
-    // Password reset (context: `email`, `link`, `ttl_minutes`).
+    // Password reset (context: `email`, `link`, `token`, `ttl_minutes`).
     ("password_reset.subject.txt", "Reset your password"),
     (
         "password_reset.txt",
         "Someone asked to reset the password of the account {{ email }}.\n\n\
          To choose a new password, open this link within {{ ttl_minutes }} minutes:\n\n\
          {{ link }}\n\n\
+         {% if token %}Or enter this reset code in the application:\n\n{{ token }}\n\n{% endif %}\
          The link works once. If you did not ask for this, ignore this message: your password \
          stays as it is.\n",
     ),
@@ -41,6 +42,7 @@ const DEFAULTS: &[(&str, &str)] = &[
          <p>Someone asked to reset the password of the account {{ email }}.</p>\n\
          <p>To choose a new password, open this link within {{ ttl_minutes }} minutes:</p>\n\
          <p><a href=\"{{ link }}\">{{ link }}</a></p>\n\
+         {% if token %}<p>Or enter this reset code in the application: <code>{{ token }}</code></p>\n{% endif %}\
          <p>The link works once. If you did not ask for this, ignore this message: your password \
          stays as it is.</p>\n</body></html>\n",
     ),
