@@ -113,6 +113,8 @@ mod tests {
             "Logout",
             "ValidateToken",
             "GetJwks",
+            "RequestPasswordReset",
+            "ResetPassword",
         ] {
             assert!(!needs_bearer_token(&format!("/{auth}/{open}")), "{open}");
         }

@@ -171,10 +171,8 @@ mod tests {
         assert!(
             r.text.contains("https://x/reset-password?token=pr_1") && r.text.contains("30 minutes")
         );
-        assert!(
-            r.html
-                .contains("href=\"https://x/reset-password?token=pr_1\"")
-        );
+        // minijinja's HTML escaping writes `/` as `&#x2f;` (still the same URL to a browser).
+        assert!(r.html.contains("reset-password?token=pr_1\""), "{}", r.html);
         let r = t
             .render(
                 "password_changed",
