@@ -531,3 +531,42 @@ async fn requests_are_limited_per_client_address() {
     request(&server, &unique_email()).await.expect("a new hour");
     server.stop().await;
 }
+
+/// A measurement, not a check (run with `--ignored --nocapture`): the reply time of
+/// RequestPasswordReset for a known and an unknown address, interleaved, 300 of each. Numbers go
+/// to BENCHMARKS.md.
+#[tokio::test]
+#[ignore]
+async fn measure_request_time_known_vs_unknown() {
+    let (server, _smtp) = start().await;
+    let known = unique_email();
+    server.register(&known, PASSWORD).await;
+    let mut client = server.auth().await;
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..600 {
+        let email = if i % 2 == 0 {
+            known.clone()
+        } else {
+            unique_email()
+        };
+        let t = std::time::Instant::now();
+        client
+            .request_password_reset(proto::RequestPasswordResetRequest { email })
+            .await
+            .unwrap();
+        times[i % 2].push(t.elapsed());
+    }
+    for (name, t) in ["known", "unknown"].iter().zip(times.iter_mut()) {
+        t.sort();
+        let p = |q: f64| t[((t.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1000.0;
+        println!(
+            "{name}: n={} p50={:.3}ms p90={:.3}ms p99={:.3}ms max={:.3}ms",
+            t.len(),
+            p(0.5),
+            p(0.9),
+            p(0.99),
+            p(1.0)
+        );
+    }
+    server.stop().await;
+}
