@@ -39,6 +39,13 @@ pub const EMAIL_VERIFICATION: &str = "authd_email_verification_total";
 /// `conflict` (the new address was taken meanwhile), `invalid_token`, `admin` (applied at once by
 /// an admin).
 pub const EMAIL_CHANGE: &str = "authd_email_change_total";
+/// `authd_password_reset_requests_total`: RequestPasswordReset calls accepted (one request row each,
+/// known address or not).
+pub const PASSWORD_RESET_REQUESTS: &str = "authd_password_reset_requests_total";
+/// `authd_password_reset_mails_queued_total`: reset links created and mailed (active accounts only).
+pub const PASSWORD_RESET_MAILS: &str = "authd_password_reset_mails_queued_total";
+/// `authd_password_resets_total`: passwords set through ResetPassword.
+pub const PASSWORD_RESETS: &str = "authd_password_resets_total";
 
 /// The `result` label values of [`LOGINS`].
 pub const LOGIN_RESULTS: [&str; 5] = ["success", "failure", "disabled", "throttled", "unverified"];

@@ -169,6 +169,21 @@ fn describe() {
         crate::metric_names::MAIL_FAILED,
         "Mail messages given up after their last attempt (marked failed in the outbox)."
     );
+    describe_counter!(
+        crate::metric_names::PASSWORD_RESET_REQUESTS,
+        "RequestPasswordReset calls accepted (one request each, known address or not)."
+    );
+    describe_counter!(
+        crate::metric_names::PASSWORD_RESET_MAILS,
+        "Password-reset links created and queued for mail (active accounts only)."
+    );
+    describe_counter!(
+        crate::metric_names::PASSWORD_RESETS,
+        "Passwords set through ResetPassword."
+    );
+    counter!(crate::metric_names::PASSWORD_RESET_REQUESTS).increment(0);
+    counter!(crate::metric_names::PASSWORD_RESET_MAILS).increment(0);
+    counter!(crate::metric_names::PASSWORD_RESETS).increment(0);
     counter!(crate::metric_names::MAIL_SENT).increment(0);
     counter!(crate::metric_names::MAIL_SEND_FAILURES).increment(0);
     counter!(crate::metric_names::MAIL_FAILED).increment(0);

@@ -69,6 +69,9 @@ impl std::fmt::Debug for Config {
             require_verified_email,
             verify_resend_per_address,
             verify_resend_per_ip,
+            password_reset_ttl,
+            password_reset_per_address,
+            password_reset_per_ip,
         } = self;
         let smtp = smtp_url.as_ref().map(|u| redact_url(u.expose()));
         let url = database_url.as_ref().map(|u| redact_url(u.expose()));
@@ -135,6 +138,9 @@ impl std::fmt::Debug for Config {
             .field("require_verified_email", require_verified_email)
             .field("verify_resend_per_address", verify_resend_per_address)
             .field("verify_resend_per_ip", verify_resend_per_ip)
+            .field("password_reset_ttl", password_reset_ttl)
+            .field("password_reset_per_address", password_reset_per_address)
+            .field("password_reset_per_ip", password_reset_per_ip)
             .finish()
     }
 }

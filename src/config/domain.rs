@@ -4,8 +4,8 @@
 use super::Config;
 use crate::domain::mail::MailSettings;
 use crate::domain::settings::{
-    AccessSettings, AccountSettings, BcryptPoolSettings, KeySettings, PasswordSettings,
-    SessionSettings, Settings, ThrottleSettings, TokenSettings,
+    AccessSettings, AccountSettings, BcryptPoolSettings, KeySettings, PasswordResetSettings,
+    PasswordSettings, SessionSettings, Settings, ThrottleSettings, TokenSettings,
 };
 
 impl Config {
@@ -72,6 +72,11 @@ impl Config {
                 poll_interval: self.mail_poll_interval,
                 retention: self.mail_retention,
                 link_base_url: self.link_base_url.clone(),
+            },
+            password_reset: PasswordResetSettings {
+                ttl: self.password_reset_ttl,
+                per_address_per_hour: self.password_reset_per_address,
+                per_ip_per_hour: self.password_reset_per_ip,
             },
         }
     }

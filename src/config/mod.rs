@@ -56,6 +56,9 @@
 //! | `AUTHD_MAIL_RETRY_BASE` | `--mail-retry-base` | `30s` (first retry delay, doubled per attempt, at most 1h) |
 //! | `AUTHD_MAIL_POLL_INTERVAL` | `--mail-poll-interval` | `1s` (how often each replica's sender looks for due mail) |
 //! | `AUTHD_MAIL_RETENTION` | `--mail-retention` | `7d` (sent and failed messages are then deleted) |
+//! | `AUTHD_PASSWORD_RESET_TTL` | `--password-reset-ttl` | `30m` (lifetime of a mailed password-reset link) |
+//! | `AUTHD_PASSWORD_RESET_PER_ADDRESS` | `--password-reset-per-address` | `5` (RequestPasswordReset calls per e-mail address per hour, all replicas; `0` = no limit) |
+//! | `AUTHD_PASSWORD_RESET_PER_IP` | `--password-reset-per-ip` | `20` (RequestPasswordReset calls per client IP, or IPv6 /64, per hour, all replicas; `0` = no limit) |
 //! | `AUTHD_LINK_BASE_URL` | `--link-base-url` | `http://localhost:3000/auth` (the application's pages that mailed links point at: `…/verify-email?token=…`, `…/reset-password?token=…`, `…/confirm-email-change?token=…`) |
 //! | `AUTHD_EMAIL_VERIFY_TTL` | `--email-verify-ttl` | `24h` (lifetime of verification and e-mail change links) |
 //! | `AUTHD_REQUIRE_VERIFIED_EMAIL` | `--require-verified-email` | `false` (refuse Login with the right password for an unverified address) |
@@ -408,6 +411,29 @@ pub struct Config {
         global = true
     )]
     pub verify_resend_per_ip: u32,
+    /// Lifetime of a mailed password-reset link (the token is single use).
+    #[arg(long, env = "AUTHD_PASSWORD_RESET_TTL", default_value = "30m", value_parser = parse_duration, global = true)]
+    pub password_reset_ttl: Duration,
+
+    /// RequestPasswordReset calls per e-mail address per hour, counted on every replica together
+    /// (known and unknown addresses alike); 0 turns the limit off.
+    #[arg(
+        long,
+        env = "AUTHD_PASSWORD_RESET_PER_ADDRESS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub password_reset_per_address: u32,
+
+    /// RequestPasswordReset calls per client IP (an IPv6 /64) per hour, counted on every replica
+    /// together; 0 turns the limit off.
+    #[arg(
+        long,
+        env = "AUTHD_PASSWORD_RESET_PER_IP",
+        default_value_t = 20,
+        global = true
+    )]
+    pub password_reset_per_ip: u32,
 }
 
 impl Config {
@@ -503,6 +529,9 @@ impl Config {
             require_verified_email: false,
             verify_resend_per_address: 5,
             verify_resend_per_ip: 20,
+            password_reset_ttl: Duration::from_secs(30 * 60),
+            password_reset_per_address: 5,
+            password_reset_per_ip: 20,
         }
     }
 }

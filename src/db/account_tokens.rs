@@ -117,6 +117,26 @@ fn live_filter(
         .into_boxed()
 }
 
+/// The live token of `purpose` whose hash is `token_hash`, without spending it (a reset checks the
+/// new password before it spends the token).
+pub async fn find_live(
+    conn: &mut AsyncPgConnection,
+    purpose: Purpose,
+    token_hash: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Option<AccountToken>, DbError> {
+    Ok(account_tokens::table
+        .filter(account_tokens::token_hash.eq(token_hash))
+        .filter(account_tokens::purpose.eq(purpose.as_str()))
+        .filter(account_tokens::use_time.is_null())
+        .filter(account_tokens::void_time.is_null())
+        .filter(account_tokens::expire_time.gt(now))
+        .select(AccountToken::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
 /// Spends the live token of `purpose` whose hash is `token_hash`: sets its `use_time` and returns
 /// it, or None when there is no such live token (unknown, spent, voided or expired). One UPDATE, so
 /// of concurrent callers exactly one gets the row.

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod keys;
 pub mod models;
 pub mod outbox;
+pub mod password_resets;
 pub mod schema;
 pub mod service_keys;
 pub mod sessions;

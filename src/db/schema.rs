@@ -193,3 +193,13 @@ diesel::table! {
 
 diesel::joinable!(account_tokens -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(account_tokens, users);
+
+diesel::table! {
+    password_reset_requests (id) {
+        id -> Uuid,
+        email -> Text,
+        client_address -> Text,
+        create_time -> Timestamptz,
+        processed_time -> Nullable<Timestamptz>,
+    }
+}

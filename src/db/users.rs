@@ -196,6 +196,27 @@ pub async fn update(
         .await?)
 }
 
+/// Marks the address of `id` verified at `now`, unless it already is (the first proof's time
+/// stays). Returns whether it changed.
+pub async fn mark_email_verified(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    Ok(diesel::update(
+        users::table
+            .find(id)
+            .filter(users::email_verified.eq(false)),
+    )
+    .set((
+        users::email_verified.eq(true),
+        users::email_verify_time.eq(now),
+    ))
+    .execute(conn)
+    .await?
+        > 0)
+}
+
 /// Replaces the password hash, only if it is still `old` (a concurrent change wins).
 pub async fn replace_password_hash(
     conn: &mut AsyncPgConnection,

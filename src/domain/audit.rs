@@ -38,6 +38,8 @@ pub enum AuditKind {
     /// successor returned); the detail names both the replaying and the spending address.
     RefreshReplayed,
     PasswordChanged,
+    /// A password set through a mailed reset link (ResetPassword).
+    PasswordReset,
     /// An e-mail change applied (ConfirmEmailChange, or an admin's UpdateUser).
     EmailChanged,
     /// UpdateMe asked for an e-mail change; it waits for the link mailed to the new address.
@@ -62,6 +64,7 @@ impl AuditKind {
             AuditKind::RefreshReuseDetected => "REFRESH_REUSE_DETECTED",
             AuditKind::RefreshReplayed => "REFRESH_REPLAYED",
             AuditKind::PasswordChanged => "PASSWORD_CHANGED",
+            AuditKind::PasswordReset => "PASSWORD_RESET",
             AuditKind::EmailChanged => "EMAIL_CHANGED",
             AuditKind::EmailChangeRequested => "EMAIL_CHANGE_REQUESTED",
             AuditKind::EmailVerified => "EMAIL_VERIFIED",

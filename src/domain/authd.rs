@@ -47,6 +47,8 @@ pub struct Authd {
     pub(in crate::domain) watch_streams: Arc<AtomicUsize>,
     /// The outbox (src/domain/mail).
     pub(in crate::domain) mailer: Arc<crate::domain::mail::Mailer>,
+    /// Wakes this replica's password-reset job after a local RequestPasswordReset.
+    pub(in crate::domain) reset_wake: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Authd {
@@ -117,6 +119,7 @@ impl Authd {
             resume_secret,
             watch_streams: Arc::new(AtomicUsize::new(0)),
             mailer,
+            reset_wake: tokio::sync::Notify::new(),
         }))
     }
 

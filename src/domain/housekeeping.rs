@@ -46,6 +46,12 @@ impl Authd {
         )
         .await?;
         crate::db::keys::delete_retired(&mut conn, sessions_before).await?;
+        // Password reset requests, once processed and out of the rate limits' window.
+        crate::db::password_resets::prune(
+            &mut conn,
+            now - chrono::Duration::seconds(crate::domain::password_reset::RATE_WINDOW_SECS),
+        )
+        .await?;
         // Tombstones go a day after the last access token of their session expired.
         let tombstones_before = now - self.views().retention().max(chrono::Duration::days(1));
         sessions::prune_revocations(&mut conn, tombstones_before).await?;

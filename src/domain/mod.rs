@@ -14,6 +14,7 @@ mod housekeeping;
 pub mod keystore;
 pub mod mail;
 pub mod opaque;
+pub mod password_reset;
 pub mod passwords;
 pub mod revocation_feed;
 pub mod service_keys;
@@ -53,6 +54,8 @@ pub enum AuthFailure {
     BadCredentials,
     /// Refresh: unknown, spent, revoked or expired refresh token.
     BadRefreshToken,
+    /// ResetPassword: unknown, used, voided or expired reset token (one answer for all).
+    BadResetToken,
     /// ValidateToken: no `x-api-key`.
     ServiceKeyMissing,
     /// ValidateToken: unknown or revoked service key.

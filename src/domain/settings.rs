@@ -24,6 +24,19 @@ pub struct Settings {
     pub audit_retention: Duration,
     /// The outbox and its delivery.
     pub mail: crate::domain::mail::MailSettings,
+    /// Password reset (issue I).
+    pub password_reset: PasswordResetSettings,
+}
+
+/// Password reset: the link's lifetime and the request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordResetSettings {
+    /// `AUTHD_PASSWORD_RESET_TTL`: lifetime of a reset token.
+    pub ttl: Duration,
+    /// `AUTHD_PASSWORD_RESET_PER_ADDRESS`: requests per e-mail address per hour (0 = no limit).
+    pub per_address_per_hour: u32,
+    /// `AUTHD_PASSWORD_RESET_PER_IP`: requests per client key per hour (0 = no limit).
+    pub per_ip_per_hour: u32,
 }
 
 /// Access tokens: their claims and lifetime.

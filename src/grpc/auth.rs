@@ -72,6 +72,29 @@ impl From<TokenPair> for proto::RefreshResponse {
 
 #[tonic::async_trait]
 impl AuthService for AuthApi {
+    async fn request_password_reset(
+        &self,
+        req: Request<proto::RequestPasswordResetRequest>,
+    ) -> Result<Response<proto::RequestPasswordResetResponse>, Status> {
+        let client = client_info(&req)?;
+        self.svc
+            .request_password_reset(&req.get_ref().email, &client)
+            .await?;
+        Ok(Response::new(proto::RequestPasswordResetResponse {}))
+    }
+
+    async fn reset_password(
+        &self,
+        req: Request<proto::ResetPasswordRequest>,
+    ) -> Result<Response<proto::ResetPasswordResponse>, Status> {
+        let client = client_info(&req)?;
+        let r = req.into_inner();
+        self.svc
+            .reset_password(&r.token, &r.new_password, &client)
+            .await?;
+        Ok(Response::new(proto::ResetPasswordResponse {}))
+    }
+
     async fn register(
         &self,
         req: Request<proto::RegisterRequest>,

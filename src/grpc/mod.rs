@@ -86,6 +86,10 @@ fn unauthenticated(f: AuthFailure) -> Status {
             "invalid, expired or revoked refresh token",
             ErrorReason::RefreshTokenInvalid,
         ),
+        AuthFailure::BadResetToken => (
+            "invalid, expired or already used reset token",
+            ErrorReason::ResetTokenInvalid,
+        ),
         AuthFailure::ServiceKeyMissing => ("missing x-api-key", ErrorReason::ServiceKeyMissing),
         AuthFailure::ServiceKeyInvalid => ("invalid service key", ErrorReason::ServiceKeyInvalid),
         AuthFailure::BadAccountToken => (

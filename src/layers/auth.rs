@@ -120,6 +120,8 @@ mod tests {
             "GetJwks",
             "VerifyEmail",
             "ConfirmEmailChange",
+            "RequestPasswordReset",
+            "ResetPassword",
         ] {
             assert!(!needs_bearer_token(&format!("/{auth}/{open}")), "{open}");
         }

@@ -147,6 +147,10 @@ pub async fn serve(
     let sweeper = tokio::spawn(background::replay_sweep_loop(svc.clone(), stop_rx.clone()));
     let syncer = tokio::spawn(background::view_sync_loop(svc.clone(), stop_rx.clone()));
     let mailer = tokio::spawn(background::mail_sender_loop(svc.clone(), stop_rx.clone()));
+    let resets = tokio::spawn(background::password_reset_loop(
+        svc.clone(),
+        stop_rx.clone(),
+    ));
     let reloader = tokio::spawn(background::key_reload_loop(svc.clone(), stop_rx));
     // AUTHD_HEALTH_LISTEN: the same health service (same statuses), in plaintext, nothing else.
     let health_only = health_listener.map(|listener| {
@@ -224,6 +228,7 @@ pub async fn serve(
     let _ = sweeper.await;
     let _ = reloader.await;
     let _ = syncer.await;
+    let _ = resets.await;
     // A delivery in flight may finish within a few seconds; past that it is cut off, and its
     // message is claimed again once its lease ends (same Message-ID).
     let mailer_abort = mailer.abort_handle();

@@ -101,6 +101,34 @@ pub(crate) async fn key_reload_loop(svc: Arc<Authd>, mut stop: watch::Receiver<b
     }
 }
 
+/// The password-reset job (see [`crate::domain::password_reset`]): turns RequestPasswordReset
+/// requests into reset mails, at once when this process took a request, else every
+/// `AUTHD_MAIL_POLL_INTERVAL` (requests taken by other replicas). Every replica runs it; a request
+/// is claimed by one. A failure is logged once per outage.
+pub(crate) async fn password_reset_loop(svc: Arc<Authd>, mut stop: watch::Receiver<bool>) {
+    let poll = svc.mailer().settings().poll_interval;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = svc.password_reset_woken() => {}
+            _ = stop.changed() => return,
+        }
+        match svc.process_password_resets().await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("password reset job works again");
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "password reset job round failed; will retry");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// How often the sender records the outbox gauges.
 const MAIL_GAUGE_INTERVAL: Duration = Duration::from_secs(15);
 

@@ -17,6 +17,7 @@ mod keys;
 mod mail;
 mod redaction;
 mod refresh_rules;
+mod reset;
 mod security;
 mod self_service;
 mod smoke;

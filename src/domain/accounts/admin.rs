@@ -237,6 +237,16 @@ impl Authd {
                         detail.push(name.to_owned());
                     }
                 }
+                if hash.is_some() {
+                    // A password set by an admin voids the mailed reset links.
+                    crate::db::account_tokens::void_all(
+                        conn,
+                        id,
+                        crate::db::account_tokens::Purpose::ResetPassword,
+                        now,
+                    )
+                    .await?;
+                }
                 let revoked = if role_change.is_some() || active_change.is_some() || hash.is_some()
                 {
                     // The count goes into the USER_UPDATED event below.

@@ -3,12 +3,14 @@
 use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
+use crate::db::account_tokens::{self, Purpose};
 use crate::db::models::{Session, UserChanges};
 use crate::db::{self, DbError, sessions, users};
 use crate::domain::accounts::{
     Account, ProfileFields, ProfileUpdate, SessionInfo, last_admin, uniqueness_error,
 };
 use crate::domain::audit::{AuditEntry, AuditKind};
+use crate::domain::password_reset::password_changed_mail;
 use crate::domain::passwords;
 use crate::domain::sessions::revocation;
 use crate::domain::throttle;
@@ -161,9 +163,18 @@ impl Authd {
         };
         let mut conn = self.conn().await?;
         let revoked = conn
-            .transaction::<_, DbError, _>(async |conn| {
-                users::update(conn, p.user_id, &changes).await?;
-                revocation::revoke_user_sessions(
+            .transaction::<_, Error, _>(async |conn| {
+                let user = users::update(conn, p.user_id, &changes).await?;
+                // A password change voids every mailed reset link, and tells the owner.
+                account_tokens::void_all(conn, p.user_id, Purpose::ResetPassword, now).await?;
+                self.mailer
+                    .queue(
+                        conn,
+                        &password_changed_mail(&user.email, "changed", now),
+                        now,
+                    )
+                    .await?;
+                let revoked = revocation::revoke_user_sessions(
                     conn,
                     now,
                     p.user_id,
@@ -178,9 +189,11 @@ impl Authd {
                         )
                     },
                 )
-                .await
+                .await?;
+                Ok(revoked)
             })
             .await?;
+        self.mailer.wake();
         Ok(self.publish(&mut conn, revoked).await)
     }
 

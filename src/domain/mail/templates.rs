@@ -11,7 +11,10 @@
 //! - `email_change_confirm` (context: `email` (the new address), `old_email`, `link`,
 //!   `valid_for`): the link that confirms an e-mail change, sent to the new address;
 //! - `email_change_notice` (context: `email` (the current address), `new_email`): the notice to
-//!   the current address that a change was asked for.
+//!   the current address that a change was asked for;
+//! - `password_reset` (context: `email`, `link`, `token`, `ttl_minutes`): the reset link;
+//! - `password_changed` (context: `email`, `how`: `reset` or `changed`, `time`): the notice after a
+//!   password change.
 
 use std::path::Path;
 
@@ -62,6 +65,43 @@ const DEFAULTS: &[(&str, &str)] = &[
     (
         "email_change_notice.html",
         "<!doctype html>\n<html><body>\n<p>Hello,</p>\n<p>a change of your account's e-mail address from {{ email }} to {{ new_email }} was requested. It takes effect only when the link sent to {{ new_email }} is opened.</p>\n<p>If this was not you, change your password now: whoever asked knows it.</p>\n</body></html>\n",
+    ),
+    // Password reset (context: `email`, `link`, `token`, `ttl_minutes`).
+    ("password_reset.subject.txt", "Reset your password"),
+    (
+        "password_reset.txt",
+        "Someone asked to reset the password of the account {{ email }}.\n\n\
+         To choose a new password, open this link within {{ ttl_minutes }} minutes:\n\n\
+         {{ link }}\n\n\
+         {% if token %}Or enter this reset code in the application:\n\n{{ token }}\n\n{% endif %}\
+         The link works once. If you did not ask for this, ignore this message: your password \
+         stays as it is.\n",
+    ),
+    (
+        "password_reset.html",
+        "<!doctype html>\n<html><body>\n\
+         <p>Someone asked to reset the password of the account {{ email }}.</p>\n\
+         <p>To choose a new password, open this link within {{ ttl_minutes }} minutes:</p>\n\
+         <p><a href=\"{{ link }}\">{{ link }}</a></p>\n\
+         {% if token %}<p>Or enter this reset code in the application: <code>{{ token }}</code></p>\n{% endif %}\
+         <p>The link works once. If you did not ask for this, ignore this message: your password \
+         stays as it is.</p>\n</body></html>\n",
+    ),
+    // The notice after a password change (context: `email`, `how`: "reset" or "changed", `time`).
+    ("password_changed.subject.txt", "Your password was changed"),
+    (
+        "password_changed.txt",
+        "The password of the account {{ email }} was {{ how }} at {{ time }}, and every \
+         session{% if how == \"changed\" %} but the one that changed it{% endif %} was signed out.\n\n\
+         If this was not you, reset your password at once and contact your administrator.\n",
+    ),
+    (
+        "password_changed.html",
+        "<!doctype html>\n<html><body>\n\
+         <p>The password of the account {{ email }} was {{ how }} at {{ time }}, and every \
+         session{% if how == \"changed\" %} but the one that changed it{% endif %} was signed out.</p>\n\
+         <p>If this was not you, reset your password at once and contact your administrator.</p>\n\
+         </body></html>\n",
     ),
 ];
 
@@ -188,6 +228,35 @@ mod tests {
             )
             .unwrap();
         assert!(r.text.contains("new@example.test") && !r.text.contains("token"));
+    }
+
+    #[test]
+    fn reset_templates_render() {
+        let t = Templates::load(None).unwrap();
+        let r = t
+            .render(
+                "password_reset",
+                &serde_json::json!({"email": "a@x.test", "link": "https://x/reset-password?token=pr_1", "ttl_minutes": 30}),
+            )
+            .unwrap();
+        assert_eq!(r.subject, "Reset your password");
+        assert!(
+            r.text.contains("https://x/reset-password?token=pr_1") && r.text.contains("30 minutes")
+        );
+        // minijinja's HTML escaping writes `/` as `&#x2f;` (still the same URL to a browser).
+        assert!(r.html.contains("reset-password?token=pr_1\""), "{}", r.html);
+        let r = t
+            .render(
+                "password_changed",
+                &serde_json::json!({"email": "a@x.test", "how": "reset", "time": "2026-12-06 12:00 UTC"}),
+            )
+            .unwrap();
+        assert_eq!(r.subject, "Your password was changed");
+        assert!(
+            r.text.contains("was reset at 2026-12-06 12:00 UTC"),
+            "{}",
+            r.text
+        );
     }
 
     #[test]

@@ -75,6 +75,32 @@ impl Role {
         }
     }
 }
+/// The address of AuthService.RequestPasswordReset.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RequestPasswordResetRequest {
+    /// Required. The account's e-mail address: ASCII, valid syntax, at most 254 characters; trimmed and
+    /// lowercased as at Login.
+    #[prost(string, tag = "1")]
+    pub email: ::prost::alloc::string::String,
+}
+/// Empty: the request is recorded (a mail follows only if an active account has the address).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RequestPasswordResetResponse {}
+/// The token of a reset link and the new password for AuthService.ResetPassword.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ResetPasswordRequest {
+    /// Required: the "token" parameter of the reset link ("pr\_" and 43 base64url characters); at most
+    /// 512 bytes.
+    #[prost(string, tag = "1")]
+    pub token: ::prost::alloc::string::String,
+    /// Required. Normalized to NFKC, then at least 8 characters and at most 72 bytes of UTF-8; must pass
+    /// the password policy.
+    #[prost(string, tag = "2")]
+    pub new_password: ::prost::alloc::string::String,
+}
+/// Empty: the password is set and every session of the account is revoked.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ResetPasswordResponse {}
 /// The new account of AuthService.Register.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RegisterRequest {
@@ -901,6 +927,68 @@ pub mod auth_service_client {
                 .insert(GrpcMethod::new("authd.v1.AuthService", "WatchRevocations"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Asks for a password-reset link by e-mail. No credentials needed. Answers OK whether or not an
+        /// account has the address, in the same time: the call only records the request, and a background
+        /// job mails a link (valid AUTHD_PASSWORD_RESET_TTL, default 30 minutes, single use) to an active
+        /// account's address. At most 3 links per account are live at once; a new one does not void the
+        /// others. INVALID_ARGUMENT for a malformed address; RESOURCE_EXHAUSTED with "retry-after"
+        /// metadata (seconds) past AUTHD_PASSWORD_RESET_PER_ADDRESS requests per address or
+        /// AUTHD_PASSWORD_RESET_PER_IP per client address in an hour (the same limits for every address).
+        pub async fn request_password_reset(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RequestPasswordResetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RequestPasswordResetResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/authd.v1.AuthService/RequestPasswordReset",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("authd.v1.AuthService", "RequestPasswordReset"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Sets a new password with the token of a reset link. No credentials needed. The new password
+        /// must pass the same policy as at Register (also checked against the account's e-mail and
+        /// username): a weak one is INVALID_ARGUMENT and the link still works. On success the token is
+        /// spent, the account's other reset links are voided, every session of the account is revoked,
+        /// its address counts as verified, a "your password was changed" notice is mailed, and the event
+        /// is audited as PASSWORD_RESET. UNAUTHENTICATED (ErrorInfo reason RESET_TOKEN_INVALID, one
+        /// message) for an unknown, used, voided or expired token.
+        pub async fn reset_password(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ResetPasswordRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ResetPasswordResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/authd.v1.AuthService/ResetPassword",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("authd.v1.AuthService", "ResetPassword"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1060,6 +1148,34 @@ pub mod auth_service_server {
             request: tonic::Request<super::WatchRevocationsRequest>,
         ) -> std::result::Result<
             tonic::Response<Self::WatchRevocationsStream>,
+            tonic::Status,
+        >;
+        /// Asks for a password-reset link by e-mail. No credentials needed. Answers OK whether or not an
+        /// account has the address, in the same time: the call only records the request, and a background
+        /// job mails a link (valid AUTHD_PASSWORD_RESET_TTL, default 30 minutes, single use) to an active
+        /// account's address. At most 3 links per account are live at once; a new one does not void the
+        /// others. INVALID_ARGUMENT for a malformed address; RESOURCE_EXHAUSTED with "retry-after"
+        /// metadata (seconds) past AUTHD_PASSWORD_RESET_PER_ADDRESS requests per address or
+        /// AUTHD_PASSWORD_RESET_PER_IP per client address in an hour (the same limits for every address).
+        async fn request_password_reset(
+            &self,
+            request: tonic::Request<super::RequestPasswordResetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RequestPasswordResetResponse>,
+            tonic::Status,
+        >;
+        /// Sets a new password with the token of a reset link. No credentials needed. The new password
+        /// must pass the same policy as at Register (also checked against the account's e-mail and
+        /// username): a weak one is INVALID_ARGUMENT and the link still works. On success the token is
+        /// spent, the account's other reset links are voided, every session of the account is revoked,
+        /// its address counts as verified, a "your password was changed" notice is mailed, and the event
+        /// is audited as PASSWORD_RESET. UNAUTHENTICATED (ErrorInfo reason RESET_TOKEN_INVALID, one
+        /// message) for an unknown, used, voided or expired token.
+        async fn reset_password(
+            &self,
+            request: tonic::Request<super::ResetPasswordRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ResetPasswordResponse>,
             tonic::Status,
         >;
     }
@@ -1784,6 +1900,97 @@ pub mod auth_service_server {
                     };
                     Box::pin(fut)
                 }
+                "/authd.v1.AuthService/RequestPasswordReset" => {
+                    #[allow(non_camel_case_types)]
+                    struct RequestPasswordResetSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::RequestPasswordResetRequest>
+                    for RequestPasswordResetSvc<T> {
+                        type Response = super::RequestPasswordResetResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RequestPasswordResetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::request_password_reset(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RequestPasswordResetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/authd.v1.AuthService/ResetPassword" => {
+                    #[allow(non_camel_case_types)]
+                    struct ResetPasswordSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::ResetPasswordRequest>
+                    for ResetPasswordSvc<T> {
+                        type Response = super::ResetPasswordResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ResetPasswordRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::reset_password(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ResetPasswordSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 _ => {
                     Box::pin(async move {
                         let mut response = http::Response::new(
@@ -1859,6 +2066,9 @@ pub enum ErrorReason {
     /// VerifyEmail, ConfirmEmailChange: the mailed token is unknown, used, voided or expired (one
     /// reason for all four).
     AccountTokenInvalid = 9,
+    /// ResetPassword: the reset token is unknown, already used, voided (by a later password change)
+    /// or expired (the same reason for all). Request a new link.
+    ResetTokenInvalid = 10,
 }
 impl ErrorReason {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -1877,6 +2087,7 @@ impl ErrorReason {
             Self::ServiceKeyInvalid => "SERVICE_KEY_INVALID",
             Self::EmailNotVerified => "EMAIL_NOT_VERIFIED",
             Self::AccountTokenInvalid => "ACCOUNT_TOKEN_INVALID",
+            Self::ResetTokenInvalid => "RESET_TOKEN_INVALID",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -1892,6 +2103,7 @@ impl ErrorReason {
             "SERVICE_KEY_INVALID" => Some(Self::ServiceKeyInvalid),
             "EMAIL_NOT_VERIFIED" => Some(Self::EmailNotVerified),
             "ACCOUNT_TOKEN_INVALID" => Some(Self::AccountTokenInvalid),
+            "RESET_TOKEN_INVALID" => Some(Self::ResetTokenInvalid),
             _ => None,
         }
     }
@@ -2126,7 +2338,7 @@ pub struct AuditEvent {
     pub actor_id: ::prost::alloc::string::String,
     /// LOGIN_SUCCEEDED, LOGIN_FAILED, LOGOUT, LOGOUT_ALL, REFRESH_REUSE_DETECTED, REFRESH_REPLAYED (a
     /// just-spent refresh token honoured inside the grace window; the detail names the replaying and
-    /// the spending address), PASSWORD_CHANGED, EMAIL_CHANGED (a change applied),
+    /// the spending address), PASSWORD_CHANGED, PASSWORD_RESET, EMAIL_CHANGED (a change applied),
     /// EMAIL_CHANGE_REQUESTED (UpdateMe, waiting for confirmation), EMAIL_VERIFIED, USER_CREATED, USER_UPDATED,
     /// USER_DELETED, SESSIONS_REVOKED, SERVICE_KEY_CREATED or SERVICE_KEY_REVOKED.
     #[prost(string, tag = "4")]
@@ -2325,7 +2537,8 @@ pub mod user_service_client {
             self.inner.unary(req, path, codec).await
         }
         /// Changes the caller's password (UNAUTHENTICATED if current_password is wrong). Every other session
-        /// of the caller is revoked; the current one stays valid.
+        /// of the caller is revoked; the current one stays valid. The account's mailed password-reset links
+        /// are voided, and a "your password was changed" notice is mailed to its address.
         pub async fn change_password(
             &mut self,
             request: impl tonic::IntoRequest<super::ChangePasswordRequest>,
@@ -2641,7 +2854,8 @@ pub mod user_service_server {
             tonic::Status,
         >;
         /// Changes the caller's password (UNAUTHENTICATED if current_password is wrong). Every other session
-        /// of the caller is revoked; the current one stays valid.
+        /// of the caller is revoked; the current one stays valid. The account's mailed password-reset links
+        /// are voided, and a "your password was changed" notice is mailed to its address.
         async fn change_password(
             &self,
             request: tonic::Request<super::ChangePasswordRequest>,
