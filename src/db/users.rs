@@ -74,7 +74,8 @@ pub async fn set_last_login(
 /// Filters of the admin listing.
 #[derive(Debug, Clone, Default)]
 pub struct UserFilter {
-    /// A LIKE pattern (already escaped and wrapped in `%`), matched case-insensitively on e-mail or username.
+    /// A LIKE pattern (already escaped and wrapped in `%`), matched case-insensitively on e-mail
+    /// or username (served by the trigram indexes of migration 000080 from three characters).
     pub pattern: Option<String>,
     pub role: Option<&'static str>,
     pub active: Option<bool>,
@@ -86,7 +87,7 @@ fn filtered(f: &UserFilter) -> users::BoxedQuery<'static, diesel::pg::Pg> {
         q = q.filter(
             users::email
                 .ilike(p.clone())
-                .or(users::username.assume_not_null().ilike(p.clone())),
+                .or(lower(users::username).assume_not_null().ilike(p.clone())),
         );
     }
     if let Some(r) = f.role {
@@ -98,30 +99,130 @@ fn filtered(f: &UserFilter) -> users::BoxedQuery<'static, diesel::pg::Pg> {
     q
 }
 
-/// Oldest first by (create_time, id), strictly after the keyset `cursor`.
+/// Oldest first by (create_time, id), strictly after the keyset `cursor`: a row comparison
+/// `(create_time, id) > ($1, $2)`, the start of a range on `users_create_time_id_idx`.
 pub async fn list(
     conn: &mut AsyncPgConnection,
     f: &UserFilter,
     cursor: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<User>, DbError> {
+    use diesel::sql_types::{Bool, Timestamptz, Uuid as SqlUuid};
     let mut q = filtered(f)
         .select(User::as_select())
         .order((users::create_time.asc(), users::id.asc()))
         .limit(limit);
     if let Some((t, id)) = cursor {
         q = q.filter(
-            users::create_time
-                .gt(t)
-                .or(users::create_time.eq(t).and(users::id.gt(id))),
+            diesel::dsl::sql::<Bool>("(users.create_time, users.id) > (")
+                .bind::<Timestamptz, _>(t)
+                .sql(", ")
+                .bind::<SqlUuid, _>(id)
+                .sql(")"),
         );
     }
     Ok(q.load(conn).await?)
 }
 
-/// How many users match `f`, over all pages.
-pub async fn count(conn: &mut AsyncPgConnection, f: &UserFilter) -> Result<i64, DbError> {
-    Ok(filtered(f).count().get_result(conn).await?)
+/// Up to this many matches, [`count`] is exact.
+pub const EXACT_COUNT_LIMIT: i64 = 10_000;
+/// Without a `query`, a planner estimate over this many rows is trusted to be beyond
+/// [`EXACT_COUNT_LIMIT`] and returned without counting (role and active have exact statistics).
+const TRUSTED_ESTIMATE: i64 = 10 * EXACT_COUNT_LIMIT;
+
+/// How many users match a filter: exact up to [`EXACT_COUNT_LIMIT`], else an estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserCount {
+    pub total: i64,
+    pub estimate: bool,
+}
+
+#[derive(QueryableByName)]
+struct Counted {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Plan {
+    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+    plan: String,
+}
+
+/// The WHERE clause of `f` in SQL; the pattern, if any, is `$1`. Role and active are inlined:
+/// the role is one of three constants, never client text.
+fn where_sql(f: &UserFilter) -> String {
+    let mut w = vec!["true".to_owned()];
+    if f.pattern.is_some() {
+        w.push("(email ILIKE $1 OR lower(username) ILIKE $1)".into());
+    }
+    if let Some(r) = f.role {
+        w.push(format!("role = '{}'", r.replace('\'', "")));
+    }
+    if let Some(a) = f.active {
+        w.push(format!("active = {a}"));
+    }
+    w.join(" AND ")
+}
+
+/// The planner's estimate of the rows `sql` returns (`EXPLAIN`, no execution).
+async fn planned_rows(
+    conn: &mut AsyncPgConnection,
+    sql: &str,
+    pattern: Option<&str>,
+) -> Result<i64, DbError> {
+    let q = diesel::sql_query(format!("EXPLAIN (FORMAT JSON) {sql}")).into_boxed();
+    let q = match pattern {
+        Some(p) => q.bind::<diesel::sql_types::Text, _>(p.to_owned()),
+        None => q,
+    };
+    let rows: Vec<Plan> = q.load(conn).await?;
+    Ok(<[Plan]>::first(&rows)
+        .and_then(|p| p.plan.split("\"Plan Rows\":").nth(1))
+        .and_then(|rest| {
+            rest.trim_start()
+                .split(|c: char| !c.is_ascii_digit() && c != '.')
+                .next()
+                .and_then(|n| n.parse::<f64>().ok())
+        })
+        .map_or(0, |n| n as i64))
+}
+
+/// How many users match `f`, over all pages, without counting more than
+/// [`EXACT_COUNT_LIMIT`] + 1 of them: exact up to that, the planner's estimate beyond.
+pub async fn count(conn: &mut AsyncPgConnection, f: &UserFilter) -> Result<UserCount, DbError> {
+    let select = format!("SELECT 1 FROM users WHERE {}", where_sql(f));
+    let pattern = f.pattern.as_deref();
+    if pattern.is_none() {
+        let planned = planned_rows(conn, &select, None).await?;
+        if planned > TRUSTED_ESTIMATE {
+            return Ok(UserCount {
+                total: planned,
+                estimate: true,
+            });
+        }
+    }
+    let sql = format!(
+        "SELECT count(*) AS n FROM ({select} LIMIT {}) s",
+        EXACT_COUNT_LIMIT + 1
+    );
+    let q = diesel::sql_query(sql).into_boxed();
+    let q = match pattern {
+        Some(p) => q.bind::<diesel::sql_types::Text, _>(p.to_owned()),
+        None => q,
+    };
+    let counted: Counted = q.get_result(conn).await?;
+    if counted.n <= EXACT_COUNT_LIMIT {
+        return Ok(UserCount {
+            total: counted.n,
+            estimate: false,
+        });
+    }
+    let planned = planned_rows(conn, &select, pattern).await?;
+    Ok(UserCount {
+        total: planned.max(counted.n),
+        estimate: true,
+    })
 }
 
 /// Reads a user and locks the row until the transaction ends.

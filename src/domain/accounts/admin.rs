@@ -40,7 +40,7 @@ impl Authd {
         let scope = format!("users|{query}|{}|{:?}", role.unwrap_or(""), q.active);
         let cursor = decode_page_token(&q.page_token, &scope)?;
         let mut conn = self.conn().await?;
-        let total_size = users::count(&mut conn, &filter).await?;
+        let count = users::count(&mut conn, &filter).await?;
         let mut rows = users::list(&mut conn, &filter, cursor, i64::from(limit) + 1).await?;
         let next_page_token = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
@@ -57,7 +57,8 @@ impl Authd {
         Ok(UserPage {
             users,
             next_page_token,
-            total_size,
+            total_size: count.total,
+            total_size_is_estimate: count.estimate,
         })
     }
 

@@ -1775,9 +1775,13 @@ pub struct ListUsersResponse {
     /// Empty when there are no more results.
     #[prost(string, tag = "2")]
     pub next_page_token: ::prost::alloc::string::String,
-    /// How many users match the filters, over all pages.
+    /// How many users match the filters, over all pages: exact up to 10,000 matches; beyond that an
+    /// estimate from the planner's statistics, and total_size_is_estimate is true (on every page).
     #[prost(int64, tag = "3")]
     pub total_size: i64,
+    /// Whether total_size is an estimate (more than 10,000 matches) rather than an exact count.
+    #[prost(bool, tag = "4")]
+    pub total_size_is_estimate: bool,
 }
 /// Which account UserService.GetUser returns.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
