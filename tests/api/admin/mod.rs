@@ -10,6 +10,7 @@ mod audit;
 mod ids;
 mod last_admin;
 mod list_users;
+mod scale;
 mod permissions;
 mod sessions;
 mod update_user;
