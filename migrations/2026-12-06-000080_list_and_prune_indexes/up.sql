@@ -1,11 +1,11 @@
 -- Issue J: indexes so that ListUsers' `query` and the session prune do not scan.
 
--- ListUsers `query` is a case-insensitive substring of the e-mail (stored lowercased) or of the
--- username: trigram GIN indexes serve `ILIKE '%q%'` for queries of three characters or more.
--- pg_trgm is a trusted extension: the database owner may create it.
-CREATE EXTENSION IF NOT EXISTS pg_trgm;
-CREATE INDEX users_email_trgm_idx ON users USING gin (email gin_trgm_ops);
-CREATE INDEX users_username_trgm_idx ON users USING gin (lower(username) gin_trgm_ops);
+-- ListUsers `query` is a case-insensitive prefix of the e-mail (stored lowercased), of the
+-- e-mail's domain, or of the username: `LIKE 'q%'` ranges on these btree indexes, whatever the
+-- database's collation (text_pattern_ops compares bytes, as LIKE does).
+CREATE INDEX users_email_prefix_idx ON users (email text_pattern_ops);
+CREATE INDEX users_username_prefix_idx ON users (lower(username) text_pattern_ops);
+CREATE INDEX users_email_domain_prefix_idx ON users (split_part(email, '@', 2) text_pattern_ops);
 
 -- A session ends at the earliest of its absolute expiry, its idle expiry and its revocation
 -- (LEAST ignores NULL). The prune asks for sessions that ended before a time: one index range.

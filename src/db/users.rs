@@ -10,6 +10,7 @@ use super::models::{NewUser, User, UserChanges};
 use super::schema::users;
 
 diesel::define_sql_function!(fn lower(x: diesel::sql_types::Nullable<diesel::sql_types::Text>) -> diesel::sql_types::Nullable<diesel::sql_types::Text>);
+diesel::define_sql_function!(fn split_part(s: diesel::sql_types::Text, delimiter: diesel::sql_types::Text, n: diesel::sql_types::Integer) -> diesel::sql_types::Text);
 
 /// Name of the unique index on e-mail (see migrations).
 pub const EMAIL_UNIQUE: &str = "users_email_key";
@@ -74,20 +75,22 @@ pub async fn set_last_login(
 /// Filters of the admin listing.
 #[derive(Debug, Clone, Default)]
 pub struct UserFilter {
-    /// A LIKE pattern (already escaped and wrapped in `%`), matched case-insensitively on e-mail
-    /// or username (served by the trigram indexes of migration 000080 from three characters).
-    pub pattern: Option<String>,
+    /// The `query`, lowercased, as LIKE prefix patterns (escaped, `%` appended): matched on the
+    /// e-mail and `lower(username)` (`prefix`) and on the e-mail's domain (`domain_prefix`, the
+    /// query without a leading `@`). Served by the `text_pattern_ops` indexes of migration 000080.
+    pub prefix: Option<(String, String)>,
     pub role: Option<&'static str>,
     pub active: Option<bool>,
 }
 
 fn filtered(f: &UserFilter) -> users::BoxedQuery<'static, diesel::pg::Pg> {
     let mut q = users::table.into_boxed();
-    if let Some(p) = &f.pattern {
+    if let Some((p, d)) = &f.prefix {
         q = q.filter(
             users::email
-                .ilike(p.clone())
-                .or(lower(users::username).assume_not_null().ilike(p.clone())),
+                .like(p.clone())
+                .or(lower(users::username).assume_not_null().like(p.clone()))
+                .or(split_part(users::email, "@", 2).like(d.clone())),
         );
     }
     if let Some(r) = f.role {
@@ -149,12 +152,15 @@ struct Plan {
     plan: String,
 }
 
-/// The WHERE clause of `f` in SQL; the pattern, if any, is `$1`. Role and active are inlined:
-/// the role is one of three constants, never client text.
+/// The WHERE clause of `f` in SQL; the patterns, if any, are `$1` and `$2`. Role and active are
+/// inlined: the role is one of three constants, never client text.
 fn where_sql(f: &UserFilter) -> String {
     let mut w = vec!["true".to_owned()];
-    if f.pattern.is_some() {
-        w.push("(email ILIKE $1 OR lower(username) ILIKE $1)".into());
+    if f.prefix.is_some() {
+        w.push(
+            "(email LIKE $1 OR lower(username) LIKE $1 OR split_part(email, '@', 2) LIKE $2)"
+                .into(),
+        );
     }
     if let Some(r) = f.role {
         w.push(format!("role = '{}'", r.replace('\'', "")));
@@ -165,17 +171,26 @@ fn where_sql(f: &UserFilter) -> String {
     w.join(" AND ")
 }
 
+type BoxedSql =
+    diesel::query_builder::BoxedSqlQuery<'static, diesel::pg::Pg, diesel::query_builder::SqlQuery>;
+
+fn bind_prefix(q: BoxedSql, prefix: Option<&(String, String)>) -> BoxedSql {
+    match prefix {
+        Some((p, d)) => q
+            .bind::<diesel::sql_types::Text, _>(p.clone())
+            .bind::<diesel::sql_types::Text, _>(d.clone()),
+        None => q,
+    }
+}
+
 /// The planner's estimate of the rows `sql` returns (`EXPLAIN`, no execution).
 async fn planned_rows(
     conn: &mut AsyncPgConnection,
     sql: &str,
-    pattern: Option<&str>,
+    prefix: Option<&(String, String)>,
 ) -> Result<i64, DbError> {
     let q = diesel::sql_query(format!("EXPLAIN (FORMAT JSON) {sql}")).into_boxed();
-    let q = match pattern {
-        Some(p) => q.bind::<diesel::sql_types::Text, _>(p.to_owned()),
-        None => q,
-    };
+    let q = bind_prefix(q, prefix);
     let rows: Vec<Plan> = q.load(conn).await?;
     Ok(<[Plan]>::first(&rows)
         .and_then(|p| p.plan.split("\"Plan Rows\":").nth(1))
@@ -192,8 +207,8 @@ async fn planned_rows(
 /// [`EXACT_COUNT_LIMIT`] + 1 of them: exact up to that, the planner's estimate beyond.
 pub async fn count(conn: &mut AsyncPgConnection, f: &UserFilter) -> Result<UserCount, DbError> {
     let select = format!("SELECT 1 FROM users WHERE {}", where_sql(f));
-    let pattern = f.pattern.as_deref();
-    if pattern.is_none() {
+    let prefix = f.prefix.as_ref();
+    if prefix.is_none() {
         let planned = planned_rows(conn, &select, None).await?;
         if planned > TRUSTED_ESTIMATE {
             return Ok(UserCount {
@@ -206,11 +221,7 @@ pub async fn count(conn: &mut AsyncPgConnection, f: &UserFilter) -> Result<UserC
         "SELECT count(*) AS n FROM ({select} LIMIT {}) s",
         EXACT_COUNT_LIMIT + 1
     );
-    let q = diesel::sql_query(sql).into_boxed();
-    let q = match pattern {
-        Some(p) => q.bind::<diesel::sql_types::Text, _>(p.to_owned()),
-        None => q,
-    };
+    let q = bind_prefix(diesel::sql_query(sql).into_boxed(), prefix);
     let counted: Counted = q.get_result(conn).await?;
     if counted.n <= EXACT_COUNT_LIMIT {
         return Ok(UserCount {
@@ -218,7 +229,7 @@ pub async fn count(conn: &mut AsyncPgConnection, f: &UserFilter) -> Result<UserC
             estimate: false,
         });
     }
-    let planned = planned_rows(conn, &select, pattern).await?;
+    let planned = planned_rows(conn, &select, prefix).await?;
     Ok(UserCount {
         total: planned.max(counted.n),
         estimate: true,

@@ -212,7 +212,10 @@ impl Views {
 
     #[cfg(test)]
     fn ended_capacity(&self) -> usize {
-        self.ended.read().unwrap_or_else(|e| e.into_inner()).capacity()
+        self.ended
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .capacity()
     }
 
     fn replace_keys(&self, rows: Vec<crate::db::models::ServiceKey>) {
