@@ -1757,7 +1757,8 @@ pub struct ListUsersRequest {
     /// Opaque; from a previous response's next_page_token.
     #[prost(string, tag = "2")]
     pub page_token: ::prost::alloc::string::String,
-    /// Case-insensitive substring of the e-mail or username.
+    /// Case-insensitive prefix of the e-mail, of the e-mail's domain (with or without the "@") or of
+    /// the username; "%" and "\_" are literal.
     #[prost(string, tag = "3")]
     pub query: ::prost::alloc::string::String,
     /// ROLE_UNSPECIFIED means any role.
