@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Seeds an authd database (already migrated: run `authd migrate` first) by SQL for the issue J
 # measurements: 1,000,000 users, 1,000,000 sessions of which 100,000 revoked, 10,000,000 audit
-# events spread over the last 136 days (so about 6.6 M are past a 90-day retention).
+# events spread over the last 136 days (so about 6.6 M are older than 46 days, the retention the
+# audit prune of BENCHMARKS.md is measured with).
 # No bcrypt: every seeded account has the same placeholder hash (no password logs in).
 #
 #   scripts/seed-large.sh DATABASE_URL [SCALE]

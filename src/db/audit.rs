@@ -100,12 +100,15 @@ pub async fn prune(
     batch: i64,
 ) -> Result<usize, DbError> {
     use diesel::sql_types::{BigInt, Timestamptz};
+    // A batch is a time range, up to the `batch`-th oldest expired event: a range of each
+    // partition's primary key. (`IN (SELECT ... LIMIT n)` would join against every partition.)
     Ok(diesel::sql_query(
-        "DELETE FROM audit_events WHERE (create_time, id) IN \
-         (SELECT create_time, id FROM audit_events WHERE create_time < $1 LIMIT $2)",
+        "DELETE FROM audit_events WHERE create_time < $1 AND create_time <= COALESCE(\
+         (SELECT create_time FROM audit_events WHERE create_time < $1 \
+          ORDER BY create_time OFFSET $2 LIMIT 1), $1)",
     )
     .bind::<Timestamptz, _>(before)
-    .bind::<BigInt, _>(batch)
+    .bind::<BigInt, _>(batch - 1)
     .execute(conn)
     .await?)
 }
