@@ -345,6 +345,35 @@ pub async fn run_migrations(url: &str) -> Result<usize, DbError> {
     .map_err(|e| DbError::Unavailable(format!("migration task failed: {e}")))?
 }
 
+/// Advisory-lock key that lets one replica at a time run the prune ("authd" + 0x10 in ASCII).
+pub const PRUNE_LOCK_KEY: i64 = 0x6175_7468_6410;
+
+#[derive(diesel::QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    locked: bool,
+}
+
+/// Takes the session-level advisory lock `key` if no other session holds it (no waiting).
+/// Whoever gets `true` must call [`advisory_unlock`] on the same connection.
+pub async fn try_advisory_lock(conn: &mut AsyncPgConnection, key: i64) -> Result<bool, DbError> {
+    let r: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+        .bind::<diesel::sql_types::BigInt, _>(key)
+        .get_result(conn)
+        .await?;
+    Ok(r.locked)
+}
+
+/// Releases a lock taken by [`try_advisory_lock`]. (A connection that broke meanwhile released it
+/// when it closed.)
+pub async fn advisory_unlock(conn: &mut AsyncPgConnection, key: i64) -> Result<(), DbError> {
+    diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<diesel::sql_types::BigInt, _>(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// `SELECT 1` on a pooled connection: the readiness probe.
 pub async fn ping(pool: &Pool) -> Result<(), DbError> {
     let mut conn = conn(pool).await?;

@@ -10,6 +10,7 @@ use super::models::{NewUser, User, UserChanges};
 use super::schema::users;
 
 diesel::define_sql_function!(fn lower(x: diesel::sql_types::Nullable<diesel::sql_types::Text>) -> diesel::sql_types::Nullable<diesel::sql_types::Text>);
+diesel::define_sql_function!(fn split_part(s: diesel::sql_types::Text, delimiter: diesel::sql_types::Text, n: diesel::sql_types::Integer) -> diesel::sql_types::Text);
 
 /// Name of the unique index on e-mail (see migrations).
 pub const EMAIL_UNIQUE: &str = "users_email_key";
@@ -88,19 +89,22 @@ pub async fn set_last_login(
 /// Filters of the admin listing.
 #[derive(Debug, Clone, Default)]
 pub struct UserFilter {
-    /// A LIKE pattern (already escaped and wrapped in `%`), matched case-insensitively on e-mail or username.
-    pub pattern: Option<String>,
+    /// The `query`, lowercased, as LIKE prefix patterns (escaped, `%` appended): matched on the
+    /// e-mail and `lower(username)` (`prefix`) and on the e-mail's domain (`domain_prefix`, the
+    /// query without a leading `@`). Served by the `text_pattern_ops` indexes of migration 000080.
+    pub prefix: Option<(String, String)>,
     pub role: Option<&'static str>,
     pub active: Option<bool>,
 }
 
 fn filtered(f: &UserFilter) -> users::BoxedQuery<'static, diesel::pg::Pg> {
     let mut q = users::table.into_boxed();
-    if let Some(p) = &f.pattern {
+    if let Some((p, d)) = &f.prefix {
         q = q.filter(
             users::email
-                .ilike(p.clone())
-                .or(users::username.assume_not_null().ilike(p.clone())),
+                .like(p.clone())
+                .or(lower(users::username).assume_not_null().like(p.clone()))
+                .or(split_part(users::email, "@", 2).like(d.clone())),
         );
     }
     if let Some(r) = f.role {
@@ -112,30 +116,138 @@ fn filtered(f: &UserFilter) -> users::BoxedQuery<'static, diesel::pg::Pg> {
     q
 }
 
-/// Oldest first by (create_time, id), strictly after the keyset `cursor`.
+/// Oldest first by (create_time, id), strictly after the keyset `cursor`: a row comparison
+/// `(create_time, id) > ($1, $2)`, the start of a range on `users_create_time_id_idx`.
 pub async fn list(
     conn: &mut AsyncPgConnection,
     f: &UserFilter,
     cursor: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<User>, DbError> {
+    use diesel::sql_types::{Bool, Timestamptz, Uuid as SqlUuid};
     let mut q = filtered(f)
         .select(User::as_select())
         .order((users::create_time.asc(), users::id.asc()))
         .limit(limit);
     if let Some((t, id)) = cursor {
         q = q.filter(
-            users::create_time
-                .gt(t)
-                .or(users::create_time.eq(t).and(users::id.gt(id))),
+            diesel::dsl::sql::<Bool>("(users.create_time, users.id) > (")
+                .bind::<Timestamptz, _>(t)
+                .sql(", ")
+                .bind::<SqlUuid, _>(id)
+                .sql(")"),
         );
     }
     Ok(q.load(conn).await?)
 }
 
-/// How many users match `f`, over all pages.
-pub async fn count(conn: &mut AsyncPgConnection, f: &UserFilter) -> Result<i64, DbError> {
-    Ok(filtered(f).count().get_result(conn).await?)
+/// Up to this many matches, [`count`] is exact.
+pub const EXACT_COUNT_LIMIT: i64 = 10_000;
+/// Without a `query`, a planner estimate over this many rows is trusted to be beyond
+/// [`EXACT_COUNT_LIMIT`] and returned without counting (role and active have exact statistics).
+const TRUSTED_ESTIMATE: i64 = 10 * EXACT_COUNT_LIMIT;
+
+/// How many users match a filter: exact up to [`EXACT_COUNT_LIMIT`], else an estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserCount {
+    pub total: i64,
+    pub estimate: bool,
+}
+
+#[derive(QueryableByName)]
+struct Counted {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Plan {
+    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+    plan: String,
+}
+
+/// The WHERE clause of `f` in SQL; the patterns, if any, are `$1` and `$2`. Role and active are
+/// inlined: the role is one of three constants, never client text.
+fn where_sql(f: &UserFilter) -> String {
+    let mut w = vec!["true".to_owned()];
+    if f.prefix.is_some() {
+        w.push(
+            "(email LIKE $1 OR lower(username) LIKE $1 OR split_part(email, '@', 2) LIKE $2)"
+                .into(),
+        );
+    }
+    if let Some(r) = f.role {
+        w.push(format!("role = '{}'", r.replace('\'', "")));
+    }
+    if let Some(a) = f.active {
+        w.push(format!("active = {a}"));
+    }
+    w.join(" AND ")
+}
+
+type BoxedSql =
+    diesel::query_builder::BoxedSqlQuery<'static, diesel::pg::Pg, diesel::query_builder::SqlQuery>;
+
+fn bind_prefix(q: BoxedSql, prefix: Option<&(String, String)>) -> BoxedSql {
+    match prefix {
+        Some((p, d)) => q
+            .bind::<diesel::sql_types::Text, _>(p.clone())
+            .bind::<diesel::sql_types::Text, _>(d.clone()),
+        None => q,
+    }
+}
+
+/// The planner's estimate of the rows `sql` returns (`EXPLAIN`, no execution).
+async fn planned_rows(
+    conn: &mut AsyncPgConnection,
+    sql: &str,
+    prefix: Option<&(String, String)>,
+) -> Result<i64, DbError> {
+    let q = diesel::sql_query(format!("EXPLAIN (FORMAT JSON) {sql}")).into_boxed();
+    let q = bind_prefix(q, prefix);
+    let rows: Vec<Plan> = q.load(conn).await?;
+    Ok(<[Plan]>::first(&rows)
+        .and_then(|p| p.plan.split("\"Plan Rows\":").nth(1))
+        .and_then(|rest| {
+            rest.trim_start()
+                .split(|c: char| !c.is_ascii_digit() && c != '.')
+                .next()
+                .and_then(|n| n.parse::<f64>().ok())
+        })
+        .map_or(0, |n| n as i64))
+}
+
+/// How many users match `f`, over all pages, without counting more than
+/// [`EXACT_COUNT_LIMIT`] + 1 of them: exact up to that, the planner's estimate beyond.
+pub async fn count(conn: &mut AsyncPgConnection, f: &UserFilter) -> Result<UserCount, DbError> {
+    let select = format!("SELECT 1 FROM users WHERE {}", where_sql(f));
+    let prefix = f.prefix.as_ref();
+    if prefix.is_none() {
+        let planned = planned_rows(conn, &select, None).await?;
+        if planned > TRUSTED_ESTIMATE {
+            return Ok(UserCount {
+                total: planned,
+                estimate: true,
+            });
+        }
+    }
+    let sql = format!(
+        "SELECT count(*) AS n FROM ({select} LIMIT {}) s",
+        EXACT_COUNT_LIMIT + 1
+    );
+    let q = bind_prefix(diesel::sql_query(sql).into_boxed(), prefix);
+    let counted: Counted = q.get_result(conn).await?;
+    if counted.n <= EXACT_COUNT_LIMIT {
+        return Ok(UserCount {
+            total: counted.n,
+            estimate: false,
+        });
+    }
+    let planned = planned_rows(conn, &select, prefix).await?;
+    Ok(UserCount {
+        total: planned.max(counted.n),
+        estimate: true,
+    })
 }
 
 /// Reads a user and locks the row until the transaction ends.

@@ -58,6 +58,21 @@ const TRIM_INTERVAL_SECS: i64 = 30;
 /// between the replicas).
 const RETENTION_MARGIN_SECS: i64 = 300;
 
+/// A map is shrunk when its capacity exceeds this many times what it holds (and [`SHRINK_MIN`]).
+const SHRINK_FACTOR: usize = 4;
+/// Below this capacity a map is never shrunk: small maps cost nothing worth returning.
+const SHRINK_MIN: usize = 1024;
+
+/// Returns the memory of a map that a burst grew and the trim emptied: a `HashMap` never shrinks
+/// by itself, so after 100,000 revocations it would keep their buckets for ever. Shrinks to twice
+/// the live entries, leaving room to grow without rehashing at once.
+fn shrink_after_burst<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    let cap = map.capacity();
+    if cap > SHRINK_MIN && cap > map.len().saturating_mul(SHRINK_FACTOR) {
+        map.shrink_to(map.len().saturating_mul(2).max(SHRINK_MIN / 2));
+    }
+}
+
 /// An unrevoked service key.
 #[derive(Debug)]
 pub struct ServiceKeyEntry {
@@ -190,8 +205,17 @@ impl Views {
         if now_s.saturating_sub(self.trimmed_at.load(Ordering::Relaxed)) >= TRIM_INTERVAL_SECS {
             let cutoff = now - self.retention;
             ended.retain(|_, until| *until > cutoff);
+            shrink_after_burst(&mut ended);
             self.trimmed_at.store(now_s, Ordering::Relaxed);
         }
+    }
+
+    #[cfg(test)]
+    fn ended_capacity(&self) -> usize {
+        self.ended
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .capacity()
     }
 
     fn replace_keys(&self, rows: Vec<crate::db::models::ServiceKey>) {
@@ -320,6 +344,28 @@ mod tests {
         assert!(!e.claim_touch(t0, minute));
         assert!(!e.claim_touch(t0 + chrono::Duration::seconds(59), minute));
         assert!(e.claim_touch(t0 + minute, minute));
+    }
+
+    /// Issue J: after a burst of 100,000 revocations has been trimmed, the map gives its memory back.
+    #[test]
+    fn ended_map_shrinks_after_a_burst() {
+        let v = Views::new();
+        let t0 = Utc::now();
+        let burst: Vec<_> = (0..100_000)
+            .map(|_| (Uuid::new_v4(), t0 + chrono::Duration::seconds(1)))
+            .collect();
+        v.apply(burst, t0, 1);
+        let grown = v.ended_capacity();
+        assert!(grown >= 100_000, "capacity {grown}");
+        // A day later every tombstone is past retention; one survivor arrives with the poll.
+        let later = t0 + chrono::Duration::days(1);
+        v.apply(
+            vec![(Uuid::new_v4(), later + chrono::Duration::hours(1))],
+            later,
+            2,
+        );
+        let shrunk = v.ended_capacity();
+        assert!(shrunk <= 2 * SHRINK_MIN, "capacity {shrunk} after the trim");
     }
 
     /// Issue H: each poll publishes to the feed what it added (a tombstone read again is not

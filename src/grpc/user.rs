@@ -149,6 +149,7 @@ impl UserService for UserApi {
             users: page.users.into_iter().map(Into::into).collect(),
             next_page_token: page.next_page_token,
             total_size: page.total_size,
+            total_size_is_estimate: page.total_size_is_estimate,
         }))
     }
 

@@ -33,15 +33,30 @@ impl Authd {
         };
         let query = q.query.trim();
         let filter = UserFilter {
-            pattern: (!query.is_empty()).then(|| format!("%{}%", escape_like(query))),
+            prefix: (!query.is_empty()).then(|| {
+                let q = query.to_lowercase();
+                let domain = q.strip_prefix('@').unwrap_or(&q);
+                (
+                    format!("{}%", escape_like(&q)),
+                    format!("{}%", escape_like(domain)),
+                )
+            }),
             role,
             active: q.active,
         };
         let scope = format!("users|{query}|{}|{:?}", role.unwrap_or(""), q.active);
         let cursor = decode_page_token(&q.page_token, &scope)?;
         let mut conn = self.conn().await?;
-        let total_size = users::count(&mut conn, &filter).await?;
         let mut rows = users::list(&mut conn, &filter, cursor, i64::from(limit) + 1).await?;
+        // A first page that holds every match is its own count.
+        let count = if cursor.is_none() && rows.len() <= limit as usize {
+            users::UserCount {
+                total: rows.len() as i64,
+                estimate: false,
+            }
+        } else {
+            users::count(&mut conn, &filter).await?
+        };
         let next_page_token = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             rows.last()
@@ -57,7 +72,8 @@ impl Authd {
         Ok(UserPage {
             users,
             next_page_token,
-            total_size,
+            total_size: count.total,
+            total_size_is_estimate: count.estimate,
         })
     }
 

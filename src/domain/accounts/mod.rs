@@ -246,7 +246,9 @@ pub struct UserQuery {
 pub struct UserPage {
     pub users: Vec<Account>,
     pub next_page_token: String,
+    /// Exact up to [`crate::db::users::EXACT_COUNT_LIMIT`] matches, else an estimate.
     pub total_size: i64,
+    pub total_size_is_estimate: bool,
 }
 
 /// A live session as its owner sees it.

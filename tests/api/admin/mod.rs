@@ -11,6 +11,7 @@ mod ids;
 mod last_admin;
 mod list_users;
 mod permissions;
+mod scale;
 mod sessions;
 mod update_user;
 mod users;

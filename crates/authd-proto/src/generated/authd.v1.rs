@@ -2211,7 +2211,8 @@ pub struct ListUsersRequest {
     /// Opaque; from a previous response's next_page_token.
     #[prost(string, tag = "2")]
     pub page_token: ::prost::alloc::string::String,
-    /// Case-insensitive substring of the e-mail or username.
+    /// Case-insensitive prefix of the e-mail, of the e-mail's domain (with or without the "@") or of
+    /// the username; "%" and "\_" are literal.
     #[prost(string, tag = "3")]
     pub query: ::prost::alloc::string::String,
     /// ROLE_UNSPECIFIED means any role.
@@ -2229,9 +2230,13 @@ pub struct ListUsersResponse {
     /// Empty when there are no more results.
     #[prost(string, tag = "2")]
     pub next_page_token: ::prost::alloc::string::String,
-    /// How many users match the filters, over all pages.
+    /// How many users match the filters, over all pages: exact up to 10,000 matches; beyond that an
+    /// estimate from the planner's statistics, and total_size_is_estimate is true (on every page).
     #[prost(int64, tag = "3")]
     pub total_size: i64,
+    /// Whether total_size is an estimate (more than 10,000 matches) rather than an exact count.
+    #[prost(bool, tag = "4")]
+    pub total_size_is_estimate: bool,
 }
 /// Which account UserService.GetUser returns.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
