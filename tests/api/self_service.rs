@@ -1684,6 +1684,8 @@ async fn cli_create_admin_reads_the_password_from_stdin() {
     assert_eq!(me.email, email);
     assert_eq!(me.role, proto::Role::Admin as i32);
     assert!(me.active);
+    // CLI-created admins are verified (issue I).
+    assert!(me.email_verified && me.email_verify_time.is_some());
     let v = srv.validate(&pair.access_token).await;
     assert_eq!(v.role, proto::Role::Admin as i32);
     // Admin RPCs work, and the creation is audited with no actor (the CLI).
