@@ -64,6 +64,33 @@ pub(in crate::domain) fn password_changed_mail(email: &str, how: &str, now: Date
     }
 }
 
+impl Authd {
+    /// Queues a `password_changed` notice on `conn` (the change's transaction). An address the
+    /// mailer cannot parse (it was valid for authd, say, but not for lettre) skips the notice with a
+    /// warning rather than failing the change; any other error fails it.
+    pub(in crate::domain) async fn queue_password_notice(
+        &self,
+        conn: &mut db::PgConn,
+        user_id: Uuid,
+        email: &str,
+        how: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        match self
+            .mailer
+            .queue(conn, &password_changed_mail(email, how, now), now)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::InvalidArgument(e)) => {
+                tracing::warn!(user = %user_id, error = %e, "no password notice: the address cannot be mailed");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 fn bad_token() -> Error {
     Error::Unauthenticated(AuthFailure::BadResetToken)
 }
@@ -288,8 +315,7 @@ impl Authd {
                     },
                 )
                 .await?;
-                self.mailer
-                    .queue(conn, &password_changed_mail(&user.email, "reset", now), now)
+                self.queue_password_notice(conn, user.id, &user.email, "reset", now)
                     .await?;
                 Ok(revoked)
             })

@@ -408,6 +408,53 @@ async fn a_password_change_voids_the_reset_links() {
 }
 
 #[tokio::test]
+async fn an_admin_setting_the_password_voids_the_links_and_inactive_accounts_get_none() {
+    let (server, smtp) = start().await;
+    let admin = server.admin_session().await;
+    let email = unique_email();
+    let user = server.register(&email, PASSWORD).await;
+    let token = link_for(&server, &smtp, &email).await;
+    let update = |req: proto::UpdateUserRequest| {
+        let server = &server;
+        let admin = &admin;
+        async move {
+            server
+                .users()
+                .await
+                .update_user(authd_testkit::requests::with_bearer(
+                    req,
+                    &admin.access_token,
+                ))
+                .await
+                .expect("UpdateUser")
+        }
+    };
+    update(proto::UpdateUserRequest {
+        user_id: user.id.clone(),
+        password: Some(OTHER_PASSWORD.into()),
+        ..Default::default()
+    })
+    .await;
+    assert_bad_token(&reset(&server, &token, PASSWORD).await.unwrap_err());
+
+    // A link mailed before a deactivation stops working; a deactivated account gets no new mail.
+    let token = link_for(&server, &smtp, &email).await;
+    update(proto::UpdateUserRequest {
+        user_id: user.id.clone(),
+        active: Some(false),
+        ..Default::default()
+    })
+    .await;
+    assert_bad_token(&reset(&server, &token, PASSWORD).await.unwrap_err());
+    request(&server, &email).await.expect("OK all the same");
+    processed(&server).await;
+    // Give a (wrong) mail time to be delivered before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(mails_to(&smtp, &email, "Reset your password").len(), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn twenty_concurrent_requests_leave_at_most_three_live_links() {
     let (server, smtp) = start().await;
     let email = unique_email();

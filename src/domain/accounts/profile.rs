@@ -10,7 +10,6 @@ use crate::domain::accounts::{
     Account, ProfileFields, ProfileUpdate, SessionInfo, last_admin, uniqueness_error,
 };
 use crate::domain::audit::{AuditEntry, AuditKind};
-use crate::domain::password_reset::password_changed_mail;
 use crate::domain::passwords;
 use crate::domain::sessions::revocation;
 use crate::domain::throttle;
@@ -167,12 +166,7 @@ impl Authd {
                 let user = users::update(conn, p.user_id, &changes).await?;
                 // A password change voids every mailed reset link, and tells the owner.
                 account_tokens::void_all(conn, p.user_id, Purpose::ResetPassword, now).await?;
-                self.mailer
-                    .queue(
-                        conn,
-                        &password_changed_mail(&user.email, "changed", now),
-                        now,
-                    )
+                self.queue_password_notice(conn, user.id, &user.email, "changed", now)
                     .await?;
                 let revoked = revocation::revoke_user_sessions(
                     conn,
