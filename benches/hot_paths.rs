@@ -77,6 +77,7 @@ fn claims(now: DateTime<Utc>) -> AccessClaims {
         role: "user".into(),
         email: EMAIL.into(),
         preferred_username: Some(USERNAME.into()),
+        amr: vec!["pwd".into()],
     }
 }
 

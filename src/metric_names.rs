@@ -32,6 +32,14 @@ pub const MAIL_SEND_FAILURES: &str = "authd_mail_send_failures_total";
 /// `authd_mail_failed_total`: messages given up (marked failed) after their last attempt.
 pub const MAIL_FAILED: &str = "authd_mail_failed_total";
 
+/// `authd_mfa_verifications_total{result}`: second-factor codes checked (VerifyMfa, DisableTotp,
+/// RegenerateRecoveryCodes).
+pub const MFA_VERIFICATIONS: &str = "authd_mfa_verifications_total";
+/// The `result` label values of [`MFA_VERIFICATIONS`]: ok (a right code), invalid (a wrong code),
+/// locked (refused while the account's second factor is locked), replay (a right code whose step
+/// was already used, or a spent recovery code).
+pub const MFA_RESULTS: [&str; 4] = ["ok", "invalid", "locked", "replay"];
+
 /// The `result` label values of [`LOGINS`].
 pub const LOGIN_RESULTS: [&str; 4] = ["success", "failure", "disabled", "throttled"];
 /// The `result` label values of [`EXT_AUTHZ_CHECKS`]: allowed (status 0), denied (16, HTTP 401),

@@ -64,6 +64,8 @@ impl std::fmt::Debug for Config {
             mail_retry_base,
             mail_poll_interval,
             mail_retention,
+            totp_issuer,
+            mfa_max_failures,
         } = self;
         let smtp = smtp_url.as_ref().map(|u| redact_url(u.expose()));
         let url = database_url.as_ref().map(|u| redact_url(u.expose()));
@@ -125,6 +127,8 @@ impl std::fmt::Debug for Config {
             .field("mail_retry_base", mail_retry_base)
             .field("mail_poll_interval", mail_poll_interval)
             .field("mail_retention", mail_retention)
+            .field("totp_issuer", totp_issuer)
+            .field("mfa_max_failures", mfa_max_failures)
             .finish()
     }
 }

@@ -4,8 +4,8 @@
 use super::Config;
 use crate::domain::mail::MailSettings;
 use crate::domain::settings::{
-    AccessSettings, AccountSettings, BcryptPoolSettings, KeySettings, PasswordSettings,
-    SessionSettings, Settings, ThrottleSettings, TokenSettings,
+    AccessSettings, AccountSettings, BcryptPoolSettings, KeySettings, MfaSettings,
+    PasswordSettings, SessionSettings, Settings, ThrottleSettings, TokenSettings,
 };
 
 impl Config {
@@ -67,6 +67,10 @@ impl Config {
                 retry_base: self.mail_retry_base,
                 poll_interval: self.mail_poll_interval,
                 retention: self.mail_retention,
+            },
+            mfa: MfaSettings {
+                totp_issuer: self.totp_issuer.clone(),
+                max_failures: self.mfa_max_failures,
             },
         }
     }

@@ -56,6 +56,8 @@
 //! | `AUTHD_MAIL_RETRY_BASE` | `--mail-retry-base` | `30s` (first retry delay, doubled per attempt, at most 1h) |
 //! | `AUTHD_MAIL_POLL_INTERVAL` | `--mail-poll-interval` | `1s` (how often each replica's sender looks for due mail) |
 //! | `AUTHD_MAIL_RETENTION` | `--mail-retention` | `7d` (sent and failed messages are then deleted) |
+//! | `AUTHD_TOTP_ISSUER` | `--totp-issuer` | `authd` (the issuer that authenticator apps show for a TOTP secret; at most 64 characters) |
+//! | `AUTHD_MFA_MAX_FAILURES` | `--mfa-max-failures` | `10` (consecutive wrong second-factor codes of an account, across logins, before its second factor is locked for 5 min, doubling per further lock, at most 24 h) |
 //!
 //! Durations are written as a number and a unit: `500ms`, `90s`, `15m`, `12h`, `7d` (a bare `0` is zero).
 //!
@@ -82,7 +84,7 @@ mod tests;
 pub use crate::domain::settings::BCRYPT_SCHED_IDLE;
 pub use crate::secret::Secret;
 pub use debug::redact_url;
-use parse::parse_bcrypt_priority;
+use parse::{parse_bcrypt_priority, parse_totp_issuer};
 pub use parse::{TrustedProxies, parse_duration, parse_net, parse_trusted_proxies};
 
 /// Every setting of the server; also used by the CLI subcommands that touch the database.
@@ -367,7 +369,19 @@ pub struct Config {
     /// How long sent and failed messages stay in the outbox.
     #[arg(long, env = "AUTHD_MAIL_RETENTION", default_value = "7d", value_parser = parse_duration, global = true)]
     pub mail_retention: Duration,
+
+    /// The issuer named in TOTP enrolment URIs (`otpauth://totp/<issuer>:<e-mail>`), which
+    /// authenticator apps show next to the code. At most 64 characters.
+    #[arg(long, env = "AUTHD_TOTP_ISSUER", default_value = "authd", value_parser = parse_totp_issuer, global = true)]
+    pub totp_issuer: String,
+
+    /// Consecutive wrong second-factor codes of an account (across logins; a right code resets the
+    /// count) before its second factor is locked: 5 minutes, doubling per further lock, at most 24
+    /// hours. The owner gets a mail on each lock.
+    #[arg(long, env = "AUTHD_MFA_MAX_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub mfa_max_failures: u32,
 }
+
 
 impl Config {
     /// The bootstrap admin's credentials, when both are set.
@@ -457,6 +471,8 @@ impl Config {
             mail_retry_base: Duration::from_secs(30),
             mail_poll_interval: Duration::from_secs(1),
             mail_retention: Duration::from_secs(7 * 86400),
+            totp_issuer: "authd".into(),
+            mfa_max_failures: 10,
         }
     }
 }

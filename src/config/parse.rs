@@ -81,3 +81,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         )),
     }
 }
+
+/// `AUTHD_TOTP_ISSUER`: 1-64 characters, no control characters and no colon (the label separator).
+pub(super) fn parse_totp_issuer(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.chars().count() > 64 || s.chars().any(|c| c.is_control() || c == ':') {
+        return Err("1-64 characters without control characters or ':'".into());
+    }
+    Ok(s.to_owned())
+}

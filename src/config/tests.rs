@@ -92,6 +92,8 @@ fn defaults_match_the_documented_values() {
     assert!(c.validate_require_key);
     assert!(c.allow_registration);
     assert_eq!(c.login_max_failures, f.login_max_failures);
+    assert_eq!(c.totp_issuer, f.totp_issuer);
+    assert_eq!(c.mfa_max_failures, f.mfa_max_failures);
     assert_eq!(c.login_max_failures_per_hour, f.login_max_failures_per_hour);
     assert_eq!(c.rate_limit_per_ip, f.rate_limit_per_ip);
     assert_eq!(

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod keys;
+pub mod mfa;
 pub mod models;
 pub mod outbox;
 pub mod schema;

@@ -47,6 +47,8 @@ pub struct Authd {
     pub(in crate::domain) watch_streams: Arc<AtomicUsize>,
     /// The outbox (src/domain/mail).
     pub(in crate::domain) mailer: Arc<crate::domain::mail::Mailer>,
+    /// Keys the hashes of recovery codes (`domain::mfa::recovery`).
+    pub(in crate::domain) recovery_secret: Vec<u8>,
 }
 
 impl std::fmt::Debug for Authd {
@@ -96,6 +98,9 @@ impl Authd {
         let resume_secret = keystore
             .secret(&mut conn, crate::domain::watch::RESUME_SECRET, now)
             .await?;
+        let recovery_secret = keystore
+            .secret(&mut conn, crate::domain::mfa::RECOVERY_SECRET, now)
+            .await?;
         let views = Views::new();
         let token_cache = TokenCache::new(settings.access.token_cache_size);
         views.sync(&mut conn, clock.now()).await?;
@@ -117,6 +122,7 @@ impl Authd {
             resume_secret,
             watch_streams: Arc::new(AtomicUsize::new(0)),
             mailer,
+            recovery_secret,
         }))
     }
 

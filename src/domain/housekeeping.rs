@@ -1,5 +1,5 @@
 //! The background chores of the domain: pruning old rows, clearing spent grace-replay boxes, and
-//! forgetting idle rate-limit buckets.
+//! forgetting idle rate-limit buckets (and expired second-factor challenges).
 
 use crate::db::{audit as audit_db, sessions};
 use crate::domain::authd::chrono_duration;
@@ -45,6 +45,8 @@ impl Authd {
         )
         .await?;
         crate::db::keys::delete_retired(&mut conn, sessions_before).await?;
+        // Second-factor challenges of logins: a day after they expired.
+        crate::db::mfa::prune_challenges(&mut conn, sessions_before).await?;
         // Tombstones go a day after the last access token of their session expired.
         let tombstones_before = now - self.views().retention().max(chrono::Duration::days(1));
         sessions::prune_revocations(&mut conn, tombstones_before).await?;

@@ -12,6 +12,7 @@ pub mod ext_authz;
 mod housekeeping;
 pub mod keystore;
 pub mod mail;
+pub mod mfa;
 pub mod opaque;
 pub mod passwords;
 pub mod revocation_feed;
@@ -56,6 +57,10 @@ pub enum AuthFailure {
     ServiceKeyMissing,
     /// ValidateToken: unknown or revoked service key.
     ServiceKeyInvalid,
+    /// VerifyMfa: unknown, expired, used or voided mfa_token.
+    MfaTokenInvalid,
+    /// A wrong (or already used) second-factor code.
+    MfaCodeInvalid,
 }
 
 /// Every way a domain operation can fail.
@@ -124,6 +129,8 @@ pub struct Principal {
     pub session_id: Uuid,
     pub role: Role,
     pub email: String,
+    /// The token's `amr` (RFC 8176): `["pwd"]`, or `["pwd", "otp"]` after a second factor.
+    pub amr: Vec<String>,
 }
 
 impl Principal {

@@ -24,6 +24,18 @@ pub struct Settings {
     pub audit_retention: Duration,
     /// The outbox and its delivery.
     pub mail: crate::domain::mail::MailSettings,
+    /// The second factor (TOTP).
+    pub mfa: MfaSettings,
+}
+
+/// The second factor (src/domain/mfa).
+#[derive(Debug, Clone)]
+pub struct MfaSettings {
+    /// The issuer named in `otpauth://` URIs, which authenticator apps show (`AUTHD_TOTP_ISSUER`).
+    pub totp_issuer: String,
+    /// Consecutive wrong second-factor codes of an account, across logins, before it is locked
+    /// (`AUTHD_MFA_MAX_FAILURES`).
+    pub max_failures: u32,
 }
 
 /// Access tokens: their claims and lifetime.

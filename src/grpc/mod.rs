@@ -79,6 +79,11 @@ fn unauthenticated(f: AuthFailure) -> Status {
         ),
         AuthFailure::ServiceKeyMissing => ("missing x-api-key", ErrorReason::ServiceKeyMissing),
         AuthFailure::ServiceKeyInvalid => ("invalid service key", ErrorReason::ServiceKeyInvalid),
+        AuthFailure::MfaTokenInvalid => (
+            "invalid, expired or used mfa_token",
+            ErrorReason::MfaTokenInvalid,
+        ),
+        AuthFailure::MfaCodeInvalid => ("invalid code", ErrorReason::MfaCodeInvalid),
     };
     Status::with_error_details(
         Code::Unauthenticated,

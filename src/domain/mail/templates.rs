@@ -4,7 +4,8 @@
 //! `AUTHD_MAIL_TEMPLATES` is loaded over them (same name: it replaces the default; new name: a new
 //! template). A template that does not parse stops the start-up with its file name.
 //!
-//! Built-in kinds: `generic` (context: `subject`, `text`, optional `link`). The messages of
+//! Built-in kinds: `generic` (context: `subject`, `text`, optional `link`); `mfa_locked` (context:
+//! `email`, `minutes`, `failures`: too many wrong second-factor codes). The messages of
 //! verification, reset and notices add theirs next to it.
 
 use std::path::Path;
@@ -23,6 +24,20 @@ const DEFAULTS: &[(&str, &str)] = &[
     (
         "generic.html",
         "<!doctype html>\n<html><body>\n<p>{{ text }}</p>\n{% if link %}<p><a href=\"{{ link }}\">{{ link }}</a></p>\n{% endif %}</body></html>\n",
+    ),
+    // Sent when too many wrong second-factor codes lock an account's TOTP (src/domain/mfa).
+    // Context: `email`, `minutes` (how long the lock lasts), `failures`.
+    (
+        "mfa_locked.subject.txt",
+        "Your second factor is locked after {{ failures }} wrong codes",
+    ),
+    (
+        "mfa_locked.txt",
+        "Someone entered {{ failures }} wrong second-factor codes for your account {{ email }}.\n\nThey knew your password. Your second factor is locked for {{ minutes }} minutes; until then nobody can log in to the account.\n\nIf this was not you, change your password now.\n",
+    ),
+    (
+        "mfa_locked.html",
+        "<!doctype html>\n<html><body>\n<p>Someone entered {{ failures }} wrong second-factor codes for your account {{ email }}.</p>\n<p>They knew your password. Your second factor is locked for {{ minutes }} minutes; until then nobody can log in to the account.</p>\n<p>If this was not you, change your password now.</p>\n</body></html>\n",
     ),
 ];
 

@@ -65,6 +65,7 @@ fn claims(now: DateTime<Utc>) -> AccessClaims {
         role: "user".into(),
         email: "a@example.com".into(),
         preferred_username: Some("a".into()),
+        amr: vec!["pwd".into()],
     }
 }
 
