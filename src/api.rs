@@ -9,8 +9,8 @@
 //! - [`tokens`], the signing keyring and the verified-token cache, for the benchmarks.
 
 pub use crate::domain::accounts::{Account, AdminUpdate, NewAccount, ProfileUpdate, RoleArg};
-pub use crate::domain::service_keys::{ServiceKeyInfo, ServiceKeySpec};
 pub use crate::domain::mfa::{Enrollment, RecoveryCodes};
+pub use crate::domain::service_keys::{ServiceKeyInfo, ServiceKeySpec};
 pub use crate::domain::sessions::{LoginIdentifier, LoginOutcome, MfaTicket, TokenPair};
 pub use crate::domain::{
     Authd, ClientInfo, ClientKey, Error, MAX_USER_AGENT_CHARS, Principal, REDACTED, Role,

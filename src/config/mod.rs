@@ -84,8 +84,8 @@ mod tests;
 pub use crate::domain::settings::BCRYPT_SCHED_IDLE;
 pub use crate::secret::Secret;
 pub use debug::redact_url;
-use parse::{parse_bcrypt_priority, parse_totp_issuer};
 pub use parse::{TrustedProxies, parse_duration, parse_net, parse_trusted_proxies};
+use parse::{parse_bcrypt_priority, parse_totp_issuer};
 
 /// Every setting of the server; also used by the CLI subcommands that touch the database.
 #[derive(Clone, Args)]
@@ -381,7 +381,6 @@ pub struct Config {
     #[arg(long, env = "AUTHD_MFA_MAX_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub mfa_max_failures: u32,
 }
-
 
 impl Config {
     /// The bootstrap admin's credentials, when both are set.

@@ -67,7 +67,10 @@ pub struct NewMfaChallenge<'a> {
 }
 
 /// The TOTP row of `user_id`.
-pub async fn find(conn: &mut AsyncPgConnection, user_id: Uuid) -> Result<Option<UserTotp>, DbError> {
+pub async fn find(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+) -> Result<Option<UserTotp>, DbError> {
     Ok(user_totp::table
         .find(user_id)
         .select(UserTotp::as_select())
@@ -77,7 +80,10 @@ pub async fn find(conn: &mut AsyncPgConnection, user_id: Uuid) -> Result<Option<
 }
 
 /// The TOTP row of `user_id`, locked until the transaction ends.
-pub async fn lock(conn: &mut AsyncPgConnection, user_id: Uuid) -> Result<Option<UserTotp>, DbError> {
+pub async fn lock(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+) -> Result<Option<UserTotp>, DbError> {
     Ok(user_totp::table
         .find(user_id)
         .select(UserTotp::as_select())

@@ -293,7 +293,9 @@ impl UserService for UserApi {
             .svc
             .disable_totp(&p, &r.current_password, &r.code, &client)
             .await?;
-        Ok(Response::new(proto::DisableTotpResponse { revoked_sessions }))
+        Ok(Response::new(proto::DisableTotpResponse {
+            revoked_sessions,
+        }))
     }
 
     async fn regenerate_recovery_codes(
@@ -321,6 +323,8 @@ impl UserService for UserApi {
             .svc
             .reset_user_mfa(&p, &req.get_ref().user_id, &client)
             .await?;
-        Ok(Response::new(proto::ResetUserMfaResponse { revoked_sessions }))
+        Ok(Response::new(proto::ResetUserMfaResponse {
+            revoked_sessions,
+        }))
     }
 }

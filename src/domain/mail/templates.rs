@@ -33,11 +33,11 @@ const DEFAULTS: &[(&str, &str)] = &[
     ),
     (
         "mfa_locked.txt",
-        "Someone entered {{ failures }} wrong second-factor codes for your account {{ email }}.\n\nThey knew your password. Your second factor is locked for {{ minutes }} minutes; until then nobody can log in to the account.\n\nIf this was not you, change your password now.\n",
+        "Someone entered {{ failures }} wrong second-factor codes\nfor your account {{ email }}. They knew your password.\n\nYour second factor is locked for {{ minutes }} minutes;\nuntil then nobody can log in to the account.\n\nIf this was not you, change your password now.\n",
     ),
     (
         "mfa_locked.html",
-        "<!doctype html>\n<html><body>\n<p>Someone entered {{ failures }} wrong second-factor codes for your account {{ email }}.</p>\n<p>They knew your password. Your second factor is locked for {{ minutes }} minutes; until then nobody can log in to the account.</p>\n<p>If this was not you, change your password now.</p>\n</body></html>\n",
+        "<!doctype html>\n<html><body>\n<p>Someone entered {{ failures }} wrong second-factor codes\nfor your account {{ email }}. They knew your password.</p>\n<p>Your second factor is locked for {{ minutes }} minutes;\nuntil then nobody can log in to the account.</p>\n<p>If this was not you, change your password now.</p>\n</body></html>\n",
     ),
 ];
 

@@ -289,22 +289,17 @@ impl Authd {
                         "TOTP is not on for this user".into(),
                     ));
                 }
-                Ok(revocation::revoke_user_sessions(
-                    conn,
-                    now,
-                    target,
-                    None,
-                    "mfa_reset",
-                    |n| {
+                Ok(
+                    revocation::revoke_user_sessions(conn, now, target, None, "mfa_reset", |n| {
                         Some(
                             AuditEntry::new(AuditKind::MfaReset, client)
                                 .user(target)
                                 .actor(Some(p.user_id))
                                 .detail(format!("{n} session(s) revoked")),
                         )
-                    },
+                    })
+                    .await?,
                 )
-                .await?)
             })
             .await?;
         Ok(self.publish(&mut conn, revoked).await)

@@ -145,11 +145,9 @@ impl Authd {
             return Presented::Totp(code.to_owned());
         }
         match recovery::normalize(code) {
-            Some(normal) => Presented::Recovery(recovery::hash(
-                &self.recovery_secret,
-                user_id,
-                &normal,
-            )),
+            Some(normal) => {
+                Presented::Recovery(recovery::hash(&self.recovery_secret, user_id, &normal))
+            }
             None => Presented::Malformed,
         }
     }

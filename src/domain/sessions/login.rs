@@ -12,8 +12,8 @@ use crate::domain::authd::chrono_duration;
 use crate::domain::opaque::{self, HashedToken};
 use crate::domain::passwords;
 use crate::domain::sessions::{TokenPair, TokenSubject};
-use crate::domain::tokens::AMR_PASSWORD;
 use crate::domain::throttle;
+use crate::domain::tokens::AMR_PASSWORD;
 use crate::domain::{AuthFailure, Authd, ClientInfo, Error, Result, validate};
 
 /// Where a new session comes from: the client of its login and how the user authenticated.
