@@ -523,7 +523,7 @@ async fn enrol_disable_regenerate_and_reset_rules() {
         reset_user_mfa(&srv, token, &target_id).await,
         Code::PermissionDenied,
     );
-    assert!(s.message().contains("ADMIN"), "{s:?}");
+    assert!(s.message().contains("admin"), "{s:?}");
     let admin = srv.admin_session().await;
     let admin = admin.access_token.as_str();
     expect_code(
