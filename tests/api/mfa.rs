@@ -291,7 +291,7 @@ async fn wrong_codes_lock_the_account_across_logins_and_mail_the_owner() {
     )
     .await;
     let mail = &smtp.received()[0];
-    assert_eq!(mail.rcpt_to, [email.clone()]);
+    assert_eq!(mail.rcpt_to, [email.as_str()]);
     assert!(
         mail.header("Subject").unwrap().contains("locked"),
         "{:?}",
