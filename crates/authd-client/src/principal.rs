@@ -213,3 +213,31 @@ impl<T> RequestExt for http::Request<T> {
             .ok_or_else(|| Rejection::Missing.into_status())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amr_defaults_to_pwd_and_comes_from_the_token() {
+        let t = Utc::now();
+        let p = Principal::new(Uuid::nil(), Uuid::nil(), Role::User, "a@b.c", None, t, t);
+        assert_eq!(p.amr(), ["pwd"]);
+        assert!(!p.has_second_factor());
+        let v = VerifiedToken {
+            key_id: "k".into(),
+            user_id: Uuid::nil(),
+            session_id: Uuid::nil(),
+            role: Role::User,
+            email: "a@b.c".into(),
+            username: None,
+            issue_time: t,
+            expire_time: t,
+            amr: vec!["pwd".into(), "otp".into()],
+        };
+        let p = Principal::from(v);
+        assert_eq!(p.amr(), ["pwd", "otp"]);
+        assert!(p.has_second_factor());
+        assert!(p.clone().with_amr(vec!["pwd".into()]).amr() == ["pwd"]);
+    }
+}
