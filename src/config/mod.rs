@@ -56,7 +56,7 @@
 //! | `AUTHD_MAIL_RETRY_BASE` | `--mail-retry-base` | `30s` (first retry delay, doubled per attempt, at most 1h) |
 //! | `AUTHD_MAIL_POLL_INTERVAL` | `--mail-poll-interval` | `1s` (how often each replica's sender looks for due mail) |
 //! | `AUTHD_MAIL_RETENTION` | `--mail-retention` | `7d` (sent and failed messages are then deleted) |
-//! | `AUTHD_TOTP_ISSUER` | `--totp-issuer` | `authd` (the issuer that authenticator apps show for a TOTP secret; at most 64 characters) |
+//! | `AUTHD_TOTP_ISSUER` | `--totp-issuer` | `authd` (the issuer that authenticator apps show for a TOTP secret; 1-64 printable ASCII characters, no `:`) |
 //! | `AUTHD_MFA_MAX_FAILURES` | `--mfa-max-failures` | `10` (consecutive wrong second-factor codes of an account, across logins, before its second factor is locked for 5 min, doubling per further lock, at most 24 h) |
 //!
 //! Durations are written as a number and a unit: `500ms`, `90s`, `15m`, `12h`, `7d` (a bare `0` is zero).
@@ -371,7 +371,7 @@ pub struct Config {
     pub mail_retention: Duration,
 
     /// The issuer named in TOTP enrolment URIs (`otpauth://totp/<issuer>:<e-mail>`), which
-    /// authenticator apps show next to the code. At most 64 characters.
+    /// authenticator apps show next to the code. 1-64 printable ASCII characters, no `:`.
     #[arg(long, env = "AUTHD_TOTP_ISSUER", default_value = "authd", value_parser = parse_totp_issuer, global = true)]
     pub totp_issuer: String,
 

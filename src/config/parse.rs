@@ -82,11 +82,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// `AUTHD_TOTP_ISSUER`: 1-64 characters, no control characters and no colon (the label separator).
+/// `AUTHD_TOTP_ISSUER`: 1-64 printable ASCII characters without a colon (the label separator), so
+/// that the enrolment URI stays short enough for its QR code.
 pub(super) fn parse_totp_issuer(s: &str) -> Result<String, String> {
     let s = s.trim();
-    if s.is_empty() || s.chars().count() > 64 || s.chars().any(|c| c.is_control() || c == ':') {
-        return Err("1-64 characters without control characters or ':'".into());
+    if s.is_empty() || s.len() > 64 || s.bytes().any(|b| !(0x20..0x7f).contains(&b) || b == b':') {
+        return Err("1-64 printable ASCII characters without ':'".into());
     }
     Ok(s.to_owned())
 }

@@ -52,5 +52,16 @@ mod tests {
         let png = super::png("otpauth://totp/authd:a%40b.c?secret=AAAA&issuer=authd").unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         assert!(png.len() < 64 * 1024);
+        // The longest URI EnrollTotp can make: a 254-character e-mail and a 64-character issuer,
+        // every character percent-encoded (1,244 characters), still fits a QR code and 64 KiB.
+        let long = format!(
+            "otpauth://totp/{i}:{e}?secret={s}&issuer={i}&algorithm=SHA1&digits=6&period=30",
+            i = "%21".repeat(64),
+            e = "%2B".repeat(254),
+            s = "A".repeat(32)
+        );
+        assert!(long.len() >= 1244 && long.len() <= 1300, "{}", long.len());
+        let png = super::png(&long).unwrap();
+        assert!(png.len() < 64 * 1024, "{}", png.len());
     }
 }

@@ -1798,7 +1798,8 @@ impl ErrorReason {
 /// The caller's password, which UserService.EnrollTotp requires.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct EnrollTotpRequest {
-    /// Required. At most 72 bytes of UTF-8 (as at Register).
+    /// Required. At most 1024 bytes (INVALID_ARGUMENT beyond); a password longer than 72 bytes after
+    /// NFKC normalization cannot match.
     #[prost(string, tag = "1")]
     pub current_password: ::prost::alloc::string::String,
 }
@@ -1809,7 +1810,7 @@ pub struct EnrollTotpResponse {
     #[prost(string, tag = "1")]
     pub secret: ::prost::alloc::string::String,
     /// otpauth://totp/<issuer>:<e-mail>?secret=…&issuer=…&algorithm=SHA1&digits=6&period=30
-    /// (at most 1024 characters).
+    /// (at most 1,300 characters: the e-mail and the issuer are percent-encoded).
     #[prost(string, tag = "2")]
     pub otpauth_uri: ::prost::alloc::string::String,
     /// otpauth_uri as a QR code: a PNG image (greyscale, at most 64 KiB).
@@ -1837,7 +1838,7 @@ pub struct ConfirmTotpResponse {
 /// What UserService.DisableTotp requires.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DisableTotpRequest {
-    /// Required. At most 72 bytes of UTF-8.
+    /// Required. At most 1024 bytes (INVALID_ARGUMENT beyond), as current_password of EnrollTotp.
     #[prost(string, tag = "1")]
     pub current_password: ::prost::alloc::string::String,
     /// Required: a current TOTP code or an unused recovery code. At most 64 characters.
