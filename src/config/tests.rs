@@ -140,3 +140,15 @@ fn domain_settings_carry_the_flags() {
     );
     assert!(!format!("{s:?}").contains("\"k\""));
 }
+
+#[test]
+fn totp_issuers() {
+    assert_eq!(parse_totp_issuer(" Example Corp ").unwrap(), "Example Corp");
+    assert!(parse_totp_issuer("").is_err());
+    assert!(parse_totp_issuer("a:b").is_err());
+    assert!(parse_totp_issuer("Exämple").is_err());
+    assert!(parse_totp_issuer(&"x".repeat(65)).is_err());
+    let s = Config::defaults().domain_settings();
+    assert_eq!(s.mfa.totp_issuer, "authd");
+    assert_eq!(s.mfa.max_failures, 10);
+}
