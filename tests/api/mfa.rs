@@ -3,6 +3,9 @@
 //! codes, the rules of DisableTotp, RegenerateRecoveryCodes and ResetUserMfa, `amr` in tokens,
 //! Refresh and ValidateToken, and the seed sealed at rest. Codes come from the testkit's own RFC 6238
 //! (`authd_testkit::totp`), on the server's manual clock.
+//!
+//! Over 600 lines on purpose: each test walks one rule end to end through the same small helpers
+//! (a user with TOTP on, a login's mfa_token, the status assertions), which splitting would copy.
 
 use std::time::Duration as StdDuration;
 
