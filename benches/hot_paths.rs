@@ -41,6 +41,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+use authd::api::mfa::{qr, recovery, totp};
 use authd::api::opaque::{self, HashedToken};
 use authd::api::password;
 use authd::api::tokens::{AccessClaims, Keyring, TokenCache, Verifier, generate_key};
@@ -77,6 +78,7 @@ fn claims(now: DateTime<Utc>) -> AccessClaims {
         role: "user".into(),
         email: EMAIL.into(),
         preferred_username: Some(USERNAME.into()),
+        amr: vec!["pwd".into()],
     }
 }
 
@@ -157,6 +159,36 @@ fn password_policy(c: &mut Criterion) {
     g.finish();
 }
 
+/// The second factor's CPU work per call: a TOTP check (three HMAC-SHA1 steps, as VerifyMfa does
+/// before its one UPDATE), a recovery code's keyed hash, and EnrollTotp's QR PNG.
+fn mfa(c: &mut Criterion) {
+    let seed = [7u8; totp::SEED_BYTES];
+    let step = totp::step_at(Utc::now().timestamp());
+    let code = totp::code(&seed, step);
+    let user = Uuid::new_v4();
+    let secret = [9u8; 32];
+    let presented = recovery::generate();
+    let uri = format!(
+        "otpauth://totp/authd:{}?secret={}&issuer=authd&algorithm=SHA1&digits=6&period=30",
+        EMAIL.replace('@', "%40"),
+        totp::base32(&seed)
+    );
+    let mut g = c.benchmark_group("mfa");
+    g.bench_function("totp_check", |b| {
+        b.iter(|| totp::matching_step(&seed, black_box(&code), step).expect("match"))
+    });
+    g.bench_function("recovery_hash", |b| {
+        b.iter(|| {
+            let n = recovery::normalize(black_box(&presented)).expect("code");
+            recovery::hash(&secret, user, &n)
+        })
+    });
+    g.bench_function("qr_png", |b| {
+        b.iter(|| qr::png(black_box(&uri)).expect("png"))
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -166,6 +198,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_paths;
     config = config();
-    targets = token_verify, token_sign, refresh_token, password_policy
+    targets = token_verify, token_sign, refresh_token, password_policy, mfa
 }
 criterion_main!(hot_paths);

@@ -179,11 +179,12 @@ tamper() { python3 -c "import sys; t=sys.argv[1]; i=len(t)-3; print(t[:i]+('A' i
 for listener in "ext-authz:$ext_port" "jwt-authn:$jwt_port"; do
   name="${listener%%:*}"; port="${listener##*:}"
   step "$name: a valid token passes; the upstream sees x-authd-*; client-sent ones are replaced"
-  expect 200 "$name valid token" "$port" /api "$access" -H "x-authd-role: ROLE_ADMIN" -H "x-authd-user-id: smuggled"
+  expect 200 "$name valid token" "$port" /api "$access" -H "x-authd-role: ROLE_ADMIN" -H "x-authd-user-id: smuggled" -H "x-authd-amr: pwd,otp"
   seen="$(cat "$work/body")"
   [ "$(echo "$seen" | json 'd["x-authd-user-id"]')" = "['$user_id']" ] || fail "$name: upstream saw x-authd-user-id $seen"
   [ "$(echo "$seen" | json 'd["x-authd-session-id"]')" = "['$session']" ] || fail "$name: upstream saw x-authd-session-id $seen"
   [ "$(echo "$seen" | json 'd["x-authd-role"]')" = "['ROLE_USER']" ] || fail "$name: upstream saw x-authd-role $seen"
+  [ "$(echo "$seen" | json 'd["x-authd-amr"]')" = "['pwd']" ] || fail "$name: upstream saw x-authd-amr $seen"
 
   step "$name: no token and a tampered token get 401"
   expect 401 "$name no token" "$port" /api ""

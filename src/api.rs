@@ -5,12 +5,13 @@
 //! - the service object [`Authd`] and the types its operations take and return, for the binary's
 //!   CLI commands, the testkit and the tests that drive the service directly;
 //! - [`role_arg`], the request's role number as the handlers read it, and the input rules in
-//!   [`validate`], [`password`], [`opaque`] and [`audit`], for the fuzz targets and benchmarks;
+//!   [`validate`], [`password`], [`opaque`], [`audit`] and [`mfa`], for the fuzz targets and benchmarks;
 //! - [`tokens`], the signing keyring and the verified-token cache, for the benchmarks.
 
 pub use crate::domain::accounts::{Account, AdminUpdate, NewAccount, ProfileUpdate, RoleArg};
+pub use crate::domain::mfa::{Enrollment, RecoveryCodes};
 pub use crate::domain::service_keys::{ServiceKeyInfo, ServiceKeySpec};
-pub use crate::domain::sessions::{LoginIdentifier, TokenPair};
+pub use crate::domain::sessions::{LoginIdentifier, LoginOutcome, MfaTicket, TokenPair};
 pub use crate::domain::{
     Authd, ClientInfo, ClientKey, Error, MAX_USER_AGENT_CHARS, Principal, REDACTED, Role,
 };
@@ -37,6 +38,11 @@ pub mod opaque {
     pub use crate::domain::opaque::{
         HashedToken, MAX_OPAQUE_BYTES, REFRESH_TOKEN_PREFIX, ReplayBox, new_refresh_token,
     };
+}
+
+/// The second factor's pure parts (RFC 6238 codes, recovery codes, the QR PNG), for the benchmarks.
+pub mod mfa {
+    pub use crate::domain::mfa::{qr, recovery, totp};
 }
 
 /// How audit events record what a client sent.

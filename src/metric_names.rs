@@ -47,6 +47,14 @@ pub const PASSWORD_RESET_MAILS: &str = "authd_password_reset_mails_queued_total"
 /// `authd_password_resets_total`: passwords set through ResetPassword.
 pub const PASSWORD_RESETS: &str = "authd_password_resets_total";
 
+/// `authd_mfa_verifications_total{result}`: second-factor codes checked (VerifyMfa, DisableTotp,
+/// RegenerateRecoveryCodes).
+pub const MFA_VERIFICATIONS: &str = "authd_mfa_verifications_total";
+/// The `result` label values of [`MFA_VERIFICATIONS`]: ok (a right code), invalid (a wrong code),
+/// locked (refused while the account's second factor is locked), replay (a right code whose step
+/// was already used, or a spent recovery code).
+pub const MFA_RESULTS: [&str; 4] = ["ok", "invalid", "locked", "replay"];
+
 /// The `result` label values of [`LOGINS`].
 pub const LOGIN_RESULTS: [&str; 5] = ["success", "failure", "disabled", "throttled", "unverified"];
 /// The `result` label values of [`EXT_AUTHZ_CHECKS`]: allowed (status 0), denied (16, HTTP 401),

@@ -23,7 +23,9 @@
 //!   were padded with a dummy check at the configured cost;
 //! - `authd_bcrypt_expected_wait_seconds`: the expected wait computed for the latest password check
 //!   (admitted or refused);
-//! - `authd_watch_streams`: WatchRevocations streams open on this replica.
+//! - `authd_watch_streams`: WatchRevocations streams open on this replica;
+//! - `authd_mfa_verifications_total{result}` (ok, invalid, locked, replay): second-factor codes
+//!   checked, counted by the domain.
 //!
 //! Nothing is recorded until [`install_recorder`] runs (the server calls it when
 //! `AUTHD_HTTP_LISTEN` is set); before that the `metrics` macros are no-ops.
@@ -184,6 +186,13 @@ fn describe() {
     counter!(crate::metric_names::PASSWORD_RESET_REQUESTS).increment(0);
     counter!(crate::metric_names::PASSWORD_RESET_MAILS).increment(0);
     counter!(crate::metric_names::PASSWORD_RESETS).increment(0);
+    describe_counter!(
+        crate::metric_names::MFA_VERIFICATIONS,
+        "Second-factor codes checked, by result: ok, invalid (wrong code), locked (refused while the account's second factor is locked), replay (a code already used)."
+    );
+    for result in crate::metric_names::MFA_RESULTS {
+        counter!(crate::metric_names::MFA_VERIFICATIONS, "result" => result).increment(0);
+    }
     counter!(crate::metric_names::MAIL_SENT).increment(0);
     counter!(crate::metric_names::MAIL_SEND_FAILURES).increment(0);
     counter!(crate::metric_names::MAIL_FAILED).increment(0);

@@ -128,6 +128,7 @@ pub fn valid_claims(iat: i64) -> AccessClaims {
         role: "user".into(),
         email: "alice@example.com".into(),
         preferred_username: Some("alice".into()),
+        amr: vec!["pwd".into()],
     }
 }
 

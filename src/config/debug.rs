@@ -72,6 +72,8 @@ impl std::fmt::Debug for Config {
             password_reset_ttl,
             password_reset_per_address,
             password_reset_per_ip,
+            totp_issuer,
+            mfa_max_failures,
         } = self;
         let smtp = smtp_url.as_ref().map(|u| redact_url(u.expose()));
         let url = database_url.as_ref().map(|u| redact_url(u.expose()));
@@ -141,6 +143,8 @@ impl std::fmt::Debug for Config {
             .field("password_reset_ttl", password_reset_ttl)
             .field("password_reset_per_address", password_reset_per_address)
             .field("password_reset_per_ip", password_reset_per_ip)
+            .field("totp_issuer", totp_issuer)
+            .field("mfa_max_failures", mfa_max_failures)
             .finish()
     }
 }

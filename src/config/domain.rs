@@ -4,8 +4,9 @@
 use super::Config;
 use crate::domain::mail::MailSettings;
 use crate::domain::settings::{
-    AccessSettings, AccountSettings, BcryptPoolSettings, KeySettings, PasswordResetSettings,
-    PasswordSettings, SessionSettings, Settings, ThrottleSettings, TokenSettings,
+    AccessSettings, AccountSettings, BcryptPoolSettings, KeySettings, MfaSettings,
+    PasswordResetSettings, PasswordSettings, SessionSettings, Settings, ThrottleSettings,
+    TokenSettings,
 };
 
 impl Config {
@@ -77,6 +78,10 @@ impl Config {
                 ttl: self.password_reset_ttl,
                 per_address_per_hour: self.password_reset_per_address,
                 per_ip_per_hour: self.password_reset_per_ip,
+            },
+            mfa: MfaSettings {
+                totp_issuer: self.totp_issuer.clone(),
+                max_failures: self.mfa_max_failures,
             },
         }
     }

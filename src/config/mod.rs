@@ -64,6 +64,8 @@
 //! | `AUTHD_REQUIRE_VERIFIED_EMAIL` | `--require-verified-email` | `false` (refuse Login with the right password for an unverified address) |
 //! | `AUTHD_VERIFY_RESEND_PER_ADDRESS` | `--verify-resend-per-address` | `5` (ResendVerification requests per address per hour; `0` = off) |
 //! | `AUTHD_VERIFY_RESEND_PER_IP` | `--verify-resend-per-ip` | `20` (ResendVerification requests per client per hour; `0` = off) |
+//! | `AUTHD_TOTP_ISSUER` | `--totp-issuer` | `authd` (the issuer that authenticator apps show for a TOTP secret; 1-64 printable ASCII characters, no `:`) |
+//! | `AUTHD_MFA_MAX_FAILURES` | `--mfa-max-failures` | `10` (consecutive wrong second-factor codes of an account, across logins, before its second factor is locked for 5 min, doubling per further lock, at most 24 h) |
 //!
 //! Durations are written as a number and a unit: `500ms`, `90s`, `15m`, `12h`, `7d` (a bare `0` is zero).
 //!
@@ -91,7 +93,7 @@ pub use crate::domain::settings::BCRYPT_SCHED_IDLE;
 pub use crate::secret::Secret;
 pub use debug::redact_url;
 pub use parse::{TrustedProxies, parse_duration, parse_net, parse_trusted_proxies};
-use parse::{parse_bcrypt_priority, parse_link_base_url};
+use parse::{parse_bcrypt_priority, parse_link_base_url, parse_totp_issuer};
 
 /// Every setting of the server; also used by the CLI subcommands that touch the database.
 #[derive(Clone, Args)]
@@ -434,6 +436,17 @@ pub struct Config {
         global = true
     )]
     pub password_reset_per_ip: u32,
+
+    /// The issuer named in TOTP enrolment URIs (`otpauth://totp/<issuer>:<e-mail>`), which
+    /// authenticator apps show next to the code. 1-64 printable ASCII characters, no `:`.
+    #[arg(long, env = "AUTHD_TOTP_ISSUER", default_value = "authd", value_parser = parse_totp_issuer, global = true)]
+    pub totp_issuer: String,
+
+    /// Consecutive wrong second-factor codes of an account (across logins; a right code resets the
+    /// count) before its second factor is locked: 5 minutes, doubling per further lock, at most 24
+    /// hours. The owner gets a mail on each lock.
+    #[arg(long, env = "AUTHD_MFA_MAX_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub mfa_max_failures: u32,
 }
 
 impl Config {
@@ -532,6 +545,8 @@ impl Config {
             password_reset_ttl: Duration::from_secs(30 * 60),
             password_reset_per_address: 5,
             password_reset_per_ip: 20,
+            totp_issuer: "authd".into(),
+            mfa_max_failures: 10,
         }
     }
 }

@@ -96,3 +96,13 @@ pub fn parse_link_base_url(s: &str) -> Result<String, String> {
     }
     Ok(trimmed.to_string())
 }
+
+/// `AUTHD_TOTP_ISSUER`: 1-64 printable ASCII characters without a colon (the label separator), so
+/// that the enrolment URI stays short enough for its QR code.
+pub(super) fn parse_totp_issuer(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 64 || s.bytes().any(|b| !(0x20..0x7f).contains(&b) || b == b':') {
+        return Err("1-64 printable ASCII characters without ':'".into());
+    }
+    Ok(s.to_owned())
+}

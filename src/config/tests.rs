@@ -92,6 +92,8 @@ fn defaults_match_the_documented_values() {
     assert!(c.validate_require_key);
     assert!(c.allow_registration);
     assert_eq!(c.login_max_failures, f.login_max_failures);
+    assert_eq!(c.totp_issuer, f.totp_issuer);
+    assert_eq!(c.mfa_max_failures, f.mfa_max_failures);
     assert_eq!(c.login_max_failures_per_hour, f.login_max_failures_per_hour);
     assert_eq!(c.rate_limit_per_ip, f.rate_limit_per_ip);
     assert_eq!(
@@ -137,4 +139,16 @@ fn domain_settings_carry_the_flags() {
         Some("k")
     );
     assert!(!format!("{s:?}").contains("\"k\""));
+}
+
+#[test]
+fn totp_issuers() {
+    assert_eq!(parse_totp_issuer(" Example Corp ").unwrap(), "Example Corp");
+    assert!(parse_totp_issuer("").is_err());
+    assert!(parse_totp_issuer("a:b").is_err());
+    assert!(parse_totp_issuer("Exämple").is_err());
+    assert!(parse_totp_issuer(&"x".repeat(65)).is_err());
+    let s = Config::defaults().domain_settings();
+    assert_eq!(s.mfa.totp_issuer, "authd");
+    assert_eq!(s.mfa.max_failures, 10);
 }

@@ -7,6 +7,7 @@
 pub mod account_tokens;
 pub mod audit;
 pub mod keys;
+pub mod mfa;
 pub mod models;
 pub mod outbox;
 pub mod password_resets;

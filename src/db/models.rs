@@ -64,6 +64,8 @@ pub struct Session {
     pub rotate_ip: Option<String>,
     /// The latest `exp` of any access token issued for this session; its tombstone lasts until then.
     pub access_expire_time: DateTime<Utc>,
+    /// The authentication methods of its login (RFC 8176): `pwd`, and `otp` after a second factor.
+    pub amr: Vec<String>,
 }
 
 #[derive(Debug, Insertable)]
@@ -79,6 +81,7 @@ pub struct NewSession<'a> {
     pub user_agent: &'a str,
     pub ip_address: &'a str,
     pub access_expire_time: DateTime<Utc>,
+    pub amr: &'a [String],
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

@@ -35,6 +35,7 @@ diesel::table! {
         replay_until -> Nullable<Timestamptz>,
         rotate_ip -> Nullable<Text>,
         access_expire_time -> Timestamptz,
+        amr -> Array<Text>,
     }
 }
 
@@ -201,5 +202,43 @@ diesel::table! {
         client_address -> Text,
         create_time -> Timestamptz,
         processed_time -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    user_totp (user_id) {
+        user_id -> Uuid,
+        seed -> Nullable<Bytea>,
+        seed_sealed -> Bool,
+        pending_seed -> Nullable<Bytea>,
+        pending_sealed -> Bool,
+        enable_time -> Nullable<Timestamptz>,
+        last_step -> Int8,
+        failures -> Int4,
+        lock_level -> Int4,
+        locked_until -> Nullable<Timestamptz>,
+        update_time -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    recovery_codes (code_hash) {
+        code_hash -> Bytea,
+        user_id -> Uuid,
+        create_time -> Timestamptz,
+        use_time -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    mfa_challenges (token_hash) {
+        token_hash -> Bytea,
+        user_id -> Uuid,
+        create_time -> Timestamptz,
+        expire_time -> Timestamptz,
+        use_time -> Nullable<Timestamptz>,
+        failures -> Int4,
+        ip_address -> Text,
+        user_agent -> Text,
     }
 }

@@ -395,7 +395,7 @@ impl QueryFragment<Pg> for RotateUnspent<'_> {
              SELECT sess.id, sess.user_id, sess.generation, sess.create_time, sess.last_use_time, \
                sess.idle_expire_time, sess.expire_time, sess.revoke_time, sess.revoke_reason, \
                sess.user_agent, sess.ip_address, sess.replay_box, sess.replay_until, sess.rotate_ip, \
-               sess.access_expire_time, \
+               sess.access_expire_time, sess.amr, \
                u.email AS user_email, u.username AS user_username, u.role AS user_role, \
                u.active AS user_active \
              FROM sess JOIN users u ON u.id = sess.user_id",

@@ -83,6 +83,7 @@ impl Authd {
             session_id: v.session_id,
             role: v.role,
             email: v.email.clone(),
+            amr: v.amr.clone(),
         })
     }
 

@@ -52,6 +52,18 @@ pub enum AuditKind {
     SessionsRevoked,
     ServiceKeyCreated,
     ServiceKeyRevoked,
+    /// TOTP switched on (ConfirmTotp).
+    MfaEnabled,
+    /// TOTP switched off by its owner (DisableTotp).
+    MfaDisabled,
+    /// TOTP switched off by an admin (ResetUserMfa).
+    MfaReset,
+    /// Too many wrong second-factor codes: the account's second factor is locked for a while.
+    MfaLocked,
+    /// A recovery code was spent (VerifyMfa, DisableTotp or RegenerateRecoveryCodes).
+    RecoveryCodeUsed,
+    /// RegenerateRecoveryCodes replaced the recovery codes.
+    RecoveryCodesRegenerated,
 }
 
 impl AuditKind {
@@ -74,6 +86,12 @@ impl AuditKind {
             AuditKind::SessionsRevoked => "SESSIONS_REVOKED",
             AuditKind::ServiceKeyCreated => "SERVICE_KEY_CREATED",
             AuditKind::ServiceKeyRevoked => "SERVICE_KEY_REVOKED",
+            AuditKind::MfaEnabled => "MFA_ENABLED",
+            AuditKind::MfaDisabled => "MFA_DISABLED",
+            AuditKind::MfaReset => "MFA_RESET",
+            AuditKind::MfaLocked => "MFA_LOCKED",
+            AuditKind::RecoveryCodeUsed => "RECOVERY_CODE_USED",
+            AuditKind::RecoveryCodesRegenerated => "RECOVERY_CODES_REGENERATED",
         }
     }
 }

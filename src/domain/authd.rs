@@ -49,6 +49,8 @@ pub struct Authd {
     pub(in crate::domain) mailer: Arc<crate::domain::mail::Mailer>,
     /// Wakes this replica's password-reset job after a local RequestPasswordReset.
     pub(in crate::domain) reset_wake: tokio::sync::Notify,
+    /// Keys the hashes of recovery codes (`domain::mfa::recovery`).
+    pub(in crate::domain) recovery_secret: Vec<u8>,
 }
 
 impl std::fmt::Debug for Authd {
@@ -98,6 +100,9 @@ impl Authd {
         let resume_secret = keystore
             .secret(&mut conn, crate::domain::watch::RESUME_SECRET, now)
             .await?;
+        let recovery_secret = keystore
+            .secret(&mut conn, crate::domain::mfa::RECOVERY_SECRET, now)
+            .await?;
         let views = Views::new();
         let token_cache = TokenCache::new(settings.access.token_cache_size);
         views.sync(&mut conn, clock.now()).await?;
@@ -120,6 +125,7 @@ impl Authd {
             watch_streams: Arc::new(AtomicUsize::new(0)),
             mailer,
             reset_wake: tokio::sync::Notify::new(),
+            recovery_secret,
         }))
     }
 

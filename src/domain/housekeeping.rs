@@ -1,5 +1,5 @@
 //! The background chores of the domain: pruning old rows, clearing spent grace-replay boxes, and
-//! forgetting idle rate-limit buckets.
+//! forgetting idle rate-limit buckets (and expired second-factor challenges).
 //!
 //! The prune (issue J) costs nothing when there is nothing to prune: audit events go by whole
 //! weekly partitions (a `DROP`), the rest of the straddling week by a primary-key range, sessions
@@ -73,6 +73,8 @@ impl Authd {
             now - chrono::Duration::seconds(crate::domain::password_reset::RATE_WINDOW_SECS),
         )
         .await?;
+        // Second-factor challenges of logins: a day after they expired.
+        crate::db::mfa::prune_challenges(conn, sessions_before).await?;
         // Tombstones go a day after the last access token of their session expired.
         let tombstones_before = now - self.views().retention().max(chrono::Duration::days(1));
         sessions::prune_revocations(conn, tombstones_before).await?;

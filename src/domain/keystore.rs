@@ -148,6 +148,25 @@ impl KeyStore {
         }
     }
 
+    /// Seals a per-row secret (a TOTP seed) for storage: `(stored, sealed)`. Sealed under the master
+    /// key, bound to `aad`, when one is set; stored as is otherwise (like every key without one).
+    pub fn seal_row(&self, plaintext: &[u8], aad: &str) -> Result<(Vec<u8>, bool)> {
+        self.to_store(plaintext, aad)
+    }
+
+    /// The plaintext of a value stored by [`KeyStore::seal_row`]. A sealed value needs the master
+    /// key it was sealed with; a plaintext one (stored before a master key was set) is returned as
+    /// is and sealed by its next write.
+    pub fn open_row(&self, stored: &[u8], sealed: bool, aad: &str) -> Result<Vec<u8>> {
+        match (&self.master, sealed) {
+            (Some(m), true) => m.open(stored, aad),
+            (None, true) => Err(Error::internal(format!(
+                "{aad} is encrypted in the database; set AUTHD_MASTER_KEY"
+            ))),
+            (_, false) => Ok(stored.to_vec()),
+        }
+    }
+
     /// Creates the first signing key if there is none (once, whatever the number of replicas).
     pub async fn ensure_signing_key(
         &self,

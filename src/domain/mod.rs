@@ -13,6 +13,7 @@ pub mod ext_authz;
 mod housekeeping;
 pub mod keystore;
 pub mod mail;
+pub mod mfa;
 pub mod opaque;
 pub mod password_reset;
 pub mod passwords;
@@ -62,6 +63,10 @@ pub enum AuthFailure {
     ServiceKeyInvalid,
     /// VerifyEmail, ConfirmEmailChange: the mailed token is unknown, used, voided or expired.
     BadAccountToken,
+    /// VerifyMfa: unknown, expired, used or voided mfa_token.
+    MfaTokenInvalid,
+    /// A wrong (or already used) second-factor code.
+    MfaCodeInvalid,
 }
 
 /// Every way a domain operation can fail.
@@ -134,6 +139,8 @@ pub struct Principal {
     pub session_id: Uuid,
     pub role: Role,
     pub email: String,
+    /// The token's `amr` (RFC 8176): `["pwd"]`, or `["pwd", "otp"]` after a second factor.
+    pub amr: Vec<String>,
 }
 
 impl Principal {

@@ -2,7 +2,8 @@
 //!
 //! A refresh token is `rt_` plus 256 random bits (base64url), and so is each successor it is
 //! rotated into: nothing, not even the server's secrets, lets anyone compute a live token from an
-//! old one. A service key is `sk_` plus 256 random bits. Only SHA-256 hashes are stored.
+//! old one. A service key is `sk_` plus 256 random bits, an mfa_token `mfa_` plus 256 random bits.
+//! Only SHA-256 hashes are stored.
 //!
 //! **Grace replays.** A client whose refresh reply was lost presents the just-spent token again
 //! and must get the same successor. For that window only, the session row keeps the successor
@@ -23,6 +24,7 @@ use subtle::ConstantTimeEq;
 
 pub const REFRESH_TOKEN_PREFIX: &str = "rt_";
 pub const SERVICE_KEY_PREFIX: &str = "sk_";
+pub const MFA_TOKEN_PREFIX: &str = "mfa_";
 /// Upper bound on a presented refresh token or service key; longer input is refused unhashed.
 pub const MAX_OPAQUE_BYTES: usize = 512;
 
@@ -66,6 +68,11 @@ pub fn new_refresh_token() -> String {
 /// A fresh service key.
 pub fn new_service_key() -> String {
     random_256(SERVICE_KEY_PREFIX)
+}
+
+/// A fresh mfa_token (the second step of a login with a second factor).
+pub fn new_mfa_token() -> String {
+    random_256(MFA_TOKEN_PREFIX)
 }
 
 /// 256 random bits for a server secret.

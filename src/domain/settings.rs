@@ -26,6 +26,8 @@ pub struct Settings {
     pub mail: crate::domain::mail::MailSettings,
     /// Password reset (issue I).
     pub password_reset: PasswordResetSettings,
+    /// The second factor (TOTP).
+    pub mfa: MfaSettings,
 }
 
 /// Password reset: the link's lifetime and the request limits.
@@ -37,6 +39,16 @@ pub struct PasswordResetSettings {
     pub per_address_per_hour: u32,
     /// `AUTHD_PASSWORD_RESET_PER_IP`: requests per client key per hour (0 = no limit).
     pub per_ip_per_hour: u32,
+}
+
+/// The second factor (src/domain/mfa).
+#[derive(Debug, Clone)]
+pub struct MfaSettings {
+    /// The issuer named in `otpauth://` URIs, which authenticator apps show (`AUTHD_TOTP_ISSUER`).
+    pub totp_issuer: String,
+    /// Consecutive wrong second-factor codes of an account, across logins, before it is locked
+    /// (`AUTHD_MFA_MAX_FAILURES`).
+    pub max_failures: u32,
 }
 
 /// Access tokens: their claims and lifetime.

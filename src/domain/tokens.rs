@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use super::{Error, Result};
 
 pub use authd_token::{
-    ACCESS_TOKEN_TYP, AccessClaims, LEEWAY_SECS, MAX_TOKEN_BYTES, PublicJwk, PublicKey, TokenError,
-    VerifiedToken, Verifier,
+    ACCESS_TOKEN_TYP, AMR_OTP, AMR_PASSWORD, AccessClaims, LEEWAY_SECS, MAX_TOKEN_BYTES, PublicJwk,
+    PublicKey, TokenError, VerifiedToken, Verifier,
 };
 
 /// A freshly generated Ed25519 key pair, ready to store.
@@ -252,6 +252,7 @@ mod tests {
             role: "user".into(),
             email: "a@example.com".into(),
             preferred_username: None,
+            amr: vec!["pwd".into()],
         }
     }
 

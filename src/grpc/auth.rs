@@ -11,7 +11,7 @@ use super::{
 use crate::domain::Authd;
 use crate::domain::accounts::NewAccount;
 use crate::domain::service_keys::ServiceKeySpec;
-use crate::domain::sessions::{LoginIdentifier, TokenPair};
+use crate::domain::sessions::{LoginIdentifier, LoginOutcome, TokenPair};
 use crate::domain::watch::WatchMessage;
 use crate::proto;
 use crate::proto::auth_service_server::AuthService;
@@ -52,6 +52,21 @@ impl From<TokenPair> for proto::LoginResponse {
             expires_in: t.expires_in,
             refresh_expires_in: t.refresh_expires_in,
             session_id: t.session_id.to_string(),
+            mfa_required: false,
+            mfa_token: String::new(),
+        }
+    }
+}
+
+impl From<LoginOutcome> for proto::LoginResponse {
+    fn from(o: LoginOutcome) -> Self {
+        match o {
+            LoginOutcome::Tokens(t) => t.into(),
+            LoginOutcome::MfaRequired(ticket) => proto::LoginResponse {
+                mfa_required: true,
+                mfa_token: ticket.0,
+                ..Default::default()
+            },
         }
     }
 }
@@ -156,7 +171,17 @@ impl AuthService for AuthApi {
             Identifier::Email(e) => LoginIdentifier::Email(e),
             Identifier::Username(u) => LoginIdentifier::Username(u),
         });
-        let pair = self.svc.login(identifier, &r.password, &client).await?;
+        let outcome = self.svc.login(identifier, &r.password, &client).await?;
+        Ok(Response::new(outcome.into()))
+    }
+
+    async fn verify_mfa(
+        &self,
+        req: Request<proto::VerifyMfaRequest>,
+    ) -> Result<Response<proto::LoginResponse>, Status> {
+        let client = client_info(&req)?;
+        let r = req.into_inner();
+        let pair = self.svc.verify_mfa(&r.mfa_token, &r.code, &client).await?;
         Ok(Response::new(pair.into()))
     }
 
@@ -222,6 +247,7 @@ impl AuthService for AuthApi {
                 session_id: v.session_id.to_string(),
                 expire_time: Some(timestamp(v.expire_time)),
                 issue_time: Some(timestamp(v.issue_time)),
+                amr: v.amr.clone(),
             },
         };
         Ok(Response::new(resp))

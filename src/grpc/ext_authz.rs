@@ -7,24 +7,25 @@
 //!
 //! | decision | `status.code` | HTTP to the client | headers |
 //! |---|---|---|---|
-//! | allowed | 0 OK | (forwarded) | `x-authd-user-id`, `x-authd-session-id`, `x-authd-role` set (overwriting), and listed in `headers_to_remove`; the same as dynamic metadata |
+//! | allowed | 0 OK | (forwarded) | `x-authd-user-id`, `x-authd-session-id`, `x-authd-role`, `x-authd-amr` set (overwriting), and listed in `headers_to_remove`; the same as dynamic metadata |
 //! | no, invalid, expired or revoked token | 16 UNAUTHENTICATED | 401 | `www-authenticate: Bearer error="invalid_token"` |
 //! | role below the route's | 7 PERMISSION_DENIED | 403 | |
 //! | unknown `authd_required_role` | 13 INTERNAL | 500, body names the problem | (logged at ERROR) |
 //! | stale revocation view, database down | 14 UNAVAILABLE | 503 | `retry-after: 1` |
 //!
 //! **Envoy applies `headers_to_remove` after the headers it sets** (Envoy 1.40, checked by
-//! scripts/envoy-test.sh): the allowed response sets the three headers *and* lists them for
+//! scripts/envoy-test.sh): the allowed response sets the four headers *and* lists them for
 //! removal, as issue H asks, so Envoy forwards none of them, neither the client's nor authd's.
 //! The allowed response therefore also carries the identity as dynamic metadata
-//! (`envoy.filters.http.ext_authz` namespace, keys `user_id`, `session_id`, `role`), and the
+//! (`envoy.filters.http.ext_authz` namespace, keys `user_id`, `session_id`, `role`, `amr`), and the
 //! shipped configs (deploy/envoy/) put it back with the virtual host's `request_headers_to_remove`
 //! plus `request_headers_to_add: %DYNAMIC_METADATA(envoy.filters.http.ext_authz:user_id)%`, which
 //! the router applies after every filter. A client can therefore smuggle nothing: on routes
 //! where ext_authz is disabled too.
 //!
 //! `x-authd-role` carries the proto enum name (`ROLE_USER`, `ROLE_MODERATOR`, `ROLE_ADMIN`), the
-//! same words as `authd_required_role`. Only a caller that fails authentication gets a failed RPC
+//! same words as `authd_required_role`. `x-authd-amr` carries the token's `amr` comma-separated
+//! (`pwd`, or `pwd,otp` after a second factor). Only a caller that fails authentication gets a failed RPC
 //! (UNAUTHENTICATED): every answer about the token is a CheckResponse, so that even an Envoy with
 //! `failure_mode_allow: true` never forwards a request authd did not allow.
 //!
@@ -66,9 +67,12 @@ pub const USER_ID_HEADER: &str = "x-authd-user-id";
 pub const SESSION_ID_HEADER: &str = "x-authd-session-id";
 /// The header that carries the role (`ROLE_USER`, `ROLE_MODERATOR`, `ROLE_ADMIN`) to the upstream.
 pub const ROLE_HEADER: &str = "x-authd-role";
-/// The dynamic metadata keys of the allowed response: user id, session id, role (the same values as
-/// the three headers).
-pub const METADATA_KEYS: [&str; 3] = ["user_id", "session_id", "role"];
+/// The header that carries the authentication methods (RFC 8176 `amr`, comma-separated: `pwd` or
+/// `pwd,otp`) to the upstream, so that it can demand a second factor.
+pub const AMR_HEADER: &str = "x-authd-amr";
+/// The dynamic metadata keys of the allowed response: user id, session id, role, amr (the same
+/// values as the four headers).
+pub const METADATA_KEYS: [&str; 4] = ["user_id", "session_id", "role", "amr"];
 /// The `context_extensions` key that names the role a route requires.
 pub const REQUIRED_ROLE_KEY: &str = "authd_required_role";
 
@@ -166,7 +170,7 @@ fn set_header(key: &str, value: String) -> HeaderValueOption {
 /// The identity as ext_authz dynamic metadata (namespace `envoy.filters.http.ext_authz`, keys
 /// [`METADATA_KEYS`]), for Envoy's route-level `request_headers_to_add`: see the module doc.
 fn identity_metadata(p: &Principal) -> Struct {
-    let [user_id, session_id, role] = METADATA_KEYS;
+    let [user_id, session_id, role, amr] = METADATA_KEYS;
     let string = |v: String| Value {
         kind: Some(Kind::StringValue(v)),
     };
@@ -175,6 +179,7 @@ fn identity_metadata(p: &Principal) -> Struct {
             (user_id.to_owned(), string(p.user_id.to_string())),
             (session_id.to_owned(), string(p.session_id.to_string())),
             (role.to_owned(), string(role_name(p.role).to_owned())),
+            (amr.to_owned(), string(p.amr.join(","))),
         ]
         .into(),
     }
@@ -216,8 +221,9 @@ pub fn check_response(decision: Decision) -> CheckResponse {
                     set_header(USER_ID_HEADER, p.user_id.to_string()),
                     set_header(SESSION_ID_HEADER, p.session_id.to_string()),
                     set_header(ROLE_HEADER, role_name(p.role).to_owned()),
+                    set_header(AMR_HEADER, p.amr.join(",")),
                 ],
-                headers_to_remove: [USER_ID_HEADER, SESSION_ID_HEADER, ROLE_HEADER]
+                headers_to_remove: [USER_ID_HEADER, SESSION_ID_HEADER, ROLE_HEADER, AMR_HEADER]
                     .map(str::to_owned)
                     .to_vec(),
                 ..Default::default()

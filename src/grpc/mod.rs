@@ -96,6 +96,11 @@ fn unauthenticated(f: AuthFailure) -> Status {
             "invalid, used or expired token",
             ErrorReason::AccountTokenInvalid,
         ),
+        AuthFailure::MfaTokenInvalid => (
+            "invalid, expired or used mfa_token",
+            ErrorReason::MfaTokenInvalid,
+        ),
+        AuthFailure::MfaCodeInvalid => ("invalid code", ErrorReason::MfaCodeInvalid),
     };
     Status::with_error_details(
         Code::Unauthenticated,

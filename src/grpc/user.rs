@@ -261,4 +261,83 @@ impl UserService for UserApi {
             next_page_token: page.next_page_token,
         }))
     }
+
+    async fn enroll_totp(
+        &self,
+        req: Request<proto::EnrollTotpRequest>,
+    ) -> Result<Response<proto::EnrollTotpResponse>, Status> {
+        let p = principal(&req)?;
+        let client = client_info(&req)?;
+        let e = self
+            .svc
+            .enroll_totp(&p, &req.get_ref().current_password, &client)
+            .await?;
+        Ok(Response::new(proto::EnrollTotpResponse {
+            secret: e.secret,
+            otpauth_uri: e.otpauth_uri,
+            qr_png: e.qr_png,
+        }))
+    }
+
+    async fn confirm_totp(
+        &self,
+        req: Request<proto::ConfirmTotpRequest>,
+    ) -> Result<Response<proto::ConfirmTotpResponse>, Status> {
+        let p = principal(&req)?;
+        let client = client_info(&req)?;
+        let r = self
+            .svc
+            .confirm_totp(&p, &req.get_ref().code, &client)
+            .await?;
+        Ok(Response::new(proto::ConfirmTotpResponse {
+            recovery_codes: r.codes,
+            revoked_sessions: r.revoked_sessions,
+        }))
+    }
+
+    async fn disable_totp(
+        &self,
+        req: Request<proto::DisableTotpRequest>,
+    ) -> Result<Response<proto::DisableTotpResponse>, Status> {
+        let p = principal(&req)?;
+        let client = client_info(&req)?;
+        let r = req.get_ref();
+        let revoked_sessions = self
+            .svc
+            .disable_totp(&p, &r.current_password, &r.code, &client)
+            .await?;
+        Ok(Response::new(proto::DisableTotpResponse {
+            revoked_sessions,
+        }))
+    }
+
+    async fn regenerate_recovery_codes(
+        &self,
+        req: Request<proto::RegenerateRecoveryCodesRequest>,
+    ) -> Result<Response<proto::RegenerateRecoveryCodesResponse>, Status> {
+        let p = principal(&req)?;
+        let client = client_info(&req)?;
+        let recovery_codes = self
+            .svc
+            .regenerate_recovery_codes(&p, &req.get_ref().code, &client)
+            .await?;
+        Ok(Response::new(proto::RegenerateRecoveryCodesResponse {
+            recovery_codes,
+        }))
+    }
+
+    async fn reset_user_mfa(
+        &self,
+        req: Request<proto::ResetUserMfaRequest>,
+    ) -> Result<Response<proto::ResetUserMfaResponse>, Status> {
+        let p = principal(&req)?;
+        let client = client_info(&req)?;
+        let revoked_sessions = self
+            .svc
+            .reset_user_mfa(&p, &req.get_ref().user_id, &client)
+            .await?;
+        Ok(Response::new(proto::ResetUserMfaResponse {
+            revoked_sessions,
+        }))
+    }
 }

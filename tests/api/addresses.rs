@@ -670,7 +670,11 @@ async fn random_service_keys_cost_no_query_and_spend_the_per_ip_limit() {
         .await
         .unwrap();
     let id = authd::api::LoginIdentifier::Email(email);
-    let pair = srv.svc.login(Some(id), PASSWORD, &nobody).await.unwrap();
+    let authd::api::LoginOutcome::Tokens(pair) =
+        srv.svc.login(Some(id), PASSWORD, &nobody).await.unwrap()
+    else {
+        panic!("no second factor here");
+    };
     // Every connection of the pool is taken: a key check that needed the database would wait for
     // one (AUTHD_DB_TIMEOUT) and fail UNAVAILABLE.
     srv.svc.sync_views().await.unwrap();

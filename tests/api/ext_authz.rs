@@ -135,7 +135,8 @@ async fn a_live_token_is_allowed_with_the_identity_headers_which_overwrite_and_a
     assert_eq!(set["x-authd-user-id"], user.id);
     assert_eq!(set["x-authd-session-id"], pair.session_id);
     assert_eq!(set["x-authd-role"], "ROLE_USER");
-    assert_eq!(set.len(), 3);
+    assert_eq!(set["x-authd-amr"], "pwd");
+    assert_eq!(set.len(), 4);
     for h in &ok.headers {
         assert_eq!(
             h.append_action,
@@ -160,11 +161,17 @@ async fn a_live_token_is_allowed_with_the_identity_headers_which_overwrite_and_a
     assert_eq!(meta["user_id"], user.id);
     assert_eq!(meta["session_id"], pair.session_id);
     assert_eq!(meta["role"], "ROLE_USER");
+    assert_eq!(meta["amr"], "pwd");
     let mut removed = ok.headers_to_remove.clone();
     removed.sort();
     assert_eq!(
         removed,
-        ["x-authd-role", "x-authd-session-id", "x-authd-user-id"]
+        [
+            "x-authd-amr",
+            "x-authd-role",
+            "x-authd-session-id",
+            "x-authd-user-id"
+        ]
     );
 }
 

@@ -15,6 +15,7 @@ mod ext_authz;
 mod fast_path;
 mod keys;
 mod mail;
+mod mfa;
 mod redaction;
 mod refresh_rules;
 mod reset;

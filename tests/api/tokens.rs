@@ -446,6 +446,7 @@ async fn validate_token_returns_every_field_of_a_valid_token() {
             seconds: issued_at,
             nanos: 0,
         }),
+        amr: vec!["pwd".into()],
     };
     assert_eq!(v, expected);
     assert_eq!(v.role(), proto::Role::User);

@@ -45,6 +45,7 @@ fn token(sk: &SigningKey, now: i64) -> String {
         role: "admin".into(),
         email: "ada.lovelace@example.com".into(),
         preferred_username: Some("ada".into()),
+        amr: vec!["pwd".into()],
     };
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.typ = Some("at+jwt".into());

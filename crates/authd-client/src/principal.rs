@@ -15,7 +15,7 @@ use crate::reject::Rejection;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Principal(Arc<Inner>);
 
-#[derive(PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 struct Inner {
     user_id: Uuid,
     session_id: Uuid,
@@ -24,10 +24,12 @@ struct Inner {
     username: Option<String>,
     issue_time: DateTime<Utc>,
     expire_time: DateTime<Utc>,
+    amr: Vec<String>,
 }
 
 impl Principal {
-    /// A principal with these fields (the layer makes them; tests of handlers may too).
+    /// A principal with these fields (the layer makes them; tests of handlers may too). Its
+    /// [`amr`](Principal::amr) is `["pwd"]`; see [`with_amr`](Principal::with_amr).
     pub fn new(
         user_id: Uuid,
         session_id: Uuid,
@@ -37,15 +39,56 @@ impl Principal {
         issue_time: DateTime<Utc>,
         expire_time: DateTime<Utc>,
     ) -> Self {
+        Self::build(
+            user_id,
+            session_id,
+            role,
+            email.into(),
+            username,
+            (issue_time, expire_time),
+            authd_token::default_amr(),
+        )
+    }
+
+    /// [`Principal::new`] with its `amr`, in one allocation.
+    pub(crate) fn build(
+        user_id: Uuid,
+        session_id: Uuid,
+        role: Role,
+        email: String,
+        username: Option<String>,
+        (issue_time, expire_time): (DateTime<Utc>, DateTime<Utc>),
+        amr: Vec<String>,
+    ) -> Self {
         Self(Arc::new(Inner {
             user_id,
             session_id,
             role,
-            email: email.into(),
+            email,
             username: username.filter(|u| !u.is_empty()),
             issue_time,
             expire_time,
+            amr,
         }))
+    }
+
+    /// The same principal with the authentication methods `amr` (RFC 8176).
+    pub fn with_amr(self, amr: Vec<String>) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.0);
+        inner.amr = amr;
+        Self(Arc::new(inner))
+    }
+
+    /// How the user authenticated (the token's `amr` claim, RFC 8176): `["pwd"]`, or
+    /// `["pwd", "otp"]` after a second factor.
+    pub fn amr(&self) -> &[String] {
+        &self.0.amr
+    }
+
+    /// Whether the user passed a second factor (`amr` contains `otp`): a handler that demands one
+    /// refuses the call otherwise.
+    pub fn has_second_factor(&self) -> bool {
+        self.0.amr.iter().any(|m| m == authd_token::AMR_OTP)
     }
 
     /// The user's id (the token's `sub`).
@@ -104,14 +147,14 @@ impl Principal {
 
 impl From<VerifiedToken> for Principal {
     fn from(v: VerifiedToken) -> Self {
-        Self::new(
+        Self::build(
             v.user_id,
             v.session_id,
             v.role,
             v.email,
             v.username,
-            v.issue_time,
-            v.expire_time,
+            (v.issue_time, v.expire_time),
+            v.amr,
         )
     }
 }
@@ -124,6 +167,7 @@ impl std::fmt::Debug for Principal {
             .field("session_id", &self.0.session_id)
             .field("role", &self.0.role)
             .field("expire_time", &self.0.expire_time)
+            .field("amr", &self.0.amr)
             .finish_non_exhaustive()
     }
 }
@@ -167,5 +211,33 @@ impl<T> RequestExt for http::Request<T> {
         self.extensions()
             .get::<Principal>()
             .ok_or_else(|| Rejection::Missing.into_status())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amr_defaults_to_pwd_and_comes_from_the_token() {
+        let t = Utc::now();
+        let p = Principal::new(Uuid::nil(), Uuid::nil(), Role::User, "a@b.c", None, t, t);
+        assert_eq!(p.amr(), ["pwd"]);
+        assert!(!p.has_second_factor());
+        let v = VerifiedToken {
+            key_id: "k".into(),
+            user_id: Uuid::nil(),
+            session_id: Uuid::nil(),
+            role: Role::User,
+            email: "a@b.c".into(),
+            username: None,
+            issue_time: t,
+            expire_time: t,
+            amr: vec!["pwd".into(), "otp".into()],
+        };
+        let p = Principal::from(v);
+        assert_eq!(p.amr(), ["pwd", "otp"]);
+        assert!(p.has_second_factor());
+        assert!(p.clone().with_amr(vec!["pwd".into()]).amr() == ["pwd"]);
     }
 }

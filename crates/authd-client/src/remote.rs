@@ -87,14 +87,20 @@ pub(crate) fn principal(r: ValidateTokenResponse) -> Option<Principal> {
         authd_proto::Role::Admin => Role::Admin,
         authd_proto::Role::Unspecified => return None,
     };
-    Some(Principal::new(
+    // An authd older than the second factor sends no amr: its sessions are password logins.
+    let amr = if r.amr.is_empty() {
+        authd_token::default_amr()
+    } else {
+        r.amr
+    };
+    Some(Principal::build(
         Uuid::parse_str(&r.user_id).ok()?,
         Uuid::parse_str(&r.session_id).ok()?,
         role,
         r.email,
         Some(r.username),
-        time(r.issue_time)?,
-        time(r.expire_time)?,
+        (time(r.issue_time)?, time(r.expire_time)?),
+        amr,
     ))
 }
 

@@ -64,6 +64,7 @@ fn token(sk: &SigningKey, sid: Uuid, now: i64) -> String {
         role: "admin".into(),
         email: "ada@example.com".into(),
         preferred_username: None,
+        amr: vec!["pwd".into()],
     };
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.typ = Some("at+jwt".into());

@@ -39,6 +39,8 @@ impl From<RefreshResponse> for LoginResponse {
             expires_in: r.expires_in,
             refresh_expires_in: r.refresh_expires_in,
             session_id: r.session_id,
+            mfa_required: false,
+            mfa_token: String::new(),
         }
     }
 }

@@ -187,3 +187,103 @@ pub async fn try_create_service_key(
         .await
         .map(|r| r.into_inner())
 }
+
+/// EnrollTotp with the caller's password.
+pub async fn enroll_totp(
+    srv: &TestServer,
+    token: &str,
+    password: &str,
+) -> Result<proto::EnrollTotpResponse, Status> {
+    srv.users()
+        .await
+        .enroll_totp(with_bearer(
+            proto::EnrollTotpRequest {
+                current_password: password.into(),
+            },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// ConfirmTotp with `code`.
+pub async fn confirm_totp(
+    srv: &TestServer,
+    token: &str,
+    code: &str,
+) -> Result<proto::ConfirmTotpResponse, Status> {
+    srv.users()
+        .await
+        .confirm_totp(with_bearer(
+            proto::ConfirmTotpRequest { code: code.into() },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// VerifyMfa: the second step of a login.
+pub async fn try_verify_mfa(
+    srv: &TestServer,
+    mfa_token: &str,
+    code: &str,
+) -> Result<proto::LoginResponse, Status> {
+    srv.auth()
+        .await
+        .verify_mfa(proto::VerifyMfaRequest {
+            mfa_token: mfa_token.into(),
+            code: code.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// DisableTotp; the number of other sessions it revoked.
+pub async fn disable_totp(
+    srv: &TestServer,
+    token: &str,
+    password: &str,
+    code: &str,
+) -> Result<i64, Status> {
+    srv.users()
+        .await
+        .disable_totp(with_bearer(
+            proto::DisableTotpRequest {
+                current_password: password.into(),
+                code: code.into(),
+            },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner().revoked_sessions)
+}
+
+/// RegenerateRecoveryCodes; the new codes.
+pub async fn regenerate_recovery_codes(
+    srv: &TestServer,
+    token: &str,
+    code: &str,
+) -> Result<Vec<String>, Status> {
+    srv.users()
+        .await
+        .regenerate_recovery_codes(with_bearer(
+            proto::RegenerateRecoveryCodesRequest { code: code.into() },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner().recovery_codes)
+}
+
+/// ResetUserMfa of `user_id`, as the holder of `token`; the number of sessions it revoked.
+pub async fn reset_user_mfa(srv: &TestServer, token: &str, user_id: &str) -> Result<i64, Status> {
+    srv.users()
+        .await
+        .reset_user_mfa(with_bearer(
+            proto::ResetUserMfaRequest {
+                user_id: user_id.into(),
+            },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner().revoked_sessions)
+}

@@ -8,6 +8,7 @@
 //! - [`client`]: the one typed test client: the RPC wrappers, over a [`TestServer`];
 //! - [`outcomes`]: the outcomes of many calls counted by status code ([`Codes`]);
 //! - [`rows`]: direct database access (row shapes, sealed boxes) for tests that look behind the API;
+//! - [`totp`]: the tests' own RFC 6238 codes (an authenticator app), independent of the server's;
 //! - [`wait`]: waiting for background work;
 //! - [`mailbox`]: the links (tokens) of the messages a server sent, from `.eml` files or SMTP;
 //! - [`capture`]: an in-memory sink for captured log output.
@@ -24,6 +25,7 @@ pub mod requests;
 pub mod rows;
 pub mod server;
 pub mod smtp;
+pub mod totp;
 pub mod wait;
 
 pub use client::*;

@@ -26,7 +26,21 @@ pub struct AccessClaims {
     pub email: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preferred_username: Option<String>,
+    /// How the user authenticated (RFC 8176): `["pwd"]`, or `["pwd", "otp"]` after a second factor.
+    /// Tokens issued before authd knew a second factor have none: they read as `["pwd"]`.
+    #[serde(default = "default_amr")]
+    pub amr: Vec<String>,
 }
+
+/// The `amr` of a token without one: a password login.
+pub fn default_amr() -> Vec<String> {
+    vec![AMR_PASSWORD.to_owned()]
+}
+
+/// The `amr` value of a password (RFC 8176).
+pub const AMR_PASSWORD: &str = "pwd";
+/// The `amr` value of a one-time password, here TOTP (RFC 8176).
+pub const AMR_OTP: &str = "otp";
 
 /// A token that passed every check of [`Verifier::verify`](crate::Verifier::verify). Whether its
 /// session is still alive is not something a token can say: the caller checks revocation.
@@ -41,4 +55,6 @@ pub struct VerifiedToken {
     pub username: Option<String>,
     pub issue_time: DateTime<Utc>,
     pub expire_time: DateTime<Utc>,
+    /// The token's `amr` claim (`["pwd"]` when it has none).
+    pub amr: Vec<String>,
 }

@@ -35,7 +35,7 @@
 //! #     sub: "0193a6c4-0000-7000-8000-000000000001".into(), exp: now.timestamp() + 900,
 //! #     iat: now.timestamp(), nbf: now.timestamp(), jti: "j".into(), client_id: "web".into(),
 //! #     sid: "0193a6c4-0000-7000-8000-000000000002".into(), role: "admin".into(),
-//! #     email: "ada@example.com".into(), preferred_username: None,
+//! #     email: "ada@example.com".into(), preferred_username: None, amr: vec!["pwd".into()],
 //! # };
 //! # let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
 //! # header.typ = Some("at+jwt".into());
@@ -80,7 +80,7 @@ mod jwk;
 mod role;
 mod verifier;
 
-pub use claims::{AccessClaims, VerifiedToken};
+pub use claims::{AMR_OTP, AMR_PASSWORD, AccessClaims, VerifiedToken, default_amr};
 pub use jwk::{Jwks, PublicJwk};
 pub use role::Role;
 pub use verifier::{PublicKey, TokenError, Verifier};

@@ -196,6 +196,7 @@ impl Verifier {
             username: c.preferred_username,
             issue_time: ts(c.iat)?,
             expire_time: ts(c.exp)?,
+            amr: c.amr,
         })
     }
 }

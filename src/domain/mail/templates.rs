@@ -14,7 +14,8 @@
 //!   the current address that a change was asked for;
 //! - `password_reset` (context: `email`, `link`, `token`, `ttl_minutes`): the reset link;
 //! - `password_changed` (context: `email`, `how`: `reset` or `changed`, `time`): the notice after a
-//!   password change.
+//!   password change;
+//! - `mfa_locked` (context: `email`, `minutes`, `failures`): too many wrong second-factor codes.
 
 use std::path::Path;
 
@@ -102,6 +103,20 @@ const DEFAULTS: &[(&str, &str)] = &[
          session{% if how == \"changed\" %} but the one that changed it{% endif %} was signed out.</p>\n\
          <p>If this was not you, reset your password at once and contact your administrator.</p>\n\
          </body></html>\n",
+    ),
+    // Sent when too many wrong second-factor codes lock an account's TOTP (src/domain/mfa).
+    // Context: `email`, `minutes` (how long the lock lasts), `failures`.
+    (
+        "mfa_locked.subject.txt",
+        "Your second factor is locked after {{ failures }} wrong codes",
+    ),
+    (
+        "mfa_locked.txt",
+        "Someone entered {{ failures }} wrong second-factor codes\nfor your account {{ email }}. They knew your password.\n\nYour second factor is locked for {{ minutes }} minutes;\nuntil then nobody can log in to the account.\n\nIf this was not you, change your password now.\n",
+    ),
+    (
+        "mfa_locked.html",
+        "<!doctype html>\n<html><body>\n<p>Someone entered {{ failures }} wrong second-factor codes\nfor your account {{ email }}. They knew your password.</p>\n<p>Your second factor is locked for {{ minutes }} minutes;\nuntil then nobody can log in to the account.</p>\n<p>If this was not you, change your password now.</p>\n</body></html>\n",
     ),
 ];
 

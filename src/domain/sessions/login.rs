@@ -1,9 +1,11 @@
-//! Login: password login, its throttling and audit, and the hash-cost upgrade after a success.
+//! Login: password login, its throttling and audit, and the hash-cost upgrade after a success; the
+//! insertion of a new session, which VerifyMfa (src/domain/mfa/verify.rs) shares.
 
+use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
-use crate::db::models::{NewRefreshToken, NewSession};
+use crate::db::models::{NewRefreshToken, NewSession, Session};
 use crate::db::{self, DbError, sessions, users};
 use crate::domain::audit::{self, AuditEntry, AuditKind};
 use crate::domain::authd::chrono_duration;
@@ -11,7 +13,36 @@ use crate::domain::opaque::{self, HashedToken};
 use crate::domain::passwords;
 use crate::domain::sessions::{TokenPair, TokenSubject};
 use crate::domain::throttle;
+use crate::domain::tokens::AMR_PASSWORD;
 use crate::domain::{AuthFailure, Authd, ClientInfo, Error, Result, validate};
+
+/// Where a new session comes from: the client of its login and how the user authenticated.
+#[derive(Debug, Clone)]
+pub(in crate::domain) struct SessionStart<'a> {
+    pub ip: &'a str,
+    pub user_agent: &'a str,
+    /// RFC 8176 methods: `pwd`, and `otp` after a second factor.
+    pub amr: &'a [String],
+}
+
+/// What a right password gets.
+#[derive(Debug, Clone)]
+pub enum LoginOutcome {
+    /// A new session's token pair.
+    Tokens(TokenPair),
+    /// The account has a second factor on: no session yet; VerifyMfa takes this ticket.
+    MfaRequired(MfaTicket),
+}
+
+/// The `mfa_token` of a login that needs its second factor. Its Debug is redacted.
+#[derive(Clone)]
+pub struct MfaTicket(pub String);
+
+impl std::fmt::Debug for MfaTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MfaTicket(<redacted>)")
+    }
+}
 
 /// How Login names the account.
 #[derive(Debug, Clone)]
@@ -38,7 +69,7 @@ impl Authd {
         identifier: Option<LoginIdentifier>,
         password: &str,
         client: &ClientInfo,
-    ) -> Result<TokenPair> {
+    ) -> Result<LoginOutcome> {
         self.rate_limiter
             .check(client.ip)
             .inspect_err(count_throttled)?;
@@ -195,25 +226,68 @@ impl Authd {
             other => other?,
         }
 
+        // A second factor: no session until VerifyMfa (src/domain/mfa/verify.rs).
+        if let Some(ticket) = self.mfa_challenge(&user, client).await? {
+            return Ok(LoginOutcome::MfaRequired(ticket));
+        }
+
         let now = self.now();
+        let ip = client.ip_string();
+        let start = SessionStart {
+            ip: &ip,
+            user_agent: &client.user_agent,
+            amr: &[AMR_PASSWORD.to_owned()],
+        };
+        let mut conn = self.conn().await?;
+        let (session, refresh_token) = conn
+            .transaction::<_, DbError, _>(async |conn| {
+                let (s, refresh_token) = self.insert_session(conn, user.id, &start, now).await?;
+                users::set_last_login(conn, user.id, now).await?;
+                let entry = AuditEntry::new(AuditKind::LoginSucceeded, client)
+                    .user(user.id)
+                    .actor(Some(user.id))
+                    .detail(format!("session {}", s.id));
+                audit::record(conn, now, entry).await?;
+                Ok((s, refresh_token))
+            })
+            .await?;
+        drop(conn);
+        count_login("success");
+        Ok(LoginOutcome::Tokens(self.token_pair(
+            TokenSubject::of(&user),
+            &session,
+            refresh_token,
+            now,
+        )?))
+    }
+
+    /// Inserts a new session of `user_id` and its first refresh token, inside the caller's
+    /// transaction. Returns the session and the refresh token.
+    pub(in crate::domain) async fn insert_session(
+        &self,
+        conn: &mut db::PgConn,
+        user_id: Uuid,
+        start: &SessionStart<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(Session, String), DbError> {
         let refresh_token = opaque::new_refresh_token();
         let token_hash = HashedToken::of(&refresh_token);
         let session_id = Uuid::new_v4();
         let expire_time = now + chrono_duration(self.settings.sessions.max_lifetime);
         let idle_expire_time =
             (now + chrono_duration(self.settings.sessions.refresh_token_ttl)).min(expire_time);
-        let ip = client.ip_string();
         let new_session = NewSession {
             id: session_id,
-            user_id: user.id,
+            user_id,
             generation: 0,
             create_time: now,
             last_use_time: now,
             idle_expire_time,
             expire_time,
-            user_agent: &client.user_agent,
-            ip_address: &ip,
+            user_agent: start.user_agent,
+            ip_address: start.ip,
             access_expire_time: self.access_expire_time(now, idle_expire_time),
+            amr: start.amr,
         };
         let new_token = NewRefreshToken {
             token_hash: token_hash.as_bytes(),
@@ -221,22 +295,8 @@ impl Authd {
             generation: 0,
             create_time: now,
         };
-        let mut conn = self.conn().await?;
-        let session = conn
-            .transaction::<_, DbError, _>(async |conn| {
-                let s = sessions::insert(conn, &new_session, &new_token).await?;
-                users::set_last_login(conn, user.id, now).await?;
-                let entry = AuditEntry::new(AuditKind::LoginSucceeded, client)
-                    .user(user.id)
-                    .actor(Some(user.id))
-                    .detail(format!("session {session_id}"));
-                audit::record(conn, now, entry).await?;
-                Ok(s)
-            })
-            .await?;
-        drop(conn);
-        count_login("success");
-        self.token_pair(TokenSubject::of(&user), &session, refresh_token, now)
+        let session = sessions::insert(conn, &new_session, &new_token).await?;
+        Ok((session, refresh_token))
     }
 
     /// After a successful login: re-hashes a password whose stored hash is cheaper than the configured

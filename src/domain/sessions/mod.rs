@@ -18,7 +18,7 @@ mod logout;
 pub(in crate::domain) mod refresh;
 pub(in crate::domain) mod revocation;
 
-pub use login::LoginIdentifier;
+pub use login::{LoginIdentifier, LoginOutcome, MfaTicket};
 
 /// The credentials Login and Refresh return. Its Debug hides both tokens.
 #[derive(Clone)]
@@ -84,6 +84,7 @@ impl Authd {
             role: user.role.to_owned(),
             email: user.email.to_owned(),
             preferred_username: user.username.map(str::to_owned),
+            amr: session.amr.clone(),
         };
         let access_token = self.keyring().sign(&claims)?;
         Ok(TokenPair {
@@ -105,7 +106,7 @@ pub(in crate::domain) struct TokenSubject<'a> {
 }
 
 impl<'a> TokenSubject<'a> {
-    fn of(user: &'a db::models::User) -> Self {
+    pub(in crate::domain) fn of(user: &'a db::models::User) -> Self {
         Self {
             user_id: user.id,
             role: &user.role,

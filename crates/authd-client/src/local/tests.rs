@@ -42,6 +42,7 @@ fn sign(kid: &str, sk: &SigningKey, sid: Uuid, now: DateTime<Utc>, ttl: i64) -> 
         role: "moderator".into(),
         email: "m@example.com".into(),
         preferred_username: Some("mod".into()),
+        amr: vec!["pwd".into()],
     };
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.typ = Some("at+jwt".into());

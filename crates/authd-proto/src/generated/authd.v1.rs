@@ -177,8 +177,9 @@ pub mod login_request {
         Username(::prost::alloc::string::String),
     }
 }
-/// The token pair of a new session.
-/// The same fields and numbers as RefreshResponse (both were TokenPair; the wire format is unchanged).
+/// The token pair of a new session, or (mfa_required) the ticket for its second step.
+/// The same fields and numbers as RefreshResponse (both were TokenPair; the wire format is unchanged),
+/// plus mfa_required and mfa_token, which only Login and VerifyMfa set.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct LoginResponse {
     /// A JWT (RFC 9068, header typ "at+jwt", signed with EdDSA/Ed25519). Send it as
@@ -201,6 +202,25 @@ pub struct LoginResponse {
     /// The session this pair belongs to (the JWT's "sid" claim).
     #[prost(string, tag = "6")]
     pub session_id: ::prost::alloc::string::String,
+    /// Login only: the password was right and the account has a second factor on. Every field above
+    /// is empty (no session exists yet); call VerifyMfa with mfa_token and a code.
+    #[prost(bool, tag = "7")]
+    pub mfa_required: bool,
+    /// Login only, with mfa_required: "mfa\_" and 43 base64url characters (47 characters). Single use,
+    /// valid for 5 minutes.
+    #[prost(string, tag = "8")]
+    pub mfa_token: ::prost::alloc::string::String,
+}
+/// The second step of a login with a second factor (AuthService.VerifyMfa).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VerifyMfaRequest {
+    /// Required: the mfa_token of the LoginResponse. At most 512 bytes.
+    #[prost(string, tag = "1")]
+    pub mfa_token: ::prost::alloc::string::String,
+    /// Required: the current 6-digit TOTP code, or an unused recovery code (16 characters of base32,
+    /// shown as xxxx-xxxx-xxxx-xxxx; dashes, spaces and case are ignored). At most 64 characters.
+    #[prost(string, tag = "2")]
+    pub code: ::prost::alloc::string::String,
 }
 /// The refresh token that AuthService.Refresh rotates.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -283,6 +303,10 @@ pub struct ValidateTokenResponse {
     pub expire_time: ::core::option::Option<::prost_types::Timestamp>,
     #[prost(message, optional, tag = "8")]
     pub issue_time: ::core::option::Option<::prost_types::Timestamp>,
+    /// How the session's user authenticated (RFC 8176 "amr"): \["pwd"\], or \["pwd","otp"\] after a
+    /// second factor. A service can demand "otp". Each value at most 16 characters.
+    #[prost(string, repeated, tag = "9")]
+    pub amr: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Empty: AuthService.GetJwks takes no arguments.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -640,6 +664,9 @@ pub mod auth_service_client {
         /// is right, AUTHD_REQUIRE_VERIFIED_EMAIL is on and the address is not verified;
         /// RESOURCE_EXHAUSTED with "retry-after" metadata (seconds) while this client must wait after
         /// repeated failures for this identifier, or is over its request rate.
+        ///
+        /// When the account has a second factor (TOTP) on, the right password answers OK with no tokens
+        /// and no session: mfa_required = true and an mfa_token for VerifyMfa.
         pub async fn login(
             &mut self,
             request: impl tonic::IntoRequest<super::LoginRequest>,
@@ -659,6 +686,37 @@ pub mod auth_service_client {
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("authd.v1.AuthService", "Login"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The second step of a Login that answered mfa_required: exchanges its mfa_token and a TOTP code
+        /// (6 digits) or a recovery code (xxxx-xxxx-xxxx-xxxx, dashes and case optional) for the session's
+        /// token pair (the same fields as Login; the access token's "amr" is \["pwd","otp"\]). No bearer.
+        ///
+        /// The mfa_token lasts 5 minutes, is single use and is void after 5 wrong codes: UNAUTHENTICATED
+        /// (ErrorInfo reason MFA_TOKEN_INVALID) for an unknown, expired, used or voided token. A wrong or
+        /// already used code is UNAUTHENTICATED "invalid code" (MFA_CODE_INVALID). Wrong codes also count
+        /// per account across logins: after AUTHD_MFA_MAX_FAILURES in a row the account's second factor is
+        /// locked (5 minutes, doubling per further lock, at most 24 hours; the owner gets a mail), and
+        /// VerifyMfa answers RESOURCE_EXHAUSTED with "retry-after" metadata (seconds) until it ends.
+        pub async fn verify_mfa(
+            &mut self,
+            request: impl tonic::IntoRequest<super::VerifyMfaRequest>,
+        ) -> std::result::Result<tonic::Response<super::LoginResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/authd.v1.AuthService/VerifyMfa",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("authd.v1.AuthService", "VerifyMfa"));
             self.inner.unary(req, path, codec).await
         }
         /// Rotates a refresh token: the presented token is spent and a new pair is returned. Presenting a
@@ -1047,9 +1105,26 @@ pub mod auth_service_server {
         /// is right, AUTHD_REQUIRE_VERIFIED_EMAIL is on and the address is not verified;
         /// RESOURCE_EXHAUSTED with "retry-after" metadata (seconds) while this client must wait after
         /// repeated failures for this identifier, or is over its request rate.
+        ///
+        /// When the account has a second factor (TOTP) on, the right password answers OK with no tokens
+        /// and no session: mfa_required = true and an mfa_token for VerifyMfa.
         async fn login(
             &self,
             request: tonic::Request<super::LoginRequest>,
+        ) -> std::result::Result<tonic::Response<super::LoginResponse>, tonic::Status>;
+        /// The second step of a Login that answered mfa_required: exchanges its mfa_token and a TOTP code
+        /// (6 digits) or a recovery code (xxxx-xxxx-xxxx-xxxx, dashes and case optional) for the session's
+        /// token pair (the same fields as Login; the access token's "amr" is \["pwd","otp"\]). No bearer.
+        ///
+        /// The mfa_token lasts 5 minutes, is single use and is void after 5 wrong codes: UNAUTHENTICATED
+        /// (ErrorInfo reason MFA_TOKEN_INVALID) for an unknown, expired, used or voided token. A wrong or
+        /// already used code is UNAUTHENTICATED "invalid code" (MFA_CODE_INVALID). Wrong codes also count
+        /// per account across logins: after AUTHD_MFA_MAX_FAILURES in a row the account's second factor is
+        /// locked (5 minutes, doubling per further lock, at most 24 hours; the owner gets a mail), and
+        /// VerifyMfa answers RESOURCE_EXHAUSTED with "retry-after" metadata (seconds) until it ends.
+        async fn verify_mfa(
+            &self,
+            request: tonic::Request<super::VerifyMfaRequest>,
         ) -> std::result::Result<tonic::Response<super::LoginResponse>, tonic::Status>;
         /// Rotates a refresh token: the presented token is spent and a new pair is returned. Presenting a
         /// spent token again revokes the whole session (reuse detection), except that within a short grace
@@ -1430,6 +1505,51 @@ pub mod auth_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = LoginSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/authd.v1.AuthService/VerifyMfa" => {
+                    #[allow(non_camel_case_types)]
+                    struct VerifyMfaSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::VerifyMfaRequest>
+                    for VerifyMfaSvc<T> {
+                        type Response = super::LoginResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::VerifyMfaRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::verify_mfa(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = VerifyMfaSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
@@ -2069,6 +2189,12 @@ pub enum ErrorReason {
     /// ResetPassword: the reset token is unknown, already used, voided (by a later password change)
     /// or expired (the same reason for all). Request a new link.
     ResetTokenInvalid = 10,
+    /// VerifyMfa: the mfa_token is unknown, expired, already used, or voided by 5 wrong codes (one
+    /// reason for all four). Log in again.
+    MfaTokenInvalid = 11,
+    /// VerifyMfa, DisableTotp, RegenerateRecoveryCodes, ConfirmTotp: the TOTP or recovery code is
+    /// wrong (or was already used). Try the next code.
+    MfaCodeInvalid = 12,
 }
 impl ErrorReason {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -2088,6 +2214,8 @@ impl ErrorReason {
             Self::EmailNotVerified => "EMAIL_NOT_VERIFIED",
             Self::AccountTokenInvalid => "ACCOUNT_TOKEN_INVALID",
             Self::ResetTokenInvalid => "RESET_TOKEN_INVALID",
+            Self::MfaTokenInvalid => "MFA_TOKEN_INVALID",
+            Self::MfaCodeInvalid => "MFA_CODE_INVALID",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -2104,9 +2232,96 @@ impl ErrorReason {
             "EMAIL_NOT_VERIFIED" => Some(Self::EmailNotVerified),
             "ACCOUNT_TOKEN_INVALID" => Some(Self::AccountTokenInvalid),
             "RESET_TOKEN_INVALID" => Some(Self::ResetTokenInvalid),
+            "MFA_TOKEN_INVALID" => Some(Self::MfaTokenInvalid),
+            "MFA_CODE_INVALID" => Some(Self::MfaCodeInvalid),
             _ => None,
         }
     }
+}
+/// The caller's password, which UserService.EnrollTotp requires.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EnrollTotpRequest {
+    /// Required. At most 1024 bytes (INVALID_ARGUMENT beyond); a password longer than 72 bytes after
+    /// NFKC normalization cannot match.
+    #[prost(string, tag = "1")]
+    pub current_password: ::prost::alloc::string::String,
+}
+/// A new TOTP secret, pending until ConfirmTotp.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EnrollTotpResponse {
+    /// The 20-byte secret in base32 without padding (32 characters), to type into an authenticator.
+    #[prost(string, tag = "1")]
+    pub secret: ::prost::alloc::string::String,
+    /// otpauth://totp/<issuer>:<e-mail>?secret=…&issuer=…&algorithm=SHA1&digits=6&period=30
+    /// (at most 1,300 characters: the e-mail and the issuer are percent-encoded).
+    #[prost(string, tag = "2")]
+    pub otpauth_uri: ::prost::alloc::string::String,
+    /// otpauth_uri as a QR code: a PNG image (greyscale, at most 64 KiB).
+    #[prost(bytes = "vec", tag = "3")]
+    pub qr_png: ::prost::alloc::vec::Vec<u8>,
+}
+/// A code of the pending secret, which UserService.ConfirmTotp requires.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ConfirmTotpRequest {
+    /// Required: the current 6-digit code of the authenticator. At most 64 characters.
+    #[prost(string, tag = "1")]
+    pub code: ::prost::alloc::string::String,
+}
+/// TOTP is on.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ConfirmTotpResponse {
+    /// 10 single-use recovery codes, each xxxx-xxxx-xxxx-xxxx (16 base32 characters, 80 bits; 19
+    /// characters with the dashes). Shown only here; stored as keyed hashes.
+    #[prost(string, repeated, tag = "1")]
+    pub recovery_codes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// How many other sessions of the caller were revoked.
+    #[prost(int64, tag = "2")]
+    pub revoked_sessions: i64,
+}
+/// What UserService.DisableTotp requires.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DisableTotpRequest {
+    /// Required. At most 1024 bytes (INVALID_ARGUMENT beyond), as current_password of EnrollTotp.
+    #[prost(string, tag = "1")]
+    pub current_password: ::prost::alloc::string::String,
+    /// Required: a current TOTP code or an unused recovery code. At most 64 characters.
+    #[prost(string, tag = "2")]
+    pub code: ::prost::alloc::string::String,
+}
+/// TOTP is off.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DisableTotpResponse {
+    /// How many other sessions of the caller were revoked.
+    #[prost(int64, tag = "1")]
+    pub revoked_sessions: i64,
+}
+/// What UserService.RegenerateRecoveryCodes requires.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RegenerateRecoveryCodesRequest {
+    /// Required: a current TOTP code or an unused recovery code. At most 64 characters.
+    #[prost(string, tag = "1")]
+    pub code: ::prost::alloc::string::String,
+}
+/// The new recovery codes; the old ones no longer work.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RegenerateRecoveryCodesResponse {
+    /// 10 single-use recovery codes, as in ConfirmTotpResponse.
+    #[prost(string, repeated, tag = "1")]
+    pub recovery_codes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// Whose second factor UserService.ResetUserMfa turns off.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ResetUserMfaRequest {
+    /// Required: the user's UUID.
+    #[prost(string, tag = "1")]
+    pub user_id: ::prost::alloc::string::String,
+}
+/// The user's second factor is off.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ResetUserMfaResponse {
+    /// How many of the user's sessions were revoked.
+    #[prost(int64, tag = "1")]
+    pub revoked_sessions: i64,
 }
 /// Empty: UserService.GetMe returns the bearer's own account.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2345,7 +2560,9 @@ pub struct AuditEvent {
     /// just-spent refresh token honoured inside the grace window; the detail names the replaying and
     /// the spending address), PASSWORD_CHANGED, PASSWORD_RESET, EMAIL_CHANGED (a change applied),
     /// EMAIL_CHANGE_REQUESTED (UpdateMe, waiting for confirmation), EMAIL_VERIFIED, USER_CREATED, USER_UPDATED,
-    /// USER_DELETED, SESSIONS_REVOKED, SERVICE_KEY_CREATED or SERVICE_KEY_REVOKED.
+    /// USER_DELETED, SESSIONS_REVOKED, SERVICE_KEY_CREATED, SERVICE_KEY_REVOKED, MFA_ENABLED,
+    /// MFA_DISABLED, MFA_RESET, MFA_LOCKED (too many wrong second-factor codes), RECOVERY_CODE_USED or
+    /// RECOVERY_CODES_REGENERATED.
     #[prost(string, tag = "4")]
     pub kind: ::prost::alloc::string::String,
     #[prost(string, tag = "5")]
@@ -2380,6 +2597,7 @@ pub mod user_service_client {
     /// RevokeUserSessions                       ADMIN; MODERATOR only for ROLE_USER targets
     /// UpdateUser                               ADMIN any field; MODERATOR only "active", on ROLE_USER targets
     /// CreateUser, DeleteUser, ListAuditEvents  ADMIN
+    /// ResetUserMfa                             ADMIN
     #[derive(Debug, Clone)]
     pub struct UserServiceClient<T> {
         inner: tonic::client::Grpc<T>,
@@ -2813,6 +3031,143 @@ pub mod user_service_client {
                 .insert(GrpcMethod::new("authd.v1.UserService", "ListAuditEvents"));
             self.inner.unary(req, path, codec).await
         }
+        /// Starts turning on the second factor (TOTP, RFC 6238: SHA-1, 6 digits, 30 s): returns a new
+        /// secret, its otpauth:// URI and the URI as a QR code, for an authenticator app. Nothing changes
+        /// until ConfirmTotp; a second EnrollTotp replaces the pending secret. Checks current_password as
+        /// ChangePassword does (UNAUTHENTICATED if wrong, throttled alike). FAILED_PRECONDITION when TOTP
+        /// is already on.
+        pub async fn enroll_totp(
+            &mut self,
+            request: impl tonic::IntoRequest<super::EnrollTotpRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EnrollTotpResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/authd.v1.UserService/EnrollTotp",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("authd.v1.UserService", "EnrollTotp"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Turns TOTP on with a code of the pending secret, and returns 10 single-use recovery codes
+        /// (shown only here). Every other session of the caller is revoked. FAILED_PRECONDITION without a
+        /// pending EnrollTotp; UNAUTHENTICATED "invalid code" for a wrong code.
+        pub async fn confirm_totp(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ConfirmTotpRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ConfirmTotpResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/authd.v1.UserService/ConfirmTotp",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("authd.v1.UserService", "ConfirmTotp"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Turns TOTP off: needs the password and a current TOTP code or a recovery code. Every other
+        /// session of the caller is revoked; recovery codes are deleted. FAILED_PRECONDITION when TOTP is
+        /// off. Wrong codes count toward the account's lock as at VerifyMfa (RESOURCE_EXHAUSTED while locked).
+        pub async fn disable_totp(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DisableTotpRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DisableTotpResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/authd.v1.UserService/DisableTotp",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("authd.v1.UserService", "DisableTotp"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Replaces all recovery codes with 10 new ones; needs a current TOTP code or a recovery code.
+        /// FAILED_PRECONDITION when TOTP is off; wrong codes count as at VerifyMfa.
+        pub async fn regenerate_recovery_codes(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RegenerateRecoveryCodesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RegenerateRecoveryCodesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/authd.v1.UserService/RegenerateRecoveryCodes",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("authd.v1.UserService", "RegenerateRecoveryCodes"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+        /// ADMIN: turns a user's second factor off (a lost phone and lost recovery codes) and revokes all
+        /// of the user's sessions. NOT_FOUND for an unknown user; FAILED_PRECONDITION when it is off.
+        pub async fn reset_user_mfa(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ResetUserMfaRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ResetUserMfaResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/authd.v1.UserService/ResetUserMfa",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("authd.v1.UserService", "ResetUserMfa"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2943,6 +3298,56 @@ pub mod user_service_server {
             tonic::Response<super::ListAuditEventsResponse>,
             tonic::Status,
         >;
+        /// Starts turning on the second factor (TOTP, RFC 6238: SHA-1, 6 digits, 30 s): returns a new
+        /// secret, its otpauth:// URI and the URI as a QR code, for an authenticator app. Nothing changes
+        /// until ConfirmTotp; a second EnrollTotp replaces the pending secret. Checks current_password as
+        /// ChangePassword does (UNAUTHENTICATED if wrong, throttled alike). FAILED_PRECONDITION when TOTP
+        /// is already on.
+        async fn enroll_totp(
+            &self,
+            request: tonic::Request<super::EnrollTotpRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EnrollTotpResponse>,
+            tonic::Status,
+        >;
+        /// Turns TOTP on with a code of the pending secret, and returns 10 single-use recovery codes
+        /// (shown only here). Every other session of the caller is revoked. FAILED_PRECONDITION without a
+        /// pending EnrollTotp; UNAUTHENTICATED "invalid code" for a wrong code.
+        async fn confirm_totp(
+            &self,
+            request: tonic::Request<super::ConfirmTotpRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ConfirmTotpResponse>,
+            tonic::Status,
+        >;
+        /// Turns TOTP off: needs the password and a current TOTP code or a recovery code. Every other
+        /// session of the caller is revoked; recovery codes are deleted. FAILED_PRECONDITION when TOTP is
+        /// off. Wrong codes count toward the account's lock as at VerifyMfa (RESOURCE_EXHAUSTED while locked).
+        async fn disable_totp(
+            &self,
+            request: tonic::Request<super::DisableTotpRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DisableTotpResponse>,
+            tonic::Status,
+        >;
+        /// Replaces all recovery codes with 10 new ones; needs a current TOTP code or a recovery code.
+        /// FAILED_PRECONDITION when TOTP is off; wrong codes count as at VerifyMfa.
+        async fn regenerate_recovery_codes(
+            &self,
+            request: tonic::Request<super::RegenerateRecoveryCodesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RegenerateRecoveryCodesResponse>,
+            tonic::Status,
+        >;
+        /// ADMIN: turns a user's second factor off (a lost phone and lost recovery codes) and revokes all
+        /// of the user's sessions. NOT_FOUND for an unknown user; FAILED_PRECONDITION when it is off.
+        async fn reset_user_mfa(
+            &self,
+            request: tonic::Request<super::ResetUserMfaRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ResetUserMfaResponse>,
+            tonic::Status,
+        >;
     }
     /// UserService: an account's own profile and sessions, and user administration by role.
     ///
@@ -2956,6 +3361,7 @@ pub mod user_service_server {
     /// RevokeUserSessions                       ADMIN; MODERATOR only for ROLE_USER targets
     /// UpdateUser                               ADMIN any field; MODERATOR only "active", on ROLE_USER targets
     /// CreateUser, DeleteUser, ListAuditEvents  ADMIN
+    /// ResetUserMfa                             ADMIN
     #[derive(Debug)]
     pub struct UserServiceServer<T> {
         inner: Arc<T>,
@@ -3647,6 +4053,237 @@ pub mod user_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListAuditEventsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/authd.v1.UserService/EnrollTotp" => {
+                    #[allow(non_camel_case_types)]
+                    struct EnrollTotpSvc<T: UserService>(pub Arc<T>);
+                    impl<
+                        T: UserService,
+                    > tonic::server::UnaryService<super::EnrollTotpRequest>
+                    for EnrollTotpSvc<T> {
+                        type Response = super::EnrollTotpResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::EnrollTotpRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as UserService>::enroll_totp(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = EnrollTotpSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/authd.v1.UserService/ConfirmTotp" => {
+                    #[allow(non_camel_case_types)]
+                    struct ConfirmTotpSvc<T: UserService>(pub Arc<T>);
+                    impl<
+                        T: UserService,
+                    > tonic::server::UnaryService<super::ConfirmTotpRequest>
+                    for ConfirmTotpSvc<T> {
+                        type Response = super::ConfirmTotpResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ConfirmTotpRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as UserService>::confirm_totp(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ConfirmTotpSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/authd.v1.UserService/DisableTotp" => {
+                    #[allow(non_camel_case_types)]
+                    struct DisableTotpSvc<T: UserService>(pub Arc<T>);
+                    impl<
+                        T: UserService,
+                    > tonic::server::UnaryService<super::DisableTotpRequest>
+                    for DisableTotpSvc<T> {
+                        type Response = super::DisableTotpResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DisableTotpRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as UserService>::disable_totp(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DisableTotpSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/authd.v1.UserService/RegenerateRecoveryCodes" => {
+                    #[allow(non_camel_case_types)]
+                    struct RegenerateRecoveryCodesSvc<T: UserService>(pub Arc<T>);
+                    impl<
+                        T: UserService,
+                    > tonic::server::UnaryService<super::RegenerateRecoveryCodesRequest>
+                    for RegenerateRecoveryCodesSvc<T> {
+                        type Response = super::RegenerateRecoveryCodesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                super::RegenerateRecoveryCodesRequest,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as UserService>::regenerate_recovery_codes(
+                                        &inner,
+                                        request,
+                                    )
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RegenerateRecoveryCodesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/authd.v1.UserService/ResetUserMfa" => {
+                    #[allow(non_camel_case_types)]
+                    struct ResetUserMfaSvc<T: UserService>(pub Arc<T>);
+                    impl<
+                        T: UserService,
+                    > tonic::server::UnaryService<super::ResetUserMfaRequest>
+                    for ResetUserMfaSvc<T> {
+                        type Response = super::ResetUserMfaResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ResetUserMfaRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as UserService>::reset_user_mfa(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ResetUserMfaSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -8,6 +8,7 @@ use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::{EncodingKey, Header};
 
 use super::*;
+use crate::{AMR_OTP, AMR_PASSWORD};
 
 struct TestKey {
     kid: String,
@@ -65,6 +66,7 @@ fn claims(now: DateTime<Utc>) -> AccessClaims {
         role: "user".into(),
         email: "a@example.com".into(),
         preferred_username: Some("a".into()),
+        amr: vec!["pwd".into()],
     }
 }
 
@@ -279,4 +281,28 @@ fn a_later_key_replaces_one_of_the_same_kid() {
         v.verify(&t, "authd", "authd", now).unwrap_err(),
         TokenError::Invalid
     );
+}
+
+#[test]
+fn amr_is_carried_and_a_token_without_one_reads_as_pwd() {
+    let key = TestKey::new(11);
+    let v = Verifier::new([key.public()]);
+    let mut c = claims(now());
+    c.amr = vec![AMR_PASSWORD.into(), AMR_OTP.into()];
+    let got = v.verify(&key.sign(&c), &c.iss, &c.aud, now()).unwrap();
+    assert_eq!(got.amr, ["pwd", "otp"]);
+
+    // A token signed before the claim existed: the same claims without "amr".
+    let mut json = serde_json::to_value(claims(now())).unwrap();
+    json.as_object_mut().unwrap().remove("amr");
+    let header = serde_json::json!({"alg": "EdDSA", "typ": ACCESS_TOKEN_TYP, "kid": key.kid});
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(json.to_string())
+    );
+    let sig = key.sk.sign(input.as_bytes());
+    let old = format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()));
+    let got = v.verify(&old, &c.iss, &c.aud, now()).unwrap();
+    assert_eq!(got.amr, ["pwd"]);
 }
