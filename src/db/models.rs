@@ -60,6 +60,9 @@ pub struct Session {
     pub rotate_ip: Option<String>,
     /// The latest `exp` of any access token issued for this session; its tombstone lasts until then.
     pub access_expire_time: DateTime<Utc>,
+    /// SHA-256 of the current refresh token when it has the current format (see
+    /// `domain::opaque::RefreshFormat`); NULL while it is a row of `refresh_tokens`.
+    pub refresh_hash: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Insertable)]
@@ -75,6 +78,7 @@ pub struct NewSession<'a> {
     pub user_agent: &'a str,
     pub ip_address: &'a str,
     pub access_expire_time: DateTime<Utc>,
+    pub refresh_hash: &'a [u8],
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -89,15 +93,6 @@ pub struct RefreshToken {
     pub generation: i32,
     pub create_time: DateTime<Utc>,
     pub spend_time: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Insertable)]
-#[diesel(table_name = refresh_tokens)]
-pub struct NewRefreshToken<'a> {
-    pub token_hash: &'a [u8],
-    pub session_id: Uuid,
-    pub generation: i32,
-    pub create_time: DateTime<Utc>,
 }
 
 #[derive(Clone, Queryable, Selectable)]

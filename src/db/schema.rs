@@ -33,6 +33,7 @@ diesel::table! {
         replay_until -> Nullable<Timestamptz>,
         rotate_ip -> Nullable<Text>,
         access_expire_time -> Timestamptz,
+        refresh_hash -> Nullable<Bytea>,
     }
 }
 

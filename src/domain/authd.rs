@@ -43,6 +43,8 @@ pub struct Authd {
     pub(in crate::domain) keys_changed: tokio::sync::watch::Sender<u64>,
     /// Keys WatchRevocations' resume tokens (`domain::watch::resume`).
     pub(in crate::domain) resume_secret: Vec<u8>,
+    /// Keys the MAC of refresh tokens (see `opaque::REFRESH_SECRET`).
+    pub(in crate::domain) refresh_secret: Vec<u8>,
     /// Open WatchRevocations streams on this replica.
     pub(in crate::domain) watch_streams: Arc<AtomicUsize>,
     /// The outbox (src/domain/mail).
@@ -96,6 +98,9 @@ impl Authd {
         let resume_secret = keystore
             .secret(&mut conn, crate::domain::watch::RESUME_SECRET, now)
             .await?;
+        let refresh_secret = keystore
+            .secret(&mut conn, crate::domain::opaque::REFRESH_SECRET, now)
+            .await?;
         let views = Views::new();
         let token_cache = TokenCache::new(settings.access.token_cache_size);
         views.sync(&mut conn, clock.now()).await?;
@@ -115,6 +120,7 @@ impl Authd {
             token_cache,
             keys_changed: tokio::sync::watch::channel(0).0,
             resume_secret,
+            refresh_secret,
             watch_streams: Arc::new(AtomicUsize::new(0)),
             mailer,
         }))

@@ -15,6 +15,7 @@ mod fast_path;
 mod keys;
 mod mail;
 mod redaction;
+mod refresh_format;
 mod refresh_rules;
 mod security;
 mod self_service;

@@ -3,7 +3,7 @@
 use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
-use crate::db::models::{NewRefreshToken, NewSession};
+use crate::db::models::NewSession;
 use crate::db::{self, DbError, sessions, users};
 use crate::domain::audit::{self, AuditEntry, AuditKind};
 use crate::domain::authd::chrono_duration;
@@ -187,9 +187,9 @@ impl Authd {
         }
 
         let now = self.now();
-        let refresh_token = opaque::new_refresh_token();
-        let token_hash = HashedToken::of(&refresh_token);
         let session_id = Uuid::new_v4();
+        let refresh_token = opaque::mint_refresh_token(&self.refresh_secret, session_id, 0);
+        let token_hash = HashedToken::of(&refresh_token);
         let expire_time = now + chrono_duration(self.settings.sessions.max_lifetime);
         let idle_expire_time =
             (now + chrono_duration(self.settings.sessions.refresh_token_ttl)).min(expire_time);
@@ -205,17 +205,12 @@ impl Authd {
             user_agent: &client.user_agent,
             ip_address: &ip,
             access_expire_time: self.access_expire_time(now, idle_expire_time),
-        };
-        let new_token = NewRefreshToken {
-            token_hash: token_hash.as_bytes(),
-            session_id,
-            generation: 0,
-            create_time: now,
+            refresh_hash: token_hash.as_bytes(),
         };
         let mut conn = self.conn().await?;
         let session = conn
             .transaction::<_, DbError, _>(async |conn| {
-                let s = sessions::insert(conn, &new_session, &new_token).await?;
+                let s = sessions::insert(conn, &new_session).await?;
                 users::set_last_login(conn, user.id, now).await?;
                 let entry = AuditEntry::new(AuditKind::LoginSucceeded, client)
                     .user(user.id)
