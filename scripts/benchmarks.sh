@@ -11,6 +11,7 @@
 #        health c16, validate c16, getme c16, refresh c16, login c4 (bcrypt cost 12),
 #        mix validate=16,login=4 (ValidateToken during a login storm), and
 #        health with 1000 connections and 64 workers while authd's VmRSS is sampled every 100 ms;
+#      h2load (health and ValidateToken, 1 connection, 16 streams) with pre-encoded gRPC bodies;
 #   4. pgbench against the same embedded PostgreSQL over its Unix socket, -M prepared -c 16 -j 1:
 #      one single-row UPDATE per transaction (a separate database, `pgbench -i -s 1`), then authd's
 #      refresh statement alone on the sessions the refresh run left (PostgreSQL's share of P4);
@@ -108,7 +109,7 @@ cleanup() {
   if [ "$keep_data" = 1 ]; then
     say "kept $data, $log and $data.pgbench-output"
   else
-    rm -rf "$data" "$log" "$data.pgbench-output" "$data.rss-samples" "$data.refresh-tokens"
+    rm -rf "$data" "$log" "$data.pgbench-output" "$data.rss-samples" "$data.refresh-tokens" "$data.h2load"
   fi
 }
 trap cleanup EXIT
@@ -215,6 +216,27 @@ psql_do() { "$pg_bin/psql" -h "$sock" -U authd -v ON_ERROR_STOP=1 -q "$@" >&2; }
 # 3. The load runs.
 run_bench health --rpc health -c 16
 run_bench validate --rpc validate -c 16
+
+# P1 again with a light, independent client: h2load (Debian's nghttp2-client; 1 connection,
+# 16 streams, 1 thread, on CPU 0) with pre-encoded gRPC bodies (scripts/h2load-grpc.py).
+"$root/scripts/install-h2load.sh" >/dev/null || die "cannot install h2load"
+h2dir="$data.h2load"
+mkdir -p "$h2dir"
+python3 "$root/scripts/h2load-grpc.py" setup "$url" "$admin_email" "$admin_password" "$h2dir" \
+  || fail_with_log "h2load setup (login, service key) failed"
+for h2 in health validate; do
+  case "$h2" in
+    health) h2path=/grpc.health.v1.Health/Check; h2key="" ;;
+    validate) h2path=/authd.v1.AuthService/ValidateToken; h2key="$(cat "$h2dir/api-key")" ;;
+  esac
+  say "run h2load-$h2: h2load -c 1 -m 16 -t 1 $h2path, ${pgbench_secs} s"
+  $client_pin python3 "$root/scripts/h2load-grpc.py" run "h2load-$h2" "$url" "$h2path" \
+    "$h2dir/$h2.bin" "$pgbench_secs" $h2key >"$out/h2load-$h2.json" \
+    || fail_with_log "h2load $h2 failed"
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(f\"  h2load {d['name']}: {d['rps']} req/s, {d['failed']} failed\")" "$out/h2load-$h2.json" >&2
+  sleep 1
+done
+rm -rf "$h2dir"
 run_bench getme --rpc getme -c 16
 # P4: refreshes spread over 1,024 sessions seeded by SQL (no bcrypt logins); each token's first
 # rotation (from the previous token format) falls in the warm-up, see scripts/seed-refresh-sessions.sql.
@@ -356,6 +378,7 @@ health, validate, getme = load("health"), load("validate"), load("getme")
 refresh, login, mix = load("refresh"), load("login"), load("mix-validate-login")
 conn1000, pgb, pgr = load("health-1000conn"), load("pgbench"), load("pgbench-refresh-sql")
 first, warm = load("startup-first"), load("startup-warm")
+h2h, h2v = load("h2load-health"), load("h2load-validate")
 h, v, gm, rf = group(health, "health"), group(validate, "validate"), group(getme, "getme"), group(refresh, "refresh")
 lg, mv, ml = group(login, "login"), group(mix, "validate"), group(mix, "login")
 lb = login.get("login_bcrypt") or {}
@@ -365,6 +388,10 @@ ratios = [
     {"id": "P1", "ratio": "ValidateToken req/s ÷ health Check req/s (c16)", "target": ">= 0.9",
      "measured": ratio(v["rps"], h["rps"]), "ok": None,
      "raw": {"validate_rps": v["rps"], "health_rps": h["rps"]}},
+    {"id": "P1-h2load", "ratio": "ValidateToken req/s ÷ health Check req/s (h2load, 1 conn, 16 streams)",
+     "target": ">= 0.9", "measured": ratio(h2v["rps"], h2h["rps"]), "ok": None,
+     "raw": {"validate_rps": h2v["rps"], "health_rps": h2h["rps"],
+             "validate_failed": h2v["failed"], "health_failed": h2h["failed"]}},
     {"id": "P2", "ratio": "Login/s ÷ (server cores ÷ bcrypt verify time), c4", "target": ">= 0.9",
      "measured": lb.get("ratio"), "ok": None,
      "raw": {"login_rps": lg["rps"], "bcrypt_cost": lb.get("bcrypt_cost"),
@@ -417,7 +444,7 @@ summary = {
                               ":(exclude)" + os.path.abspath(out)))},
     "duration": "$duration", "warmup": "$warmup", "bcrypt_cost": $bcrypt_cost,
     "targets": ratios, "limits": limits, "runs": runs, "pgbench": pgb,
-    "pgbench_refresh_statement": pgr,
+    "pgbench_refresh_statement": pgr, "h2load": {"health": h2h, "validate": h2v},
     "startup_s": {"first": first["elapsed_s"], "warm": warm["elapsed_s"]},
 }
 with open(os.path.join(out, "summary.json"), "w") as f:
@@ -452,6 +479,8 @@ for name, groups in runs.items():
         lines.append(f"| {name} | {g['rpc']} | {g['concurrency']} | {fmt(g['rps'])} | {fmt(l.get('p50'))} | "
                      f"{fmt(l.get('p90'))} | {fmt(l.get('p99'))} | {fmt(l.get('p999'))} | "
                      f"{fmt(l.get('max'))} | {errs} |")
+lines.append(f"| h2load-health | health | 1 conn × 16 streams | {fmt(h2h['rps'])} | | | | | | {fmt(h2h['failed'])} |")
+lines.append(f"| h2load-validate | validate | 1 conn × 16 streams | {fmt(h2v['rps'])} | | | | | | {fmt(h2v['failed'])} |")
 lines.append(f"| pgbench | UPDATE | 16 | {fmt(pgb['tps'])} | | | | | | {fmt(pgb['failed'])} |")
 lines.append(f"| pgbench | refresh statement | 16 | {fmt(pgr['tps'])} | | | | | | {fmt(pgr['failed'])} |")
 text = "\n".join(lines) + "\n"

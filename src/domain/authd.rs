@@ -38,6 +38,8 @@ pub struct Authd {
     pub(in crate::domain) proxy_budget: ProxyKeyBudget,
     pub(in crate::domain) views: Views,
     pub(in crate::domain) token_cache: TokenCache,
+    /// SHA-256 of recently presented valid service keys (see `key_digests`).
+    pub(in crate::domain) key_digests: crate::domain::key_digests::KeyDigests,
     /// Bumped whenever the published key set changes (see [`Authd::reload_keys`]), for the
     /// WatchRevocations streams.
     pub(in crate::domain) keys_changed: tokio::sync::watch::Sender<u64>,
@@ -118,6 +120,7 @@ impl Authd {
             proxy_budget,
             views,
             token_cache,
+            key_digests: crate::domain::key_digests::KeyDigests::new(),
             keys_changed: tokio::sync::watch::channel(0).0,
             resume_secret,
             refresh_secret,

@@ -151,7 +151,10 @@ pub enum Job {
         password: String,
     },
     /// Refreshes spread over many sessions (`--refresh-tokens`): each call rotates the next token.
-    RefreshMany { tokens: Vec<String>, next: usize },
+    RefreshMany {
+        tokens: Vec<String>,
+        next: usize,
+    },
 }
 
 impl Job {
