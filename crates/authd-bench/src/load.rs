@@ -322,10 +322,10 @@ pub fn jobs_with_refresh_tokens(
     let others = jobs(&without_refresh(plan), prepared, addresses)?;
     let mut others = others.into_iter();
     for job in &mut out {
-        if !matches!(job, Job::RefreshMany { .. }) {
-            if let Some(o) = others.next() {
-                *job = o;
-            }
+        if !matches!(job, Job::RefreshMany { .. })
+            && let Some(o) = others.next()
+        {
+            *job = o;
         }
     }
     Ok(out)
