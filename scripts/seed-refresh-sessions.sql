@@ -20,9 +20,9 @@ SELECT user_id, 'seed-' || session_id || '@bench.invalid', 'Seed', 'User', '!see
        now(), now()
 FROM bench_seed;
 INSERT INTO sessions (id, user_id, generation, create_time, last_use_time, idle_expire_time, expire_time,
-                      user_agent, ip_address)
+                      user_agent, ip_address, access_expire_time)
 SELECT session_id, user_id, 0, now(), now(), now() + interval '7 days', now() + interval '30 days',
-       'seed-refresh-sessions.sql', '127.0.0.1'
+       'seed-refresh-sessions.sql', '127.0.0.1', now() + interval '15 minutes'
 FROM bench_seed;
 INSERT INTO refresh_tokens (token_hash, session_id, generation, create_time)
 SELECT sha256(convert_to(token, 'UTF8')), session_id, 0, now() FROM bench_seed;
