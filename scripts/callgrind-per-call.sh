@@ -15,6 +15,8 @@ bench="$target_dir/release/authd-bench"
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || { echo "valgrind missing" >&2; exit 1; }
 "$root/scripts/install-h2load.sh" >/dev/null
 data="$(mktemp -d /tmp/authd-callgrind.XXXXXX)"
+# The embedded PostgreSQL runs as `postgres` and must reach its data directory.
+chmod 755 "$data"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 url="http://127.0.0.1:$port"
 email="admin@callgrind.example"
