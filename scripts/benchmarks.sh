@@ -11,6 +11,7 @@
 #        health c16, validate c16, getme c16, refresh c16, login c4 (bcrypt cost 12),
 #        mix validate=16,login=4 (ValidateToken during a login storm), and
 #        health with 1000 connections and 64 workers while authd's VmRSS is sampled every 100 ms;
+#      h2load (health and ValidateToken, 1 connection, 16 streams) with pre-encoded gRPC bodies;
 #   4. pgbench against the same embedded PostgreSQL over its Unix socket, -M prepared -c 16 -j 1:
 #      one single-row UPDATE per transaction (a separate database, `pgbench -i -s 1`), then authd's
 #      refresh statement alone on the sessions the refresh run left (PostgreSQL's share of P4);
@@ -52,8 +53,9 @@ if [ "$build" = 1 ]; then
   say "cargo build --release --workspace"
   cargo build --release --workspace >&2
 fi
-authd="$root/target/release/authd"
-bench="$root/target/release/authd-bench"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+authd="$target_dir/release/authd"
+bench="$target_dir/release/authd-bench"
 [ -x "$authd" ] && [ -x "$bench" ] || die "release binaries missing; run without --no-build"
 
 # Pinning: authd on CPU 1, load tools on CPU 0. With fewer than 2 CPUs nothing is pinned.
@@ -107,7 +109,7 @@ cleanup() {
   if [ "$keep_data" = 1 ]; then
     say "kept $data, $log and $data.pgbench-output"
   else
-    rm -rf "$data" "$log" "$data.pgbench-output" "$data.rss-samples"
+    rm -rf "$data" "$log" "$data.pgbench-output" "$data.rss-samples" "$data.refresh-tokens" "$data.h2load"
   fi
 }
 trap cleanup EXIT
@@ -197,11 +199,54 @@ rss_idle="$(rss_kb "$pid")"
 pg_idle="$(pg_pss_kb)"
 say "  SERVING after $(python3 -c "import json; print(json.load(open('$out/startup-warm.json'))['elapsed_s'])") s; idle RSS ${rss_idle} KiB; PostgreSQL PSS ${pg_idle} KiB"
 
+# psql and pgbench reach the embedded cluster over its Unix socket.
+sock="$data/run"
+# The embedded cluster takes password (SCRAM) logins only; authd keeps the password in the data dir.
+PGPASSWORD="$(cat "$data/pg_password")" || fail_with_log "cannot read $data/pg_password"
+export PGPASSWORD
+pgdb="authd_pgbench"
+pgbench_secs="$(python3 -c "
+import re, sys, math
+s = '$duration'.strip()
+m = re.fullmatch(r'([0-9.]+)\s*(ms|s|m|min|h)?', s)
+v = float(m.group(1)); u = m.group(2) or 's'
+print(max(1, math.ceil(v * {'ms': 1e-3, 's': 1, 'm': 60, 'min': 60, 'h': 3600}[u])))")"
+psql_do() { "$pg_bin/psql" -h "$sock" -U authd -v ON_ERROR_STOP=1 -q "$@" >&2; }
+
 # 3. The load runs.
 run_bench health --rpc health -c 16
 run_bench validate --rpc validate -c 16
+
+# P1 again with a light, independent client: h2load (Debian's nghttp2-client; 1 connection,
+# 16 streams, 1 thread, on CPU 0) with pre-encoded gRPC bodies (scripts/h2load-grpc.py).
+"$root/scripts/install-h2load.sh" >/dev/null || die "cannot install h2load"
+h2dir="$data.h2load"
+mkdir -p "$h2dir"
+python3 "$root/scripts/h2load-grpc.py" setup "$url" "$admin_email" "$admin_password" "$h2dir" \
+  || fail_with_log "h2load setup (login, service key) failed"
+for h2 in health validate; do
+  case "$h2" in
+    health) h2path=/grpc.health.v1.Health/Check; h2key="" ;;
+    validate) h2path=/authd.v1.AuthService/ValidateToken; h2key="$(cat "$h2dir/api-key")" ;;
+  esac
+  say "run h2load-$h2: h2load -c 1 -m 16 -t 1 $h2path, ${pgbench_secs} s"
+  $client_pin python3 "$root/scripts/h2load-grpc.py" run "h2load-$h2" "$url" "$h2path" \
+    "$h2dir/$h2.bin" "$pgbench_secs" $h2key >"$out/h2load-$h2.json" \
+    || fail_with_log "h2load $h2 failed"
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(f\"  h2load {d['name']}: {d['rps']} req/s, {d['failed']} failed\")" "$out/h2load-$h2.json" >&2
+  sleep 1
+done
+rm -rf "$h2dir"
 run_bench getme --rpc getme -c 16
-run_bench refresh --rpc refresh -c 16
+# P4: refreshes spread over 1,024 sessions seeded by SQL (no bcrypt logins); each token's first
+# rotation (from the previous token format) falls in the warm-up, see scripts/seed-refresh-sessions.sql.
+refresh_tokens_file="$data.refresh-tokens"
+"$pg_bin/psql" -h "$sock" -U authd -d authd -v ON_ERROR_STOP=1 -q -At -v n=1024 \
+  -f "$root/scripts/seed-refresh-sessions.sql" >"$refresh_tokens_file" \
+  || fail_with_log "cannot seed the refresh sessions"
+say "seeded $(wc -l <"$refresh_tokens_file") refresh sessions by SQL"
+run_bench refresh --rpc refresh -c 16 --users 1 --refresh-tokens "$refresh_tokens_file"
+rm -f "$refresh_tokens_file"
 run_bench login --rpc login -c 4
 run_bench mix-validate-login --rpc mix --mix validate=16,login=4
 
@@ -239,18 +284,6 @@ say "  max RSS with 1000 connections ${rss_1000_max} KiB (${rss_1000_n} samples)
 # 4. pgbench against the same PostgreSQL: the single-row UPDATE the P4 target compares against,
 #    then (for the P4 analysis, not a target) authd's own refresh statement alone, so PostgreSQL's
 #    share of a refresh is measured without authd in the loop.
-sock="$data/run"
-# The embedded cluster takes password (SCRAM) logins only; authd keeps the password in the data dir.
-PGPASSWORD="$(cat "$data/pg_password")" || fail_with_log "cannot read $data/pg_password"
-export PGPASSWORD
-pgdb="authd_pgbench"
-pgbench_secs="$(python3 -c "
-import re, sys, math
-s = '$duration'.strip()
-m = re.fullmatch(r'([0-9.]+)\s*(ms|s|m|min|h)?', s)
-v = float(m.group(1)); u = m.group(2) or 's'
-print(max(1, math.ceil(v * {'ms': 1e-3, 's': 1, 'm': 60, 'min': 60, 'h': 3600}[u])))")"
-psql_do() { "$pg_bin/psql" -h "$sock" -U authd -v ON_ERROR_STOP=1 -q "$@" >&2; }
 # run_pgbench <json name> <database> <description>: runs the script on stdin, -M prepared -c 16 -j 1.
 run_pgbench() {
   local name="$1" db="$2" what="$3" script pgout
@@ -294,13 +327,11 @@ run_pgbench pgbench "$pgdb" "UPDATE pgbench_accounts SET abalance = abalance + 1
 UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;
 EOF
 
-# authd's refresh statement (db::sessions::rotate_unspent, copied here: keep the two in step), on
-# the live sessions the refresh run left in authd's database. Each transaction rotates the current
-# token of a random session of the client's own share (client c gets sessions c+1, c+17, ...), so
-# clients never wait on each other's rows; the extra sub-select that finds the token is three
-# index probes.
+# authd's refresh statement (db::sessions::rotate, copied here: keep the two in step), on the live
+# sessions the refresh run left in authd's database: one single-row UPDATE of the session guarded
+# by its current token's hash and generation. Each client rotates sessions of its own.
 psql_do -d authd -c "DROP TABLE IF EXISTS bench_refresh_sessions" \
-  -c "CREATE TABLE bench_refresh_sessions AS SELECT row_number() OVER () AS n, id FROM sessions WHERE revoke_time IS NULL AND expire_time > now() AND idle_expire_time > now()" \
+  -c "CREATE TABLE bench_refresh_sessions AS SELECT row_number() OVER () AS n, id FROM sessions WHERE revoke_time IS NULL AND expire_time > now() AND idle_expire_time > now() AND refresh_hash IS NOT NULL" \
   -c "ALTER TABLE bench_refresh_sessions ADD PRIMARY KEY (n)" -c "ANALYZE" \
   || fail_with_log "cannot prepare the refresh-statement pgbench"
 refresh_sessions="$("$pg_bin/psql" -h "$sock" -U authd -d authd -Atc "SELECT count(*) FROM bench_refresh_sessions")"
@@ -308,7 +339,7 @@ per_client=$((refresh_sessions / 16))
 [ "$per_client" -gt 0 ] || fail_with_log "fewer than 16 live sessions for the refresh-statement pgbench"
 run_pgbench pgbench-refresh-sql authd "authd's refresh statement alone (each client on its own $per_client of $refresh_sessions sessions)" <<EOF
 \\set k 1 + :client_id + 16 * random(0, $((per_client - 1)))
-WITH cur AS (SELECT rt.token_hash, rt.session_id, s.generation FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id WHERE rt.token_hash = (SELECT r2.token_hash FROM bench_refresh_sessions b JOIN sessions s2 ON s2.id = b.id JOIN refresh_tokens r2 ON r2.session_id = s2.id AND r2.generation = s2.generation WHERE b.n = :k) AND rt.spend_time IS NULL AND s.revoke_time IS NULL AND s.expire_time > now() AND s.idle_expire_time > now() FOR UPDATE OF rt, s), spent AS (UPDATE refresh_tokens t SET spend_time = now() FROM cur WHERE t.token_hash = cur.token_hash RETURNING t.session_id), successor AS (INSERT INTO refresh_tokens (token_hash, session_id, generation, create_time) SELECT sha256(convert_to(random()::text, 'UTF8')), cur.session_id, cur.generation + 1, now() FROM cur), sess AS (UPDATE sessions s SET generation = cur.generation + 1, last_use_time = now(), idle_expire_time = LEAST(now() + interval '30 days', s.expire_time), access_expire_time = GREATEST(s.access_expire_time, LEAST(now() + interval '15 minutes', now() + interval '30 days', s.expire_time)), replay_box = sha256(convert_to(random()::text, 'UTF8')) || sha256(convert_to(random()::text, 'UTF8')) || sha256(convert_to(random()::text, 'UTF8')), replay_until = now() + interval '5 seconds', rotate_ip = '127.0.0.1' FROM cur WHERE s.id = cur.session_id RETURNING s.*) SELECT sess.id, sess.user_id, sess.generation, sess.create_time, sess.last_use_time, sess.idle_expire_time, sess.expire_time, sess.revoke_time, sess.revoke_reason, sess.user_agent, sess.ip_address, sess.replay_box, sess.replay_until, sess.rotate_ip, sess.access_expire_time, u.email AS user_email, u.username AS user_username, u.role AS user_role, u.active AS user_active FROM sess JOIN users u ON u.id = sess.user_id;
+UPDATE sessions s SET generation = s.generation + 1, refresh_hash = sha256(convert_to(random()::text, 'UTF8')), last_use_time = now(), idle_expire_time = LEAST(now() + interval '30 days', s.expire_time), access_expire_time = GREATEST(s.access_expire_time, LEAST(now() + interval '15 minutes', now() + interval '30 days', s.expire_time)), replay_box = sha256(convert_to(random()::text, 'UTF8')) || sha256(convert_to(random()::text, 'UTF8')) || sha256(convert_to(random()::text, 'UTF8')), replay_until = now() + interval '5 seconds', rotate_ip = '127.0.0.1' FROM users u, bench_refresh_sessions b, sessions cur WHERE b.n = :k AND cur.id = b.id AND s.id = b.id AND s.generation = cur.generation AND s.refresh_hash IS NOT DISTINCT FROM cur.refresh_hash AND s.revoke_time IS NULL AND s.expire_time > now() AND s.idle_expire_time > now() AND u.id = s.user_id RETURNING s.*, u.email AS user_email, u.username AS user_username, u.role AS user_role, u.active AS user_active;
 EOF
 psql_do -d authd -c "DROP TABLE bench_refresh_sessions"
 
@@ -347,6 +378,7 @@ health, validate, getme = load("health"), load("validate"), load("getme")
 refresh, login, mix = load("refresh"), load("login"), load("mix-validate-login")
 conn1000, pgb, pgr = load("health-1000conn"), load("pgbench"), load("pgbench-refresh-sql")
 first, warm = load("startup-first"), load("startup-warm")
+h2h, h2v = load("h2load-health"), load("h2load-validate")
 h, v, gm, rf = group(health, "health"), group(validate, "validate"), group(getme, "getme"), group(refresh, "refresh")
 lg, mv, ml = group(login, "login"), group(mix, "validate"), group(mix, "login")
 lb = login.get("login_bcrypt") or {}
@@ -356,6 +388,10 @@ ratios = [
     {"id": "P1", "ratio": "ValidateToken req/s ÷ health Check req/s (c16)", "target": ">= 0.9",
      "measured": ratio(v["rps"], h["rps"]), "ok": None,
      "raw": {"validate_rps": v["rps"], "health_rps": h["rps"]}},
+    {"id": "P1-h2load", "ratio": "ValidateToken req/s ÷ health Check req/s (h2load, 1 conn, 16 streams)",
+     "target": ">= 0.9", "measured": ratio(h2v["rps"], h2h["rps"]), "ok": None,
+     "raw": {"validate_rps": h2v["rps"], "health_rps": h2h["rps"],
+             "validate_failed": h2v["failed"], "health_failed": h2h["failed"]}},
     {"id": "P2", "ratio": "Login/s ÷ (server cores ÷ bcrypt verify time), c4", "target": ">= 0.9",
      "measured": lb.get("ratio"), "ok": None,
      "raw": {"login_rps": lg["rps"], "bcrypt_cost": lb.get("bcrypt_cost"),
@@ -408,7 +444,7 @@ summary = {
                               ":(exclude)" + os.path.abspath(out)))},
     "duration": "$duration", "warmup": "$warmup", "bcrypt_cost": $bcrypt_cost,
     "targets": ratios, "limits": limits, "runs": runs, "pgbench": pgb,
-    "pgbench_refresh_statement": pgr,
+    "pgbench_refresh_statement": pgr, "h2load": {"health": h2h, "validate": h2v},
     "startup_s": {"first": first["elapsed_s"], "warm": warm["elapsed_s"]},
 }
 with open(os.path.join(out, "summary.json"), "w") as f:
@@ -443,6 +479,8 @@ for name, groups in runs.items():
         lines.append(f"| {name} | {g['rpc']} | {g['concurrency']} | {fmt(g['rps'])} | {fmt(l.get('p50'))} | "
                      f"{fmt(l.get('p90'))} | {fmt(l.get('p99'))} | {fmt(l.get('p999'))} | "
                      f"{fmt(l.get('max'))} | {errs} |")
+lines.append(f"| h2load-health | health | 1 conn × 16 streams | {fmt(h2h['rps'])} | | | | | | {fmt(h2h['failed'])} |")
+lines.append(f"| h2load-validate | validate | 1 conn × 16 streams | {fmt(h2v['rps'])} | | | | | | {fmt(h2v['failed'])} |")
 lines.append(f"| pgbench | UPDATE | 16 | {fmt(pgb['tps'])} | | | | | | {fmt(pgb['failed'])} |")
 lines.append(f"| pgbench | refresh statement | 16 | {fmt(pgr['tps'])} | | | | | | {fmt(pgr['failed'])} |")
 text = "\n".join(lines) + "\n"

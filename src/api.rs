@@ -36,7 +36,8 @@ pub mod password {
 /// Refresh tokens: their format, their hash and the sealed successor of a grace replay.
 pub mod opaque {
     pub use crate::domain::opaque::{
-        HashedToken, MAX_OPAQUE_BYTES, REFRESH_TOKEN_PREFIX, ReplayBox, new_refresh_token,
+        HashedToken, MAX_OPAQUE_BYTES, REFRESH_SECRET, REFRESH_TOKEN_PREFIX, RefreshClaims,
+        RefreshFormat, ReplayBox, mint_refresh_token, new_refresh_token, refresh_format,
     };
 }
 

@@ -320,6 +320,9 @@ pub async fn conn(pool: &Pool) -> Result<Conn, DbError> {
     })
 }
 
+/// How often a replica waiting for another one's migrations asks for the lock again.
+const MIGRATION_LOCK_POLL: Duration = Duration::from_millis(200);
+
 /// Runs pending migrations under a session-level advisory lock, so that replicas starting together
 /// apply each migration exactly once. Returns how many were applied.
 pub async fn run_migrations(url: &str) -> Result<usize, DbError> {
@@ -327,10 +330,22 @@ pub async fn run_migrations(url: &str) -> Result<usize, DbError> {
     tokio::task::spawn_blocking(move || -> Result<usize, DbError> {
         let mut conn: AsyncConnectionWrapper<AsyncPgConnection> =
             diesel::connection::Connection::establish(&url)?;
-        diesel::RunQueryDsl::execute(
-            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")),
-            &mut conn,
-        )?;
+        // Poll with pg_try_advisory_lock instead of waiting in pg_advisory_lock: a waiting
+        // statement is an open transaction, and a migration that builds an index CONCURRENTLY
+        // waits for every open transaction to end, while the waiter waits for its lock: a
+        // deadlock when replicas start together. Each poll is a transaction of a few microseconds.
+        loop {
+            let got: Locked = diesel::RunQueryDsl::get_result(
+                diesel::sql_query(format!(
+                    "SELECT pg_try_advisory_lock({MIGRATION_LOCK_KEY}) AS locked"
+                )),
+                &mut conn,
+            )?;
+            if got.locked {
+                break;
+            }
+            std::thread::sleep(MIGRATION_LOCK_POLL);
+        }
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
             .map(|v| v.len())

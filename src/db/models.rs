@@ -66,6 +66,9 @@ pub struct Session {
     pub access_expire_time: DateTime<Utc>,
     /// The authentication methods of its login (RFC 8176): `pwd`, and `otp` after a second factor.
     pub amr: Vec<String>,
+    /// SHA-256 of the current refresh token when it has the current format (see
+    /// `domain::opaque::RefreshFormat`); NULL while it is a row of `refresh_tokens`.
+    pub refresh_hash: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Insertable)]
@@ -82,6 +85,7 @@ pub struct NewSession<'a> {
     pub ip_address: &'a str,
     pub access_expire_time: DateTime<Utc>,
     pub amr: &'a [String],
+    pub refresh_hash: &'a [u8],
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -96,15 +100,6 @@ pub struct RefreshToken {
     pub generation: i32,
     pub create_time: DateTime<Utc>,
     pub spend_time: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Insertable)]
-#[diesel(table_name = refresh_tokens)]
-pub struct NewRefreshToken<'a> {
-    pub token_hash: &'a [u8],
-    pub session_id: Uuid,
-    pub generation: i32,
-    pub create_time: DateTime<Utc>,
 }
 
 #[derive(Clone, Queryable, Selectable)]

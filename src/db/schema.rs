@@ -36,6 +36,7 @@ diesel::table! {
         rotate_ip -> Nullable<Text>,
         access_expire_time -> Timestamptz,
         amr -> Array<Text>,
+        refresh_hash -> Nullable<Bytea>,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Queries on `sessions` and their `refresh_tokens`.
+//! Queries on `sessions` and the `refresh_tokens` of the previous token format.
 
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
@@ -9,29 +9,45 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::DbError;
-use super::models::{NewRefreshToken, NewSession, RefreshToken, Session};
+use super::models::{NewSession, RefreshToken, Session};
 use super::schema::{refresh_tokens, sessions};
 
-/// Inserts a session and its first refresh token. Call inside a transaction.
+/// Inserts a session (its refresh token is the session row's `refresh_hash`).
 pub async fn insert(
     conn: &mut AsyncPgConnection,
     session: &NewSession<'_>,
-    token: &NewRefreshToken<'_>,
 ) -> Result<Session, DbError> {
-    let s = diesel::insert_into(sessions::table)
+    Ok(diesel::insert_into(sessions::table)
         .values(session)
         .returning(Session::as_returning())
         .get_result(conn)
-        .await?;
-    diesel::insert_into(refresh_tokens::table)
-        .values(token)
-        .execute(conn)
-        .await?;
-    Ok(s)
+        .await?)
 }
 
-/// Finds a refresh token and its session, locking both rows until the transaction ends, so that
-/// concurrent refreshes of one session (from any replica) are serialized.
+/// A session by id.
+pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Option<Session>, DbError> {
+    Ok(sessions::table
+        .find(id)
+        .select(Session::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Locks a session until the transaction ends, so that concurrent refreshes, replays and
+/// revocations of it (from any replica) are serialized.
+pub async fn lock(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Option<Session>, DbError> {
+    Ok(sessions::table
+        .find(id)
+        .select(Session::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Finds a refresh token of the previous format and its session, locking both rows until the
+/// transaction ends (see [`lock`]).
 pub async fn lock_by_refresh_hash(
     conn: &mut AsyncPgConnection,
     hash: &[u8],
@@ -46,6 +62,20 @@ pub async fn lock_by_refresh_hash(
         .optional()?)
 }
 
+/// Marks a refresh token of the previous format spent (its successor has the current format). Call
+/// inside the transaction that took [`lock_by_refresh_hash`].
+pub async fn spend_legacy(
+    conn: &mut AsyncPgConnection,
+    hash: &[u8],
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    diesel::update(refresh_tokens::table.find(hash))
+        .set(refresh_tokens::spend_time.eq(now))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// The session a refresh token (of any generation) belongs to.
 pub async fn find_by_refresh_hash(
     conn: &mut AsyncPgConnection,
@@ -58,63 +88,6 @@ pub async fn find_by_refresh_hash(
         .first(conn)
         .await
         .optional()?)
-}
-
-/// What a rotation writes besides the successor's hash: the session's new idle expiry and the `exp`
-/// of the access token issued with it (both capped by the session's absolute expiry), and, when a
-/// grace window is on, the successor sealed for a replay (see `domain::opaque::ReplayBox`) with the
-/// window's end and the rotating client's address.
-#[derive(Debug, Clone, Copy)]
-pub struct Rotation<'a> {
-    pub successor_hash: &'a [u8],
-    pub now: DateTime<Utc>,
-    pub idle_expire_time: DateTime<Utc>,
-    pub access_expire_time: DateTime<Utc>,
-    pub replay_box: Option<&'a [u8]>,
-    pub replay_until: Option<DateTime<Utc>>,
-    pub rotate_ip: &'a str,
-}
-
-/// Spends the current refresh token and records its successor. Call inside the transaction that
-/// took [`lock_by_refresh_hash`].
-pub async fn rotate(
-    conn: &mut AsyncPgConnection,
-    session: &Session,
-    spent_hash: &[u8],
-    r: &Rotation<'_>,
-) -> Result<Session, DbError> {
-    let next_generation = session.generation + 1;
-    diesel::update(refresh_tokens::table.find(spent_hash))
-        .set(refresh_tokens::spend_time.eq(r.now))
-        .execute(conn)
-        .await?;
-    diesel::insert_into(refresh_tokens::table)
-        .values(&NewRefreshToken {
-            token_hash: r.successor_hash,
-            session_id: session.id,
-            generation: next_generation,
-            create_time: r.now,
-        })
-        .execute(conn)
-        .await?;
-    let idle_expire_time = r.idle_expire_time.min(session.expire_time);
-    let access_expire_time = r
-        .access_expire_time
-        .min(idle_expire_time)
-        .max(session.access_expire_time);
-    Ok(diesel::update(sessions::table.find(session.id))
-        .set((
-            sessions::generation.eq(next_generation),
-            sessions::last_use_time.eq(r.now),
-            sessions::idle_expire_time.eq(idle_expire_time),
-            sessions::access_expire_time.eq(access_expire_time),
-            sessions::replay_box.eq(r.replay_box),
-            sessions::replay_until.eq(r.replay_until),
-            sessions::rotate_ip.eq(r.replay_box.map(|_| r.rotate_ip)),
-        ))
-        .returning(Session::as_returning())
-        .get_result(conn)
-        .await?)
 }
 
 /// After a grace replay issued an access token expiring at `exp`: the session's tombstone, should
@@ -289,9 +262,32 @@ pub async fn prune(
     .await?)
 }
 
-// ----- the refresh fast path -----------------------------------------------------------------
+// ----- rotation: one single-row UPDATE ------------------------------------------------------
 
-/// What [`rotate_unspent`] returns: the rotated session and what a token needs of its user.
+/// One rotation of a session's refresh token: the guard (the session, its generation and the hash
+/// of its current token) and what it writes: the successor's hash, the session's new idle expiry
+/// and the `exp` of the access token issued with it (both capped by the session's absolute expiry),
+/// and, when a grace window is on, the successor sealed for a replay (see
+/// `domain::opaque::ReplayBox`) with the window's end and the rotating client's address.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation<'a> {
+    pub session_id: Uuid,
+    /// The session's generation, which the presented token carries.
+    pub generation: i32,
+    /// The presented token's hash; `None` for a token of the previous format (its row in
+    /// `refresh_tokens` was locked and spent in the same transaction, and the session row has no
+    /// `refresh_hash` yet).
+    pub presented_hash: Option<&'a [u8]>,
+    pub successor_hash: &'a [u8],
+    pub now: DateTime<Utc>,
+    pub idle_expire_time: DateTime<Utc>,
+    pub access_expire_time: DateTime<Utc>,
+    pub replay_box: Option<&'a [u8]>,
+    pub replay_until: Option<DateTime<Utc>>,
+    pub rotate_ip: &'a str,
+}
+
+/// What [`rotate`] returns: the rotated session and what a token needs of its user.
 #[derive(Debug, QueryableByName)]
 pub struct Rotated {
     #[diesel(embed)]
@@ -306,19 +302,17 @@ pub struct Rotated {
     pub user_active: bool,
 }
 
-/// The normal refresh in one statement (one round trip, one commit, a plan prepared once per
-/// connection): if `presented` is the unspent token of a live session, spend it, record its
-/// successor, move the session to the next generation and write the rest of the [`Rotation`]. The
-/// `FOR UPDATE` re-checks the row after waiting for a concurrent refresh or logout, so exactly one
-/// caller rotates; every other outcome (replay, reuse, dead) returns `None` and is left to the
-/// locking slow path.
-pub async fn rotate_unspent(
+/// A refresh in one statement, one row written (one round trip, one commit, a plan prepared once
+/// per connection): if the session is live, at the token's generation, and its current token is the
+/// presented one, move it to the next generation with the successor and the rest of the
+/// [`Rotation`]. A concurrent refresh or revocation of the same session makes PostgreSQL re-check
+/// the row after waiting for it, so exactly one caller rotates; every other outcome (replay, reuse,
+/// dead) returns `None`. The user's columns come from the join and are not locked.
+pub async fn rotate(
     conn: &mut AsyncPgConnection,
-    presented: &[u8],
     rotation: &Rotation<'_>,
 ) -> Result<Option<Rotated>, DbError> {
-    Ok(RotateUnspent {
-        presented,
+    Ok(Rotate {
         r: *rotation,
         rotate_ip: rotation.replay_box.map(|_| rotation.rotate_ip),
     }
@@ -327,54 +321,28 @@ pub async fn rotate_unspent(
     .optional()?)
 }
 
-struct RotateUnspent<'a> {
-    presented: &'a [u8],
+struct Rotate<'a> {
     r: Rotation<'a>,
     rotate_ip: Option<&'a str>,
 }
 
-/// The statement-cache identity of [`RotateUnspent`] (the query itself borrows its binds).
-struct RotateUnspentId;
+/// The statement-cache identity of [`Rotate`] (the query itself borrows its binds).
+struct RotateId;
 
-impl QueryId for RotateUnspent<'_> {
-    type QueryId = RotateUnspentId;
+impl QueryId for Rotate<'_> {
+    type QueryId = RotateId;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl Query for RotateUnspent<'_> {
+impl Query for Rotate<'_> {
     type SqlType = Untyped;
 }
 
-impl QueryFragment<Pg> for RotateUnspent<'_> {
+impl QueryFragment<Pg> for Rotate<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql(
-            "WITH cur AS (\
-               SELECT rt.token_hash, rt.session_id, s.generation \
-               FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id \
-               WHERE rt.token_hash = ",
-        );
-        out.push_bind_param::<Bytea, _>(&self.presented)?;
-        out.push_sql(" AND rt.spend_time IS NULL AND s.revoke_time IS NULL AND s.expire_time > ");
-        out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
-        out.push_sql(" AND s.idle_expire_time > ");
-        out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
-        out.push_sql(
-            " FOR UPDATE OF rt, s), \
-             spent AS (UPDATE refresh_tokens t SET spend_time = ",
-        );
-        out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
-        out.push_sql(
-            " FROM cur WHERE t.token_hash = cur.token_hash RETURNING t.session_id), \
-             successor AS (INSERT INTO refresh_tokens (token_hash, session_id, generation, create_time) \
-               SELECT ",
-        );
+        out.push_sql("UPDATE sessions s SET generation = s.generation + 1, refresh_hash = ");
         out.push_bind_param::<Bytea, _>(&self.r.successor_hash)?;
-        out.push_sql(", cur.session_id, cur.generation + 1, ");
-        out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
-        out.push_sql(
-            " FROM cur), \
-             sess AS (UPDATE sessions s SET generation = cur.generation + 1, last_use_time = ",
-        );
+        out.push_sql(", last_use_time = ");
         out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
         out.push_sql(", idle_expire_time = LEAST(");
         out.push_bind_param::<Timestamptz, _>(&self.r.idle_expire_time)?;
@@ -390,15 +358,19 @@ impl QueryFragment<Pg> for RotateUnspent<'_> {
         out.push_bind_param::<Nullable<Timestamptz>, _>(&self.r.replay_until)?;
         out.push_sql(", rotate_ip = ");
         out.push_bind_param::<Nullable<Text>, _>(&self.rotate_ip)?;
+        out.push_sql(" FROM users u WHERE s.id = ");
+        out.push_bind_param::<diesel::sql_types::Uuid, _>(&self.r.session_id)?;
+        out.push_sql(" AND s.generation = ");
+        out.push_bind_param::<diesel::sql_types::Integer, _>(&self.r.generation)?;
+        out.push_sql(" AND s.refresh_hash IS NOT DISTINCT FROM ");
+        out.push_bind_param::<Nullable<Bytea>, _>(&self.r.presented_hash)?;
+        out.push_sql(" AND s.revoke_time IS NULL AND s.expire_time > ");
+        out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
+        out.push_sql(" AND s.idle_expire_time > ");
+        out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
         out.push_sql(
-            " FROM cur WHERE s.id = cur.session_id RETURNING s.*) \
-             SELECT sess.id, sess.user_id, sess.generation, sess.create_time, sess.last_use_time, \
-               sess.idle_expire_time, sess.expire_time, sess.revoke_time, sess.revoke_reason, \
-               sess.user_agent, sess.ip_address, sess.replay_box, sess.replay_until, sess.rotate_ip, \
-               sess.access_expire_time, sess.amr, \
-               u.email AS user_email, u.username AS user_username, u.role AS user_role, \
-               u.active AS user_active \
-             FROM sess JOIN users u ON u.id = sess.user_id",
+            " AND u.id = s.user_id RETURNING s.*, u.email AS user_email, \
+             u.username AS user_username, u.role AS user_role, u.active AS user_active",
         );
         Ok(())
     }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::db::{self, service_keys, sessions};
-use crate::domain::opaque::{HashedToken, MAX_OPAQUE_BYTES};
+use crate::domain::opaque::MAX_OPAQUE_BYTES;
 use crate::domain::service_keys::SERVICE_KEY_TOUCH_SECS;
-use crate::domain::tokens::{self, TokenCache, TokenError, VerifiedToken};
+use crate::domain::tokens::{self, TokenError, VerifiedToken};
 use crate::domain::views::ServiceKeyEntry;
 use crate::domain::{AuthFailure, Authd, Error, Principal, Result};
 
@@ -47,10 +47,16 @@ impl Authd {
         }
         let keyring = self.keyring();
         let now = self.now();
-        let digest = TokenCache::digest(token);
-        if let Some(hit) = self.token_cache.get(&keyring, &digest, now) {
+        if let Some(hit) = self.token_cache.get(&keyring, token, now) {
             return hit.map_err(invalid);
         }
+        if let Some(e) = self.token_cache.failure(&keyring, token) {
+            return Err(invalid(e));
+        }
+        let refuse = |e: TokenError| {
+            self.token_cache.insert_failure(&keyring, token, e);
+            invalid(e)
+        };
         let v = keyring
             .verify(
                 token,
@@ -58,12 +64,12 @@ impl Authd {
                 &self.settings.tokens.audience,
                 now,
             )
-            .map_err(invalid)?;
+            .map_err(refuse)?;
         if !sessions::is_active(&mut *self.conn().await?, v.session_id).await? {
-            return Err(invalid(TokenError::Invalid));
+            return Err(refuse(TokenError::Invalid));
         }
         let v = Arc::new(v);
-        self.token_cache.insert(digest, v.clone(), now);
+        self.token_cache.insert(token, v.clone(), now);
         Ok(v)
     }
 
@@ -104,12 +110,15 @@ impl Authd {
             .ok_or(Error::Unauthenticated(AuthFailure::ServiceKeyMissing))?;
         self.views.check_fresh()?;
         let entry = (key.len() <= MAX_OPAQUE_BYTES)
-            .then(|| HashedToken::of(key))
-            .and_then(|hash| {
-                self.views
-                    .service_key(&hash)
-                    .filter(|e| e.matches(&hash) && e.allows(source))
-            });
+            .then(|| self.key_digests.digest(key))
+            .and_then(|(hash, remembered)| {
+                let entry = self.views.service_key(&hash).filter(|e| e.matches(&hash))?;
+                if !remembered {
+                    self.key_digests.remember(key, hash);
+                }
+                Some(entry)
+            })
+            .filter(|e| e.allows(source));
         let Some(entry) = entry else {
             self.rate_limiter.check(source)?;
             return Err(Error::Unauthenticated(AuthFailure::ServiceKeyInvalid));
@@ -141,10 +150,12 @@ impl Authd {
         if key.len() > MAX_OPAQUE_BYTES || self.views.check_fresh().is_err() {
             return None;
         }
-        let hash = HashedToken::of(key);
-        self.views
-            .service_key(&hash)
-            .filter(|e| e.trusted_proxy && e.matches(&hash))
+        let (hash, remembered) = self.key_digests.digest(key);
+        let entry = self.views.service_key(&hash).filter(|e| e.matches(&hash))?;
+        if !remembered {
+            self.key_digests.remember(key, hash);
+        }
+        Some(entry).filter(|e| e.trusted_proxy)
     }
 
     /// The caller of ValidateToken or WatchRevocations, a service that verifies tokens: a verified

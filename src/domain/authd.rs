@@ -38,11 +38,15 @@ pub struct Authd {
     pub(in crate::domain) proxy_budget: ProxyKeyBudget,
     pub(in crate::domain) views: Views,
     pub(in crate::domain) token_cache: TokenCache,
+    /// SHA-256 of recently presented valid service keys (see `key_digests`).
+    pub(in crate::domain) key_digests: crate::domain::key_digests::KeyDigests,
     /// Bumped whenever the published key set changes (see [`Authd::reload_keys`]), for the
     /// WatchRevocations streams.
     pub(in crate::domain) keys_changed: tokio::sync::watch::Sender<u64>,
     /// Keys WatchRevocations' resume tokens (`domain::watch::resume`).
     pub(in crate::domain) resume_secret: Vec<u8>,
+    /// Keys the MAC of refresh tokens (see `opaque::REFRESH_SECRET`).
+    pub(in crate::domain) refresh_secret: Vec<u8>,
     /// Open WatchRevocations streams on this replica.
     pub(in crate::domain) watch_streams: Arc<AtomicUsize>,
     /// The outbox (src/domain/mail).
@@ -103,6 +107,9 @@ impl Authd {
         let recovery_secret = keystore
             .secret(&mut conn, crate::domain::mfa::RECOVERY_SECRET, now)
             .await?;
+        let refresh_secret = keystore
+            .secret(&mut conn, crate::domain::opaque::REFRESH_SECRET, now)
+            .await?;
         let views = Views::new();
         let token_cache = TokenCache::new(settings.access.token_cache_size);
         views.sync(&mut conn, clock.now()).await?;
@@ -120,8 +127,10 @@ impl Authd {
             proxy_budget,
             views,
             token_cache,
+            key_digests: crate::domain::key_digests::KeyDigests::new(),
             keys_changed: tokio::sync::watch::channel(0).0,
             resume_secret,
+            refresh_secret,
             watch_streams: Arc::new(AtomicUsize::new(0)),
             mailer,
             reset_wake: tokio::sync::Notify::new(),

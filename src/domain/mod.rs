@@ -11,6 +11,7 @@ pub mod audit;
 mod authd;
 pub mod ext_authz;
 mod housekeeping;
+pub mod key_digests;
 pub mod keystore;
 pub mod mail;
 pub mod mfa;

@@ -1,9 +1,24 @@
 //! Opaque secrets handed to clients (refresh tokens and service keys) and their stored hashes.
 //!
-//! A refresh token is `rt_` plus 256 random bits (base64url), and so is each successor it is
-//! rotated into: nothing, not even the server's secrets, lets anyone compute a live token from an
-//! old one. A service key is `sk_` plus 256 random bits, an mfa_token `mfa_` plus 256 random bits.
-//! Only SHA-256 hashes are stored.
+//! A refresh token is `rt_` and the base64url (no padding) of 69 bytes (see [`RefreshFormat`]):
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 1 | format version, 2 |
+//! | 16 | session id |
+//! | 4 | generation (big-endian): 0 from Login, one more at each rotation |
+//! | 32 | random part: 256 bits from the OS |
+//! | 16 | MAC: HMAC-SHA256 of the 53 bytes above under the server secret [`REFRESH_SECRET`], truncated |
+//!
+//! The random part makes each token unguessable: nothing, not even the server's secrets, lets
+//! anyone compute a live token from an old one. The session id and generation let a refresh be one
+//! single-row UPDATE of the session guarded by the token's hash, and let a spent token be recognised
+//! as reuse without a row per token. Session ids are public (the `sid` claim), so only a token whose
+//! MAC verifies is taken for what it says: anything else is merely invalid and can revoke nothing.
+//!
+//! Tokens of the previous format, `rt_` plus 256 random bits, each stored as a row of
+//! `refresh_tokens`, keep working until their next rotation. A service key is `sk_` plus 256 random
+//! bits, an mfa_token `mfa_` plus 256 random bits. Only SHA-256 hashes are stored.
 //!
 //! **Grace replays.** A client whose refresh reply was lost presents the just-spent token again
 //! and must get the same successor. For that window only, the session row keeps the successor
@@ -18,9 +33,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use uuid::Uuid;
 
 pub const REFRESH_TOKEN_PREFIX: &str = "rt_";
 pub const SERVICE_KEY_PREFIX: &str = "sk_";
@@ -60,9 +77,90 @@ pub fn random_256(prefix: &str) -> String {
     format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// A fresh refresh token for a new session.
+/// A refresh token of the previous format (256 random bits, stored as a `refresh_tokens` row). Only
+/// tests and benchmarks still make them, to check that such tokens keep working.
 pub fn new_refresh_token() -> String {
     random_256(REFRESH_TOKEN_PREFIX)
+}
+
+/// Name of the server secret that keys the MAC of refresh tokens.
+pub const REFRESH_SECRET: &str = "refresh_token_mac";
+const REFRESH_VERSION: u8 = 2;
+const REFRESH_BODY: usize = 1 + 16 + 4 + 32;
+const REFRESH_MAC: usize = 16;
+
+/// What a refresh token of the current format says about itself, once its MAC verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshClaims {
+    pub session_id: Uuid,
+    pub generation: i32,
+}
+
+/// What a presented refresh token is (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshFormat {
+    /// The current format with a MAC that verifies: the server issued it for this session and
+    /// generation.
+    Current(RefreshClaims),
+    /// The current format's shape with a MAC that does not verify: invalid, and nothing more.
+    Forged,
+    /// Anything else: looked up as a token of the previous format.
+    Legacy,
+}
+
+fn refresh_mac(secret: &[u8], body: &[u8]) -> [u8; REFRESH_MAC] {
+    let full: [u8; 32] = match <Hmac<Sha256> as Mac>::new_from_slice(secret) {
+        Ok(mut m) => {
+            m.update(body);
+            m.finalize().into_bytes().into()
+        }
+        // HMAC takes keys of any length; this only keeps the function total.
+        Err(_) => Sha256::digest([secret, body].concat()).into(),
+    };
+    let mut mac = [0u8; REFRESH_MAC];
+    mac.copy_from_slice(&full[..REFRESH_MAC]);
+    mac
+}
+
+/// A fresh refresh token for `session_id` at `generation`, MACed under `secret`.
+pub fn mint_refresh_token(secret: &[u8], session_id: Uuid, generation: i32) -> String {
+    let mut raw = [0u8; REFRESH_BODY + REFRESH_MAC];
+    raw[0] = REFRESH_VERSION;
+    raw[1..17].copy_from_slice(session_id.as_bytes());
+    raw[17..21].copy_from_slice(&generation.to_be_bytes());
+    rand::rngs::OsRng.fill_bytes(&mut raw[21..REFRESH_BODY]);
+    let mac = refresh_mac(secret, &raw[..REFRESH_BODY]);
+    raw[REFRESH_BODY..].copy_from_slice(&mac);
+    format!("{REFRESH_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// Reads a presented refresh token (see [`RefreshFormat`]); the MAC is compared in constant time.
+pub fn refresh_format(secret: &[u8], token: &str) -> RefreshFormat {
+    let Some(body) = token.strip_prefix(REFRESH_TOKEN_PREFIX) else {
+        return RefreshFormat::Legacy;
+    };
+    // 69 bytes are 92 base64url characters; the previous format has 43.
+    if body.len() != 92 {
+        return RefreshFormat::Legacy;
+    }
+    let Ok(raw) = URL_SAFE_NO_PAD.decode(body) else {
+        return RefreshFormat::Legacy;
+    };
+    if raw.len() != REFRESH_BODY + REFRESH_MAC || raw[0] != REFRESH_VERSION {
+        return RefreshFormat::Legacy;
+    }
+    let (body, mac) = raw.split_at(REFRESH_BODY);
+    if !bool::from(refresh_mac(secret, body).as_slice().ct_eq(mac)) {
+        return RefreshFormat::Forged;
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&body[1..17]);
+    let mut generation = [0u8; 4];
+    generation.copy_from_slice(&body[17..21]);
+    RefreshFormat::Current(RefreshClaims {
+        session_id: Uuid::from_bytes(id),
+        generation: i32::from_be_bytes(generation),
+    })
 }
 
 /// A fresh service key.
@@ -152,6 +250,40 @@ mod tests {
         // 32 bytes -> 43 base64url characters.
         assert_eq!(a.len(), 3 + 43);
         assert!(new_service_key().starts_with("sk_"));
+    }
+
+    #[test]
+    fn current_refresh_tokens_carry_session_and_generation_under_a_mac() {
+        let secret = new_secret();
+        let sid = Uuid::new_v4();
+        let t = mint_refresh_token(&secret, sid, 7);
+        assert!(t.starts_with("rt_"));
+        assert_eq!(t.len(), 3 + 92);
+        assert_ne!(
+            t,
+            mint_refresh_token(&secret, sid, 7),
+            "a random part each time"
+        );
+        assert_eq!(
+            refresh_format(&secret, &t),
+            RefreshFormat::Current(RefreshClaims {
+                session_id: sid,
+                generation: 7
+            })
+        );
+        // Another deployment's secret, or any flipped bit: forged, never taken for what it says.
+        assert_eq!(refresh_format(&new_secret(), &t), RefreshFormat::Forged);
+        let mut raw = URL_SAFE_NO_PAD.decode(&t[3..]).unwrap();
+        raw[20] ^= 1; // the generation
+        let tampered = format!("rt_{}", URL_SAFE_NO_PAD.encode(&raw));
+        assert_eq!(refresh_format(&secret, &tampered), RefreshFormat::Forged);
+        // The previous format, and garbage, are looked up as the previous format.
+        assert_eq!(
+            refresh_format(&secret, &new_refresh_token()),
+            RefreshFormat::Legacy
+        );
+        assert_eq!(refresh_format(&secret, "rt_!"), RefreshFormat::Legacy);
+        assert_eq!(refresh_format(&secret, &t[3..]), RefreshFormat::Legacy);
     }
 
     #[test]

@@ -147,41 +147,81 @@ impl Keyring {
     }
 }
 
-/// A bounded cache of verified access tokens (`AUTHD_TOKEN_CACHE_SIZE` entries), keyed by the
-/// SHA-256 of the token and kept until the token's `exp` plus leeway. Verifying an EdDSA signature
-/// costs about as much as the rest of a ValidateToken call; a cached token costs a hash and a
-/// lookup. Only the signature and claims are cached: revocation is checked on every call.
-pub struct TokenCache(moka::sync::Cache<[u8; 32], Cached>);
+/// A bounded cache of verified access tokens (`AUTHD_TOKEN_CACHE_SIZE` entries), kept until the
+/// token's `exp` plus leeway, and a brief one of recent failures (as many entries, for
+/// [`FAILURE_TTL`]). Verifying an EdDSA signature costs about as much as the rest of a
+/// ValidateToken call; a cached token costs a fast keyed hash (foldhash, seeded at random per
+/// process, so nobody can aim collisions), a lookup and a full, constant-time comparison of the
+/// token with the one cached under that hash: a collision is a miss, never a wrong answer. Only the
+/// signature and claims are cached: revocation is checked on every call.
+///
+/// A failure (bad signature, unknown session, expired) is remembered for [`FAILURE_TTL`] with the
+/// keyring it was judged with: a client retrying a dead token costs a lookup, and a key published
+/// since (a new keyring) is never hidden by an old failure.
+pub struct TokenCache {
+    hasher: foldhash::fast::RandomState,
+    verified: moka::sync::Cache<u64, Cached>,
+    failed: Option<moka::sync::Cache<u64, Failed>>,
+}
+
+/// How long a failed verification is remembered (wall-clock time, like any cache lifetime).
+pub const FAILURE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A cached token and how long it stays, computed from the injected clock when it was inserted.
 #[derive(Clone)]
 struct Cached {
+    text: Arc<str>,
     token: Arc<VerifiedToken>,
     ttl: std::time::Duration,
+}
+
+/// A token refused recently, with the keyring that refused it.
+#[derive(Clone)]
+struct Failed {
+    text: Arc<str>,
+    error: TokenError,
+    keyring: std::sync::Weak<Keyring>,
 }
 
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenCache")
-            .field("entries", &self.0.entry_count())
+            .field("entries", &self.verified.entry_count())
+            .field(
+                "failures",
+                &self.failed.as_ref().map_or(0, |c| c.entry_count()),
+            )
             .finish()
     }
 }
 
+fn same_text(cached: &str, presented: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    cached.len() == presented.len() && bool::from(cached.as_bytes().ct_eq(presented.as_bytes()))
+}
+
 impl TokenCache {
-    /// A cache of at most `capacity` tokens; 0 caches nothing.
+    /// A cache of at most `capacity` tokens (and as many recent failures); 0 caches nothing.
     pub fn new(capacity: u64) -> Self {
-        Self(
-            moka::sync::Cache::builder()
+        Self {
+            hasher: foldhash::fast::RandomState::default(),
+            verified: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(UntilExpiry)
                 .build(),
-        )
+            failed: (capacity > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(capacity)
+                    .time_to_live(FAILURE_TTL)
+                    .build()
+            }),
+        }
     }
 
-    /// The cache key of a token: its SHA-256.
-    pub fn digest(token: &str) -> [u8; 32] {
-        Sha256::digest(token.as_bytes()).into()
+    /// The cache key of a token: its fast keyed hash (see the type's docs).
+    pub fn key(&self, token: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(token)
     }
 
     /// A token verified before: `None` if unknown (or its key no longer verifies in `keyring`,
@@ -190,12 +230,17 @@ impl TokenCache {
     pub fn get(
         &self,
         keyring: &Keyring,
-        digest: &[u8; 32],
+        token: &str,
         now: DateTime<Utc>,
     ) -> Option<std::result::Result<Arc<VerifiedToken>, TokenError>> {
-        let v = self.0.get(digest)?.token;
+        let key = self.key(token);
+        let hit = self.verified.get(&key)?;
+        if !same_text(&hit.text, token) {
+            return None;
+        }
+        let v = hit.token;
         if !keyring.verifier.accepts_key(&v.key_id, now) {
-            self.0.invalidate(digest);
+            self.verified.invalidate(&key);
             return None;
         }
         if now.timestamp() >= v.expire_time.timestamp().saturating_add(LEEWAY_SECS) {
@@ -206,20 +251,48 @@ impl TokenCache {
 
     /// Remembers a token that passed [`Keyring::verify`] at `now` (and any further checks of the
     /// caller), until its `exp` plus leeway.
-    pub fn insert(&self, digest: [u8; 32], token: Arc<VerifiedToken>, now: DateTime<Utc>) {
-        let until = token.expire_time + chrono::Duration::seconds(LEEWAY_SECS);
+    pub fn insert(&self, token: &str, verified: Arc<VerifiedToken>, now: DateTime<Utc>) {
+        let until = verified.expire_time + chrono::Duration::seconds(LEEWAY_SECS);
         let ttl = (until - now).to_std().unwrap_or_default();
-        self.0.insert(digest, Cached { token, ttl });
+        self.verified.insert(
+            self.key(token),
+            Cached {
+                text: Arc::from(token),
+                token: verified,
+                ttl,
+            },
+        );
+    }
+
+    /// Why `token` was refused, if it was within [`FAILURE_TTL`] under this same `keyring`.
+    pub fn failure(&self, keyring: &Arc<Keyring>, token: &str) -> Option<TokenError> {
+        let f = self.failed.as_ref()?.get(&self.key(token))?;
+        (std::ptr::eq(f.keyring.as_ptr(), Arc::as_ptr(keyring)) && same_text(&f.text, token))
+            .then_some(f.error)
+    }
+
+    /// Remembers that `keyring` (or the session check after it) refused `token` with `error`.
+    pub fn insert_failure(&self, keyring: &Arc<Keyring>, token: &str, error: TokenError) {
+        if let Some(failed) = &self.failed {
+            failed.insert(
+                self.key(token),
+                Failed {
+                    text: Arc::from(token),
+                    error,
+                    keyring: Arc::downgrade(keyring),
+                },
+            );
+        }
     }
 }
 
 /// Expires a cached token when it does.
 struct UntilExpiry;
 
-impl moka::Expiry<[u8; 32], Cached> for UntilExpiry {
+impl moka::Expiry<u64, Cached> for UntilExpiry {
     fn expire_after_create(
         &self,
-        _key: &[u8; 32],
+        _key: &u64,
         value: &Cached,
         _created_at: std::time::Instant,
     ) -> Option<std::time::Duration> {
@@ -262,22 +335,21 @@ mod tests {
         let kr = keyring();
         let cache = TokenCache::new(100);
         let t = kr.sign(&claims(now)).unwrap();
-        let d = TokenCache::digest(&t);
-        assert!(cache.get(&kr, &d, now).is_none());
+        assert!(cache.get(&kr, &t, now).is_none());
         let v = Arc::new(kr.verify(&t, "authd", "authd", now).unwrap());
-        cache.insert(d, v.clone(), now);
-        let hit = cache.get(&kr, &d, now).unwrap().unwrap();
+        cache.insert(&t, v.clone(), now);
+        let hit = cache.get(&kr, &t, now).unwrap().unwrap();
         assert!(Arc::ptr_eq(&hit, &v));
         // Expiry still applies to a cached token.
         let later = now + chrono::Duration::seconds(901 + LEEWAY_SECS);
         assert_eq!(
-            cache.get(&kr, &d, later).unwrap().unwrap_err(),
+            cache.get(&kr, &t, later).unwrap().unwrap_err(),
             TokenError::Expired
         );
         // A keyring without the verifying key does not see (and drops) the cached token.
         let other = keyring();
-        assert!(cache.get(&other, &d, now).is_none());
-        assert!(cache.get(&kr, &d, now).is_none());
+        assert!(cache.get(&other, &t, now).is_none());
+        assert!(cache.get(&kr, &t, now).is_none());
     }
 
     #[test]
@@ -288,10 +360,45 @@ mod tests {
         let cache = TokenCache::new(100);
         let t = kr.sign(&claims(now)).unwrap();
         let v = Arc::new(kr.verify(&t, "authd", "authd", now).unwrap());
-        let d = TokenCache::digest(&t);
-        cache.insert(d, v, now + chrono::Duration::hours(1));
-        cache.0.run_pending_tasks();
-        assert!(cache.0.get(&d).is_none());
+        cache.insert(&t, v, now + chrono::Duration::hours(1));
+        cache.verified.run_pending_tasks();
+        assert!(cache.verified.get(&cache.key(&t)).is_none());
+    }
+
+    #[test]
+    fn a_hit_needs_the_same_token_not_just_the_same_hash() {
+        let now = Utc::now();
+        let kr = keyring();
+        let cache = TokenCache::new(100);
+        let t = kr.sign(&claims(now)).unwrap();
+        let v = Arc::new(kr.verify(&t, "authd", "authd", now).unwrap());
+        // Another token's entry planted under this token's key (a forced collision): a miss.
+        let other = kr.sign(&claims(now)).unwrap();
+        cache.verified.insert(
+            cache.key(&t),
+            Cached {
+                text: Arc::from(other.as_str()),
+                token: v,
+                ttl: std::time::Duration::from_secs(60),
+            },
+        );
+        assert!(cache.get(&kr, &t, now).is_none());
+    }
+
+    #[test]
+    fn failures_are_remembered_per_keyring() {
+        let kr = Arc::new(keyring());
+        let cache = TokenCache::new(100);
+        assert_eq!(cache.failure(&kr, "garbage"), None);
+        cache.insert_failure(&kr, "garbage", TokenError::Invalid);
+        assert_eq!(cache.failure(&kr, "garbage"), Some(TokenError::Invalid));
+        assert_eq!(cache.failure(&kr, "garbagf"), None);
+        // A new keyring (keys reloaded) judges again.
+        assert_eq!(cache.failure(&Arc::new(keyring()), "garbage"), None);
+        // Capacity 0 remembers nothing.
+        let none = TokenCache::new(0);
+        none.insert_failure(&kr, "garbage", TokenError::Invalid);
+        assert_eq!(none.failure(&kr, "garbage"), None);
     }
 
     #[test]

@@ -29,7 +29,8 @@ pub fn request_id(headers: &http::HeaderMap) -> String {
 
 /// One span per call (`rpc`, with `method`, `request_id`, and once it ends `code` and `latency_ms`)
 /// and one log line when it ends: INFO, DEBUG for `grpc.health.v1` and successful ValidateToken
-/// and Envoy ext_authz Check calls. The request id (the client's
+/// and Envoy ext_authz Check calls. Those token checks run in a DEBUG span (like health checks);
+/// one that fails gets an INFO `rpc` span with the same fields, and its INFO line, when it ends. The request id (the client's
 /// `x-request-id`, or a generated one) is returned in the response's `x-request-id`. No other
 /// metadata is ever logged. Place it outermost, so it sees the code the client receives.
 #[derive(Debug, Clone, Copy, Default)]
@@ -88,7 +89,9 @@ where
         // DEBUG like health checks (an INFO line each would cost more than the call); its
         // failures stay at INFO.
         let quiet_if_ok = is_validate_token(&method);
-        let span = if health {
+        // Health checks and token checks run in a DEBUG span (nothing to build when DEBUG is off).
+        // A token check that fails gets its INFO span and line when it ends, with the same fields.
+        let span = if health || quiet_if_ok {
             tracing::debug_span!(
                 "rpc",
                 method = %method,
@@ -109,9 +112,20 @@ where
         let log_span = span.clone();
         let mut completion = Completion::new(move |code: Code| {
             let latency_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+            if quiet_if_ok && code != Code::Ok {
+                let failed = tracing::info_span!(
+                    "rpc",
+                    method = %method,
+                    request_id = %id,
+                    code = %grpc_code_name(code),
+                    latency_ms,
+                );
+                tracing::info!(parent: &failed, "rpc finished");
+                return;
+            }
             log_span.record("code", tracing::field::display(grpc_code_name(code)));
             log_span.record("latency_ms", latency_ms);
-            if health || (quiet_if_ok && code == Code::Ok) {
+            if health || quiet_if_ok {
                 tracing::debug!(parent: &log_span, "rpc finished");
             } else {
                 tracing::info!(parent: &log_span, "rpc finished");

@@ -19,10 +19,11 @@ use authd::proto;
 use chrono::Duration as ChronoDuration;
 use diesel::sql_types::{BigInt, Bytea, Integer, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
+use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 use tonic::{Code, Status};
 
-async fn refresh_from(
+pub(crate) async fn refresh_from(
     srv: &TestServer,
     refresh_token: &str,
     ip: &str,
@@ -39,7 +40,11 @@ async fn refresh_from(
         .map(|r| r.into_inner().into())
 }
 
-async fn logout_from(srv: &TestServer, refresh_token: &str, ip: &str) -> Result<(), Status> {
+pub(crate) async fn logout_from(
+    srv: &TestServer,
+    refresh_token: &str,
+    ip: &str,
+) -> Result<(), Status> {
     srv.auth()
         .await
         .logout(from_ip(
@@ -53,7 +58,7 @@ async fn logout_from(srv: &TestServer, refresh_token: &str, ip: &str) -> Result<
 }
 
 /// `n` Refresh calls with `refresh_token` from `ip`, released together, one connection each.
-async fn race_refresh(
+pub(crate) async fn race_refresh(
     srv: &TestServer,
     refresh_token: &str,
     ip: &str,
@@ -104,7 +109,7 @@ async fn race_logout(srv: &TestServer, tokens: Vec<String>, ip: &str) -> Vec<Res
 }
 
 /// Logs a fresh user in from `ip`.
-async fn session_from(srv: &TestServer, ip: &str) -> proto::LoginResponse {
+pub(crate) async fn session_from(srv: &TestServer, ip: &str) -> proto::LoginResponse {
     let email = unique_email();
     srv.register(&email, PASSWORD).await;
     srv.auth()
@@ -116,15 +121,15 @@ async fn session_from(srv: &TestServer, ip: &str) -> proto::LoginResponse {
 }
 
 #[derive(diesel::QueryableByName, Debug)]
-struct AuditRow {
+pub(crate) struct AuditRow {
     #[diesel(sql_type = Text)]
-    ip_address: String,
+    pub(crate) ip_address: String,
     #[diesel(sql_type = Text)]
-    detail: String,
+    pub(crate) detail: String,
 }
 
 /// The audit events of `kind`, oldest first.
-async fn events(url: &str, kind: &str) -> Vec<AuditRow> {
+pub(crate) async fn events(url: &str, kind: &str) -> Vec<AuditRow> {
     diesel::sql_query(
         "SELECT ip_address, detail FROM audit_events WHERE kind = $1 ORDER BY create_time, id",
     )
@@ -135,24 +140,26 @@ async fn events(url: &str, kind: &str) -> Vec<AuditRow> {
 }
 
 #[derive(diesel::QueryableByName, Debug)]
-struct SessionRow {
+pub(crate) struct SessionRow {
     #[diesel(sql_type = Integer)]
-    generation: i32,
+    pub(crate) generation: i32,
     #[diesel(sql_type = Nullable<Bytea>)]
-    replay_box: Option<Vec<u8>>,
+    pub(crate) replay_box: Option<Vec<u8>>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
-    replay_until: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) replay_until: Option<chrono::DateTime<chrono::Utc>>,
     #[diesel(sql_type = Nullable<Text>)]
-    rotate_ip: Option<String>,
+    pub(crate) rotate_ip: Option<String>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
-    revoke_time: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) revoke_time: Option<chrono::DateTime<chrono::Utc>>,
     #[diesel(sql_type = BigInt)]
-    tokens: i64,
+    pub(crate) tokens: i64,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    pub(crate) refresh_hash: Option<Vec<u8>>,
 }
 
-async fn session_row(url: &str, session_id: &str) -> SessionRow {
+pub(crate) async fn session_row(url: &str, session_id: &str) -> SessionRow {
     diesel::sql_query(
-        "SELECT s.generation, s.replay_box, s.replay_until, s.rotate_ip, s.revoke_time, \
+        "SELECT s.generation, s.replay_box, s.replay_until, s.rotate_ip, s.revoke_time, s.refresh_hash, \
            (SELECT count(*) FROM refresh_tokens t WHERE t.session_id = s.id) AS tokens \
          FROM sessions s WHERE s.id = $1::uuid",
     )
@@ -331,7 +338,15 @@ async fn twenty_concurrent_refreshes_from_one_client_rotate_once_and_share_the_s
     );
     let row = session_row(&srv.url, &p0.session_id).await;
     assert_eq!(row.generation, 1, "exactly one rotation");
-    assert_eq!(row.tokens, 2, "the first token and one successor");
+    assert_eq!(
+        row.tokens, 0,
+        "current-format tokens have no rows of their own"
+    );
+    assert_eq!(
+        row.refresh_hash.as_deref(),
+        Some(&Sha256::digest(successor.as_bytes())[..]),
+        "the session row holds the one successor's hash"
+    );
     assert_eq!(events(&srv.url, "REFRESH_REPLAYED").await.len(), 19);
     assert!(events(&srv.url, "REFRESH_REUSE_DETECTED").await.is_empty());
     refresh_from(&srv, successor, a)

@@ -132,6 +132,13 @@ pub struct Cli {
     #[arg(long)]
     pub max_error_rate: Option<f64>,
 
+    /// Refresh workers rotate these refresh tokens (a file, one per line, e.g. of sessions seeded
+    /// by SQL: see scripts/seed-refresh-sessions.sql) instead of one logged-in session each. The
+    /// tokens are dealt out round-robin; each worker cycles through its own, so refreshes spread
+    /// over every session. No session is logged in for refresh workers then.
+    #[arg(long)]
+    pub refresh_tokens: Option<std::path::PathBuf>,
+
     /// Threads of the client's async runtime. Default: the CPUs this process may run on.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,

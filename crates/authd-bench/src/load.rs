@@ -150,6 +150,11 @@ pub enum Job {
         email: String,
         password: String,
     },
+    /// Refreshes spread over many sessions (`--refresh-tokens`): each call rotates the next token.
+    RefreshMany {
+        tokens: Vec<String>,
+        next: usize,
+    },
 }
 
 impl Job {
@@ -159,7 +164,7 @@ impl Job {
             Job::Validate { .. } => Rpc::Validate,
             Job::GetMe { .. } => Rpc::GetMe,
             Job::Login { .. } => Rpc::Login,
-            Job::Refresh { .. } => Rpc::Refresh,
+            Job::Refresh { .. } | Job::RefreshMany { .. } => Rpc::Refresh,
             Job::Flood { .. } => Rpc::Flood,
         }
     }
@@ -270,6 +275,67 @@ pub fn jobs(
         }
     }
     Ok(jobs)
+}
+
+/// Like [`jobs`], but refresh workers rotate `tokens` (dealt out round-robin) instead of one
+/// logged-in session each.
+pub fn jobs_with_refresh_tokens(
+    plan: &Plan,
+    prepared: &Prepared,
+    addresses: Addresses,
+    tokens: Vec<String>,
+) -> Result<Vec<Job>, SetupError> {
+    let refresh_workers = plan.workers_of(Rpc::Refresh) as usize;
+    if refresh_workers == 0 || tokens.len() < refresh_workers {
+        return Err(SetupError {
+            what: format!(
+                "--refresh-tokens: {} token(s) for {refresh_workers} refresh worker(s); \
+                 need at least one each",
+                tokens.len()
+            ),
+            status: None,
+            hint: None,
+        });
+    }
+    let mut dealt: Vec<Vec<String>> = vec![Vec::new(); refresh_workers];
+    for (i, t) in tokens.into_iter().enumerate() {
+        if let Some(d) = dealt.get_mut(i % refresh_workers) {
+            d.push(t);
+        }
+    }
+    let mut dealt = dealt.into_iter();
+    let mut out = Vec::new();
+    for group in &plan.groups {
+        for _ in 0..group.workers {
+            let job = if group.rpc == Rpc::Refresh {
+                Job::RefreshMany {
+                    tokens: dealt.next().unwrap_or_default(),
+                    next: 0,
+                }
+            } else {
+                Job::Health
+            };
+            out.push(job);
+        }
+    }
+    // The other groups' jobs as `jobs` makes them (it needs no refresh sessions for those).
+    let others = jobs(&without_refresh(plan), prepared, addresses)?;
+    let mut others = others.into_iter();
+    for job in &mut out {
+        if !matches!(job, Job::RefreshMany { .. })
+            && let Some(o) = others.next()
+        {
+            *job = o;
+        }
+    }
+    Ok(out)
+}
+
+/// `plan` without its refresh group.
+fn without_refresh(plan: &Plan) -> Plan {
+    let mut p = plan.clone();
+    p.groups.retain(|g| g.rpc != Rpc::Refresh);
+    p
 }
 
 /// The timing of a run.
@@ -533,6 +599,24 @@ async fn call(job: &mut Job, s: &Stubs, timeout: Duration) -> Result<(), Failure
             }
             // The presented token is spent: the next call must use its successor.
             *refresh_token = pair.refresh_token;
+            Ok(())
+        }
+        Job::RefreshMany { tokens, next } => {
+            let n = tokens.len().max(1);
+            let i = *next % n;
+            *next = (i + 1) % n;
+            let Some(token) = tokens.get_mut(i) else {
+                return Err(Failure::InvalidReply);
+            };
+            let mut req = Request::new(RefreshRequest {
+                refresh_token: token.clone(),
+            });
+            req.set_timeout(timeout);
+            let pair = s.auth.clone().refresh(req).await?.into_inner();
+            if pair.access_token.is_empty() || pair.refresh_token.is_empty() {
+                return Err(Failure::InvalidReply);
+            }
+            *token = pair.refresh_token;
             Ok(())
         }
     }

@@ -163,6 +163,7 @@ async fn bench(
         service_key: cli.service_key.clone(),
         parallelism: cli.setup_parallelism,
         retry_for: cli.setup_retry_for,
+        refresh_tokens_given: cli.refresh_tokens.is_some(),
     };
     let prepared = setup::prepare(setup_channel.clone(), &plan, &opts, &log)
         .await
@@ -171,7 +172,26 @@ async fn bench(
         flood: cli.flood_addresses,
         login: cli.login_addresses,
     };
-    let mut jobs = load::jobs(&plan, &prepared, addresses).map_err(|e| e.to_string())?;
+    let mut jobs = match &cli.refresh_tokens {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--refresh-tokens {}: {e}", path.display()))?;
+            let tokens: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
+            log(&format!(
+                "refresh workers rotate {} seeded session(s) from {}",
+                tokens.len(),
+                path.display()
+            ));
+            load::jobs_with_refresh_tokens(&plan, &prepared, addresses, tokens)
+        }
+        None => load::jobs(&plan, &prepared, addresses),
+    }
+    .map_err(|e| e.to_string())?;
     load::preflight(&mut jobs, &setup_channel, cli.timeout).await?;
 
     let verify = if plan.has(Rpc::Login) {

@@ -127,6 +127,8 @@ pub struct SetupOptions {
     pub service_key: Option<String>,
     pub parallelism: u32,
     pub retry_for: Duration,
+    /// Refresh workers bring their own tokens (`--refresh-tokens`): log no session in for them.
+    pub refresh_tokens_given: bool,
 }
 
 /// A random id for this run, part of every e-mail address it registers.
@@ -331,7 +333,11 @@ pub async fn prepare(
     } else {
         0
     };
-    let refresh = plan.workers_of(Rpc::Refresh) as usize;
+    let refresh = if opts.refresh_tokens_given {
+        0
+    } else {
+        plan.workers_of(Rpc::Refresh) as usize
+    };
     if shared + refresh > 0 {
         log(&format!(
             "logging in {} session(s) ({} at a time)",

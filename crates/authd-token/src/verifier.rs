@@ -4,6 +4,11 @@
 //! Verification pins the algorithm to EdDSA, requires header `typ: at+jwt` and a known `kid`, refuses
 //! headers that try to bring their own key (`jwk`, `jku`, `x5u`, `x5c`) or `crit` extensions, and checks
 //! `iss`, `aud`, `exp` and `nbf` against `now` with a leeway of [`LEEWAY_SECS`].
+//!
+//! The cheap checks come first: header, a known `kid`, then `exp`, `iss` and `aud` read from the
+//! unverified payload. A token that fails them is refused without the signature check (the answer
+//! is a refusal either way, and an expired token costs a fraction of a signature); the claims are
+//! checked again, from the verified payload, after the signature.
 
 use std::collections::HashMap;
 
@@ -23,7 +28,8 @@ pub enum TokenError {
     /// an unknown (or retired) key.
     #[error("invalid access token")]
     Invalid,
-    /// Correctly signed and otherwise valid, but past `exp` (plus leeway): refresh and retry.
+    /// Past `exp` (plus leeway): refresh and retry. Checked before the signature, so a badly signed
+    /// token past its `exp` is refused as expired too.
     #[error("access token expired")]
     Expired,
 }
@@ -156,6 +162,7 @@ impl Verifier {
             .kid
             .and_then(|kid| self.keys.get(&kid).map(|key| (kid, key)))
             .ok_or(TokenError::Invalid)?;
+        cheap_claims(token, issuer, audience, now)?;
 
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.algorithms = vec![Algorithm::EdDSA];
@@ -199,6 +206,57 @@ impl Verifier {
             amr: c.amr,
         })
     }
+}
+
+/// The claims that cost no signature check, read from the unverified payload: `exp` (against `now`
+/// with [`LEEWAY_SECS`]), `iss` and `aud`. Anything unreadable is left to the full check.
+fn cheap_claims(
+    token: &str,
+    issuer: &str,
+    audience: &str,
+    now: DateTime<Utc>,
+) -> Result<(), TokenError> {
+    use base64::Engine;
+
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Audience {
+        One(String),
+        Many(Vec<String>),
+    }
+    #[derive(serde::Deserialize)]
+    struct Cheap {
+        exp: Option<i64>,
+        iss: Option<String>,
+        aud: Option<Audience>,
+    }
+    let Some(payload) = token.split('.').nth(1) else {
+        return Err(TokenError::Invalid);
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| TokenError::Invalid)?;
+    let Ok(c) = serde_json::from_slice::<Cheap>(&raw) else {
+        // Not the shape this check reads: the full decode below decides (and refuses).
+        return Ok(());
+    };
+    if c.exp
+        .is_some_and(|exp| now.timestamp() >= exp.saturating_add(LEEWAY_SECS))
+    {
+        return Err(TokenError::Expired);
+    }
+    if c.iss.as_deref().is_some_and(|iss| iss != issuer) {
+        return Err(TokenError::Invalid);
+    }
+    let aud_ok = match &c.aud {
+        None => true,
+        Some(Audience::One(a)) => a == audience,
+        Some(Audience::Many(list)) => list.iter().any(|a| a == audience),
+    };
+    if !aud_ok {
+        return Err(TokenError::Invalid);
+    }
+    Ok(())
 }
 
 fn key_valid(key: &Key, now: DateTime<Utc>) -> bool {

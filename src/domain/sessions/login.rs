@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
-use crate::db::models::{NewRefreshToken, NewSession, Session};
+use crate::db::models::{NewSession, Session};
 use crate::db::{self, DbError, sessions, users};
 use crate::domain::audit::{self, AuditEntry, AuditKind};
 use crate::domain::authd::chrono_duration;
@@ -270,9 +270,9 @@ impl Authd {
         start: &SessionStart<'_>,
         now: DateTime<Utc>,
     ) -> Result<(Session, String), DbError> {
-        let refresh_token = opaque::new_refresh_token();
-        let token_hash = HashedToken::of(&refresh_token);
         let session_id = Uuid::new_v4();
+        let refresh_token = opaque::mint_refresh_token(&self.refresh_secret, session_id, 0);
+        let token_hash = HashedToken::of(&refresh_token);
         let expire_time = now + chrono_duration(self.settings.sessions.max_lifetime);
         let idle_expire_time =
             (now + chrono_duration(self.settings.sessions.refresh_token_ttl)).min(expire_time);
@@ -288,14 +288,9 @@ impl Authd {
             ip_address: start.ip,
             access_expire_time: self.access_expire_time(now, idle_expire_time),
             amr: start.amr,
+            refresh_hash: token_hash.as_bytes(),
         };
-        let new_token = NewRefreshToken {
-            token_hash: token_hash.as_bytes(),
-            session_id,
-            generation: 0,
-            create_time: now,
-        };
-        let session = sessions::insert(conn, &new_session, &new_token).await?;
+        let session = sessions::insert(conn, &new_session).await?;
         Ok((session, refresh_token))
     }
 

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::db::{self, DbError, sessions};
 use crate::domain::audit::{AuditEntry, AuditKind};
-use crate::domain::opaque::{HashedToken, MAX_OPAQUE_BYTES};
+use crate::domain::opaque::{self, HashedToken, MAX_OPAQUE_BYTES, RefreshFormat};
 use crate::domain::sessions::revocation;
 use crate::domain::{Authd, ClientInfo, Error, Principal, Result};
 
@@ -25,9 +25,25 @@ impl Authd {
                 "refresh_token must be at most {MAX_OPAQUE_BYTES} bytes"
             )));
         }
-        let hash = HashedToken::of(refresh_token);
-        let mut conn = self.conn().await?;
-        if let Some(s) = sessions::find_by_refresh_hash(&mut conn, hash.as_bytes()).await? {
+        let session = match opaque::refresh_format(&self.refresh_secret, refresh_token) {
+            // Any token the server issued for the session (spent or current) ends it, as before.
+            RefreshFormat::Current(claims) => {
+                let mut conn = self.conn().await?;
+                sessions::find(&mut conn, claims.session_id)
+                    .await?
+                    .filter(|s| claims.generation <= s.generation)
+                    .map(|s| (conn, s))
+            }
+            RefreshFormat::Forged => None,
+            RefreshFormat::Legacy => {
+                let hash = HashedToken::of(refresh_token);
+                let mut conn = self.conn().await?;
+                sessions::find_by_refresh_hash(&mut conn, hash.as_bytes())
+                    .await?
+                    .map(|s| (conn, s))
+            }
+        };
+        if let Some((mut conn, s)) = session {
             self.end_session(&mut conn, s.user_id, s.id, client).await?;
         }
         Ok(())

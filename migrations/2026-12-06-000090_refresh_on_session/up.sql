@@ -1,0 +1,13 @@
+-- Issue J, P4: a refresh is one single-row UPDATE of the session.
+--
+-- Refresh tokens of the current format (`rt_` + base64url of version 2, session id, generation,
+-- random part and a MAC under the server secret `refresh_token_mac`; see src/domain/opaque.rs)
+-- are not stored as rows of their own: the session row keeps the SHA-256 of its current token, and a
+-- rotation replaces it, guarded by the presented token's hash. The token's own session id and
+-- generation tell a spent token (reuse, or a grace replay) from a stranger's.
+--
+-- Tokens of the previous format keep their rows in `refresh_tokens` and keep working until they
+-- are rotated (into the current format), so an upgrade logs nobody out. NULL here means the
+-- session's current token is still such a row. The column is added without a default, so without
+-- rewriting the table, and needs no index: a current-format token names its session.
+ALTER TABLE sessions ADD COLUMN refresh_hash bytea NULL;

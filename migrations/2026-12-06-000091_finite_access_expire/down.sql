@@ -1,0 +1,2 @@
+-- Nothing to undo: the finite times are what the sessions' tokens can carry.
+SELECT 1;
