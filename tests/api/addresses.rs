@@ -20,31 +20,6 @@ use authd_testkit::*;
 
 const WRONG: &str = "Wrong-Horse-Battery-Staple-99";
 
-/// Runs `futs` concurrently (interleaved in this task) and returns their outputs in order.
-async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    use std::task::Poll;
-    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => *o = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(|o| o.unwrap()).collect()
-}
-
 /// `msg` with the given `x-forwarded-for` and, if any, `x-api-key`.
 fn req<T>(msg: T, xff: Option<&str>, key: Option<&str>) -> Request<T> {
     let mut r = Request::new(msg);
@@ -159,7 +134,7 @@ async fn ipv6_addresses_of_one_64_share_one_rate_limit_bucket() {
             }
         }
     });
-    let seen = Codes::of(join_all(calls).await);
+    let seen = Codes::of(authd_testkit::join_all(calls).await);
     assert_eq!(seen.count(Code::ResourceExhausted), 7, "{seen:?}");
     assert_eq!(
         seen.count(Code::Ok) + seen.count(Code::Unauthenticated),
@@ -254,7 +229,7 @@ async fn a_gateway_key_names_its_users_addresses_and_is_not_throttled_as_one_cli
                 .await
         }
     });
-    let seen = Codes::of(join_all(own).await);
+    let seen = Codes::of(authd_testkit::join_all(own).await);
     assert_eq!(seen.count(Code::Unauthenticated), 4, "{seen:?}");
     assert_eq!(seen.count(Code::ResourceExhausted), 2, "{seen:?}");
     // ...yet 100 users register and log in through the gateway, 20 at a time, each from its own
@@ -280,7 +255,7 @@ async fn a_gateway_key_names_its_users_addresses_and_is_not_throttled_as_one_cli
                     .await
             }
         });
-        let seen = Codes::of(join_all(regs).await);
+        let seen = Codes::of(authd_testkit::join_all(regs).await);
         assert_eq!(seen.count(Code::Ok), chunk.len(), "{seen:?}");
         let logins = chunk.iter().map(|(email, ip)| {
             let (srv, key) = (&srv, &key);
@@ -292,7 +267,7 @@ async fn a_gateway_key_names_its_users_addresses_and_is_not_throttled_as_one_cli
                     .map(|r| (r.into_inner(), ip.clone()))
             }
         });
-        for r in join_all(logins).await {
+        for r in authd_testkit::join_all(logins).await {
             pairs.push(r.unwrap_or_else(|s| panic!("login through the gateway: {s:?}")));
         }
     }
@@ -442,7 +417,7 @@ async fn x_forwarded_for_without_a_proxy_key_from_its_cidrs_is_ignored() {
                 .await
         }
     });
-    let seen = Codes::of(join_all(calls).await);
+    let seen = Codes::of(authd_testkit::join_all(calls).await);
     assert_eq!(seen.count(Code::Unauthenticated), 6, "{seen:?}");
     assert_eq!(seen.count(Code::ResourceExhausted), 6, "{seen:?}");
 }
@@ -514,11 +489,14 @@ async fn a_proxy_keys_failure_budget_refuses_once_spent_by_concurrent_guesses() 
         }
     };
     // Right passwords do not spend the budget.
-    let seen =
-        Codes::of(join_all((0..10).map(|i| login(PASSWORD, format!("198.51.100.{i}")))).await);
+    let seen = Codes::of(
+        authd_testkit::join_all((0..10).map(|i| login(PASSWORD, format!("198.51.100.{i}")))).await,
+    );
     assert_eq!(seen.count(Code::Ok), 10, "{seen:?}");
     // 30 concurrent guesses, each from an invented address: 10 are checked.
-    let seen = Codes::of(join_all((0..30).map(|i| login(WRONG, format!("203.0.113.{i}")))).await);
+    let seen = Codes::of(
+        authd_testkit::join_all((0..30).map(|i| login(WRONG, format!("203.0.113.{i}")))).await,
+    );
     assert_eq!(seen.count(Code::Unauthenticated), 10, "{seen:?}");
     assert_eq!(seen.count(Code::ResourceExhausted), 20, "{seen:?}");
     // Spent: even the right password is not checked through this key...
@@ -558,7 +536,7 @@ async fn current_password_checks_through_a_proxy_key_share_its_budget() {
             srv.users().await.change_password(r).await
         }
     });
-    let seen = Codes::of(join_all(calls).await);
+    let seen = Codes::of(authd_testkit::join_all(calls).await);
     assert_eq!(seen.count(Code::Unauthenticated), 3, "{seen:?}");
     assert_eq!(seen.count(Code::ResourceExhausted), 5, "{seen:?}");
 }
@@ -703,7 +681,7 @@ async fn random_service_keys_cost_no_query_and_spend_the_per_ip_limit() {
             r
         }
     });
-    let seen = Codes::of(join_all(calls).await);
+    let seen = Codes::of(authd_testkit::join_all(calls).await);
     drop(held);
     assert_eq!(seen.count(Code::Unauthenticated), 10, "{seen:?}");
     assert_eq!(seen.count(Code::ResourceExhausted), 20, "{seen:?}");

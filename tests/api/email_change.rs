@@ -15,8 +15,6 @@ use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
 use tonic::Code;
 
-use crate::verify::futures_join_all;
-
 const BASE: &str = "https://app.example.test/auth";
 const PAGE: &str = "confirm-email-change";
 
@@ -224,7 +222,7 @@ async fn twenty_concurrent_confirmations_with_one_link_succeed_once() {
         let token = token.clone();
         async move { confirm_email_change(srv, &token).await }
     });
-    let codes = Codes::of(futures_join_all(calls).await);
+    let codes = Codes::of(authd_testkit::join_all(calls).await);
     assert_eq!(codes.count(Code::Ok), 1, "{codes:?}");
     assert_eq!(codes.count(Code::Unauthenticated), 19, "{codes:?}");
     srv.stop().await;

@@ -372,7 +372,8 @@ async fn a_recovery_code_is_single_use_under_twenty_concurrent_callers() {
         tickets.push(mfa_token(&srv, &email).await);
     }
     let code = codes[0].clone();
-    let results = join_all(tickets.iter().map(|t| try_verify_mfa(&srv, t, &code))).await;
+    let results =
+        authd_testkit::join_all(tickets.iter().map(|t| try_verify_mfa(&srv, t, &code))).await;
     let ok: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
     assert_eq!(ok.len(), 1, "{results:?}");
     for r in results.iter().filter(|r| r.is_err()) {
@@ -396,31 +397,6 @@ async fn a_recovery_code_is_single_use_under_twenty_concurrent_callers() {
     assert_eq!(used, 2);
 }
 
-/// Runs `futs` concurrently (interleaved in this task) and returns their outputs in order.
-async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    use std::task::Poll;
-    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => *o = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(|o| o.unwrap()).collect()
-}
-
 async fn otp_sessions(srv: &TestServer) -> i64 {
     let mut db = srv.db().await;
     diesel::sql_query("SELECT count(*) AS n FROM sessions WHERE amr = '{pwd,otp}'")
@@ -438,7 +414,9 @@ async fn twenty_concurrent_verify_mfa_with_one_right_code_open_one_session() {
     // One ticket, one code, 20 callers.
     let ticket = mfa_token(&srv, &email).await;
     let code = code_now(&secret, srv.clock.now());
-    let seen = Codes::of(join_all((0..20).map(|_| try_verify_mfa(&srv, &ticket, &code))).await);
+    let seen = Codes::of(
+        authd_testkit::join_all((0..20).map(|_| try_verify_mfa(&srv, &ticket, &code))).await,
+    );
     assert_eq!(seen.count(Code::Ok), 1, "{seen:?}");
     assert_eq!(seen.count(Code::Unauthenticated), 19, "{seen:?}");
     assert_eq!(otp_sessions(&srv).await, 1);
@@ -450,7 +428,9 @@ async fn twenty_concurrent_verify_mfa_with_one_right_code_open_one_session() {
         tickets.push(mfa_token(&srv, &email).await);
     }
     let code = code_now(&secret, srv.clock.now());
-    let seen = Codes::of(join_all(tickets.iter().map(|t| try_verify_mfa(&srv, t, &code))).await);
+    let seen = Codes::of(
+        authd_testkit::join_all(tickets.iter().map(|t| try_verify_mfa(&srv, t, &code))).await,
+    );
     assert_eq!(seen.count(Code::Ok), 1, "{seen:?}");
     assert_eq!(seen.count(Code::Unauthenticated), 19, "{seen:?}");
     assert_eq!(otp_sessions(&srv).await, 2);

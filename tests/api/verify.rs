@@ -183,38 +183,11 @@ async fn twenty_concurrent_verifications_with_one_token_succeed_once() {
         let token = token.clone();
         async move { verify_email(srv, &token).await }
     });
-    let results = futures_join_all(calls).await;
+    let results = authd_testkit::join_all(calls).await;
     let codes = Codes::of(results);
     assert_eq!(codes.count(Code::Ok), 1, "{codes:?}");
     assert_eq!(codes.count(Code::Unauthenticated), 19, "{codes:?}");
     srv.stop().await;
-}
-
-/// Runs `futs` concurrently (interleaved in this task) and returns their outputs in order.
-pub(crate) async fn futures_join_all<F: std::future::Future>(
-    futs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    use std::task::Poll;
-    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => *o = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 #[tokio::test]
@@ -288,7 +261,7 @@ async fn twenty_concurrent_resends_leave_at_most_three_live_links_and_void_none(
         let email = email.clone();
         async move { resend_verification(srv, resend(&email)).await }
     });
-    let codes = Codes::of(futures_join_all(calls).await);
+    let codes = Codes::of(authd_testkit::join_all(calls).await);
     assert_eq!(codes.count(Code::Ok), 20, "{codes:?}");
     wait_until("the requests are handled", Duration::from_secs(20), || async {
         count_sql(

@@ -30,7 +30,7 @@ pub mod wait;
 
 pub use client::*;
 pub use cluster::{connect_db, db_url, fresh_database, fresh_named_database};
-pub use outcomes::Codes;
+pub use outcomes::{Codes, join_all};
 pub use requests::*;
 pub use rows::{Count, TextRow, hex, insert_signing_key, open_sealed};
 pub use server::{TestServer, test_config};
