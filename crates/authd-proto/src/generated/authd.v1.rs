@@ -667,6 +667,9 @@ pub mod auth_service_client {
         ///
         /// When the account has a second factor (TOTP) on, the right password answers OK with no tokens
         /// and no session: mfa_required = true and an mfa_token for VerifyMfa.
+        ///
+        /// LoginResponse is also VerifyMfa's reply: both end in the same token pair.
+        /// buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         pub async fn login(
             &mut self,
             request: impl tonic::IntoRequest<super::LoginRequest>,
@@ -698,6 +701,11 @@ pub mod auth_service_client {
         /// per account across logins: after AUTHD_MFA_MAX_FAILURES in a row the account's second factor is
         /// locked (5 minutes, doubling per further lock, at most 24 hours; the owner gets a mail), and
         /// VerifyMfa answers RESOURCE_EXHAUSTED with "retry-after" metadata (seconds) until it ends.
+        ///
+        /// The reply is a LoginResponse with the tokens (mfa_required false), so a client handles both
+        /// steps of a login with one type.
+        /// buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        /// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         pub async fn verify_mfa(
             &mut self,
             request: impl tonic::IntoRequest<super::VerifyMfaRequest>,
@@ -1108,6 +1116,9 @@ pub mod auth_service_server {
         ///
         /// When the account has a second factor (TOTP) on, the right password answers OK with no tokens
         /// and no session: mfa_required = true and an mfa_token for VerifyMfa.
+        ///
+        /// LoginResponse is also VerifyMfa's reply: both end in the same token pair.
+        /// buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         async fn login(
             &self,
             request: tonic::Request<super::LoginRequest>,
@@ -1122,6 +1133,11 @@ pub mod auth_service_server {
         /// per account across logins: after AUTHD_MFA_MAX_FAILURES in a row the account's second factor is
         /// locked (5 minutes, doubling per further lock, at most 24 hours; the owner gets a mail), and
         /// VerifyMfa answers RESOURCE_EXHAUSTED with "retry-after" metadata (seconds) until it ends.
+        ///
+        /// The reply is a LoginResponse with the tokens (mfa_required false), so a client handles both
+        /// steps of a login with one type.
+        /// buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        /// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         async fn verify_mfa(
             &self,
             request: tonic::Request<super::VerifyMfaRequest>,
