@@ -13,6 +13,9 @@
 #
 # Usage: scripts/envoy-test.sh [path/to/authd]   (default: target/release/authd)
 set -euo pipefail
+# `producer | grep -q` fails under pipefail when grep exits at its first match and the producer
+# then dies of SIGPIPE; grep_all reads the whole input.
+grep_all() { grep "$@" >/dev/null; }
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${1:-$root/target/release/authd}"
@@ -67,17 +70,17 @@ env -u DATABASE_URL \
 authd_pid=$!
 pids+=("$authd_pid")
 for _ in $(seq 1 150); do
-  if call -d '{"service":""}' "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; then
+  if call -d '{"service":""}' "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep_all '"SERVING"'; then
     break
   fi
   kill -0 "$authd_pid" 2>/dev/null || fail "authd exited during start-up"
   sleep 0.2
 done
-call -d '{"service":""}' "$addr" grpc.health.v1.Health/Check | grep -q '"SERVING"' || fail "authd never SERVING"
+call -d '{"service":""}' "$addr" grpc.health.v1.Health/Check | grep_all '"SERVING"' || fail "authd never SERVING"
 
 step "reflection lists envoy.service.auth.v3.Authorization"
-call "$addr" list | grep -qx "envoy.service.auth.v3.Authorization" || fail "not in grpcurl list: $(call "$addr" list)"
-call "$addr" describe envoy.service.auth.v3.Authorization | grep -q "rpc Check" || fail "describe Check"
+call "$addr" list | grep_all -x "envoy.service.auth.v3.Authorization" || fail "not in grpcurl list: $(call "$addr" list)"
+call "$addr" describe envoy.service.auth.v3.Authorization | grep_all "rpc Check" || fail "describe Check"
 
 step "admin, service key, users"
 login() { call -d "{\"email\":\"$1\",\"password\":\"$2\"}" "$addr" authd.v1.AuthService/Login; }
@@ -253,7 +256,7 @@ expect 401 "expired token through ext_authz" "$ext_port" /api "$early_access"
 expect 401 "expired token through jwt_authn" "$jwt_port" /api "$early_access"
 
 step "authd counted the checks"
-curl -s "http://127.0.0.1:$http_port/metrics" | grep -q 'authd_ext_authz_checks_total{result="allowed"} [1-9]' \
+curl -s "http://127.0.0.1:$http_port/metrics" | grep_all 'authd_ext_authz_checks_total{result="allowed"} [1-9]' \
   || fail "authd_ext_authz_checks_total not counted"
 
 echo "envoy-test: all checks passed"

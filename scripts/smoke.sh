@@ -7,6 +7,9 @@
 # With AUTHD_SMOKE_DATABASE_URL set, authd and its CLI use that database instead of the embedded one
 # (scripts/pgbouncer-test.sh runs the smoke test through PgBouncer that way).
 set -euo pipefail
+# `producer | grep -q` fails under pipefail when grep exits at its first match and the producer
+# then dies of SIGPIPE; grep_all reads the whole input.
+grep_all() { grep "$@" >/dev/null; }
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${1:-$root/target/release/authd}"
@@ -64,7 +67,7 @@ for _ in $(seq 1 150); do
 done
 echo "$out" | grep -q '"SERVING"' || fail "never became SERVING"
 for svc in liveness authd.v1.AuthService authd.v1.UserService; do
-  call -d "{\"service\":\"$svc\"}" "$addr" grpc.health.v1.Health/Check | grep -q '"SERVING"' \
+  call -d "{\"service\":\"$svc\"}" "$addr" grpc.health.v1.Health/Check | grep_all '"SERVING"' \
     || fail "health of $svc is not SERVING"
 done
 
@@ -78,7 +81,7 @@ step "describe"
 described="$(call "$addr" describe authd.v1.AuthService)"
 echo "$described" | grep -q "rpc ValidateToken" || fail "describe lacks ValidateToken"
 echo "$described" | grep -q "Rotates a refresh token" || fail "describe lacks the proto comments"
-call "$addr" describe authd.v1.LoginResponse | grep -q "refresh_expires_in" || fail "describe LoginResponse"
+call "$addr" describe authd.v1.LoginResponse | grep_all "refresh_expires_in" || fail "describe LoginResponse"
 
 step "Register"
 email="smoke-$RANDOM@example.com"
@@ -135,7 +138,7 @@ v="$(call -H "x-api-key: $key" -d "{\"access_token\":\"$access2\"}" "$addr" auth
 [ "$(echo "$v" | json 'd.get("valid", False)')" = "False" ] || fail "revoked token still valid: $v"
 
 step "GetJwks"
-call "$addr" authd.v1.AuthService/GetJwks | grep -q '"Ed25519"' || fail "GetJwks"
+call "$addr" authd.v1.AuthService/GetJwks | grep_all '"Ed25519"' || fail "GetJwks"
 
 step "no secret in the log"
 for secret in "$user_password" "$admin_password" "$access" "$refresh" "$key" "$cli_key"; do
