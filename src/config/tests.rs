@@ -45,11 +45,15 @@ fn debug_hides_secrets() {
     c.master_key = Some("master-key-secret".into());
     c.bootstrap_admin_password = Some("admin-password-secret".into());
     c.database_url = Some("postgres://authd:url-password-secret@db:5432/authd".into());
-    let shown = format!("{c:?}");
+    c.smtp_url =
+        Some("smtp://mailer:smtp-password-secret@mail.example.com:587?tls=required".into());
+    // Both the Config and the settings the domain gets (the mailer's included).
+    let shown = format!("{c:?} {:?}", c.domain_settings());
     for secret in [
         "master-key-secret",
         "admin-password-secret",
         "url-password-secret",
+        "smtp-password-secret",
     ] {
         assert!(!shown.contains(secret), "{secret} in {shown}");
     }
