@@ -10,11 +10,9 @@
 //! this address) is decided by the view on every call, as before.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
 
-use subtle::ConstantTimeEq;
-
+use crate::domain::fastkey::{FastKeys, Prehashed, same_bytes};
 use crate::domain::opaque::HashedToken;
 
 /// Most keys remembered; a deployment has a few dozen services at most.
@@ -27,8 +25,8 @@ struct Entry {
 
 /// See the module docs. Its `Debug` shows only how many keys it holds.
 pub struct KeyDigests {
-    hasher: foldhash::fast::RandomState,
-    map: RwLock<HashMap<u64, Arc<Entry>>>,
+    keys: FastKeys,
+    map: RwLock<HashMap<u64, Arc<Entry>, Prehashed>>,
 }
 
 impl std::fmt::Debug for KeyDigests {
@@ -47,15 +45,15 @@ impl Default for KeyDigests {
 impl KeyDigests {
     pub fn new() -> Self {
         Self {
-            hasher: foldhash::fast::RandomState::default(),
-            map: RwLock::new(HashMap::new()),
+            keys: FastKeys::default(),
+            map: RwLock::new(HashMap::with_hasher(Prehashed)),
         }
     }
 
     /// The SHA-256 of `key`: remembered if `key` was [`KeyDigests::remember`]ed, else computed.
     /// The flag says whether it was remembered.
     pub fn digest(&self, key: &str) -> (HashedToken, bool) {
-        let h = self.hasher.hash_one(key);
+        let h = self.keys.of(key);
         let hit = self
             .map
             .read()
@@ -63,16 +61,14 @@ impl KeyDigests {
             .get(&h)
             .cloned();
         match hit {
-            Some(e) if e.key.len() == key.len() && bool::from(e.key.ct_eq(key.as_bytes())) => {
-                (e.digest.clone(), true)
-            }
+            Some(e) if same_bytes(&e.key, key.as_bytes()) => (e.digest.clone(), true),
             _ => (HashedToken::of(key), false),
         }
     }
 
     /// Remembers the digest of a key that proved valid.
     pub fn remember(&self, key: &str, digest: HashedToken) {
-        let h = self.hasher.hash_one(key);
+        let h = self.keys.of(key);
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         if map.len() >= CAPACITY {
             map.clear();
@@ -106,7 +102,7 @@ mod tests {
         // A planted entry for another key under this key's hash is a miss.
         let other = "sk_zzz";
         d.map.write().unwrap().insert(
-            d.hasher.hash_one(other),
+            d.keys.of(other),
             Arc::new(Entry {
                 key: key.as_bytes().into(),
                 digest: HashedToken::of(key),

@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod audit;
 mod authd;
 pub mod ext_authz;
+pub mod fastkey;
 mod housekeeping;
 pub mod key_digests;
 pub mod keystore;

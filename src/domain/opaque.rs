@@ -36,8 +36,9 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
+
+use crate::domain::fastkey::same_bytes;
 
 pub const REFRESH_TOKEN_PREFIX: &str = "rt_";
 pub const SERVICE_KEY_PREFIX: &str = "sk_";
@@ -60,7 +61,7 @@ impl HashedToken {
 
     /// Constant-time comparison with a stored hash.
     pub fn matches(&self, stored: &[u8]) -> bool {
-        self.0.as_slice().ct_eq(stored).into()
+        same_bytes(&self.0, stored)
     }
 }
 
@@ -150,7 +151,7 @@ pub fn refresh_format(secret: &[u8], token: &str) -> RefreshFormat {
         return RefreshFormat::Legacy;
     }
     let (body, mac) = raw.split_at(REFRESH_BODY);
-    if !bool::from(refresh_mac(secret, body).as_slice().ct_eq(mac)) {
+    if !same_bytes(&refresh_mac(secret, body), mac) {
         return RefreshFormat::Forged;
     }
     let mut id = [0u8; 16];

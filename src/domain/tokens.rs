@@ -15,6 +15,7 @@ use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sha2::{Digest, Sha256};
 
+use super::fastkey::{FastKeys, SecretMap, same_bytes};
 use super::{Error, Result};
 
 pub use authd_token::{
@@ -147,9 +148,10 @@ impl Keyring {
     }
 }
 
-/// A bounded cache of verified access tokens (`AUTHD_TOKEN_CACHE_SIZE` entries), kept until the
-/// token's `exp` plus leeway, and a brief one of recent failures (as many entries, for
-/// [`FAILURE_TTL`]). Verifying an EdDSA signature costs about as much as the rest of a
+/// A bounded cache of verified access tokens (`AUTHD_TOKEN_CACHE_SIZE` entries), read as expired
+/// from the token's `exp` plus leeway and dropped first when room is needed, and a brief one of
+/// recent failures (as many entries, for [`FAILURE_TTL`]). Both are [`SecretMap`]s: a read takes
+/// no lock but its shard's read lock and does no bookkeeping. Verifying an EdDSA signature costs about as much as the rest of a
 /// ValidateToken call; a cached token costs a fast keyed hash (foldhash, seeded at random per
 /// process, so nobody can aim collisions), a lookup and a full, constant-time comparison of the
 /// token with the one cached under that hash: a collision is a miss, never a wrong answer. Only the
@@ -159,20 +161,22 @@ impl Keyring {
 /// keyring it was judged with: a client retrying a dead token costs a lookup, and a key published
 /// since (a new keyring) is never hidden by an old failure.
 pub struct TokenCache {
-    hasher: foldhash::fast::RandomState,
-    verified: moka::sync::Cache<u64, Cached>,
-    failed: Option<moka::sync::Cache<u64, Failed>>,
+    keys: FastKeys,
+    verified: SecretMap<Cached>,
+    failed: SecretMap<Failed>,
 }
 
 /// How long a failed verification is remembered (wall-clock time, like any cache lifetime).
 pub const FAILURE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// A cached token and how long it stays, computed from the injected clock when it was inserted.
+/// A cached token. It reads as expired from `dead_at` on (by the injected clock), and is dropped
+/// when its shard needs the room.
 #[derive(Clone)]
 struct Cached {
     text: Arc<str>,
     token: Arc<VerifiedToken>,
-    ttl: std::time::Duration,
+    /// `exp` plus leeway, in Unix seconds.
+    dead_at: i64,
 }
 
 /// A token refused recently, with the keyring that refused it.
@@ -181,47 +185,46 @@ struct Failed {
     text: Arc<str>,
     error: TokenError,
     keyring: std::sync::Weak<Keyring>,
+    at: std::time::Instant,
+}
+
+impl Failed {
+    fn stale(&self) -> bool {
+        self.at.elapsed() >= FAILURE_TTL
+    }
 }
 
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenCache")
-            .field("entries", &self.verified.entry_count())
-            .field(
-                "failures",
-                &self.failed.as_ref().map_or(0, |c| c.entry_count()),
-            )
+            .field("entries", &self.verified.len())
+            .field("failures", &self.failed.len())
             .finish()
     }
 }
 
 fn same_text(cached: &str, presented: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    cached.len() == presented.len() && bool::from(cached.as_bytes().ct_eq(presented.as_bytes()))
+    same_bytes(cached.as_bytes(), presented.as_bytes())
 }
 
 impl TokenCache {
     /// A cache of at most `capacity` tokens (and as many recent failures); 0 caches nothing.
     pub fn new(capacity: u64) -> Self {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
         Self {
-            hasher: foldhash::fast::RandomState::default(),
-            verified: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(UntilExpiry)
-                .build(),
-            failed: (capacity > 0).then(|| {
-                moka::sync::Cache::builder()
-                    .max_capacity(capacity)
-                    .time_to_live(FAILURE_TTL)
-                    .build()
-            }),
+            keys: FastKeys::default(),
+            verified: SecretMap::new(capacity),
+            failed: SecretMap::new(capacity),
         }
     }
 
     /// The cache key of a token: its fast keyed hash (see the type's docs).
     pub fn key(&self, token: &str) -> u64 {
-        use std::hash::BuildHasher;
-        self.hasher.hash_one(token)
+        // The last 48 characters of a JWT are its signature's, unique to each token; hashing only
+        // them is a twelfth of the work on a 600-byte token. Any text may still share them: the
+        // full comparison on every hit tells them apart.
+        let tail = token.get(token.len().saturating_sub(48)..).unwrap_or(token);
+        self.keys.of(tail)
     }
 
     /// A token verified before: `None` if unknown (or its key no longer verifies in `keyring`,
@@ -234,16 +237,16 @@ impl TokenCache {
         now: DateTime<Utc>,
     ) -> Option<std::result::Result<Arc<VerifiedToken>, TokenError>> {
         let key = self.key(token);
-        let hit = self.verified.get(&key)?;
+        let hit = self.verified.get(key)?;
         if !same_text(&hit.text, token) {
             return None;
         }
         let v = hit.token;
         if !keyring.verifier.accepts_key(&v.key_id, now) {
-            self.verified.invalidate(&key);
+            self.verified.remove(key);
             return None;
         }
-        if now.timestamp() >= v.expire_time.timestamp().saturating_add(LEEWAY_SECS) {
+        if now.timestamp() >= hit.dead_at {
             return Some(Err(TokenError::Expired));
         }
         Some(Ok(v))
@@ -252,51 +255,43 @@ impl TokenCache {
     /// Remembers a token that passed [`Keyring::verify`] at `now` (and any further checks of the
     /// caller), until its `exp` plus leeway.
     pub fn insert(&self, token: &str, verified: Arc<VerifiedToken>, now: DateTime<Utc>) {
-        let until = verified.expire_time + chrono::Duration::seconds(LEEWAY_SECS);
-        let ttl = (until - now).to_std().unwrap_or_default();
+        let dead_at = verified.expire_time.timestamp().saturating_add(LEEWAY_SECS);
+        let now = now.timestamp();
+        if now >= dead_at {
+            return;
+        }
         self.verified.insert(
             self.key(token),
             Cached {
                 text: Arc::from(token),
                 token: verified,
-                ttl,
+                dead_at,
             },
+            |c| now >= c.dead_at,
         );
     }
 
     /// Why `token` was refused, if it was within [`FAILURE_TTL`] under this same `keyring`.
     pub fn failure(&self, keyring: &Arc<Keyring>, token: &str) -> Option<TokenError> {
-        let f = self.failed.as_ref()?.get(&self.key(token))?;
-        (std::ptr::eq(f.keyring.as_ptr(), Arc::as_ptr(keyring)) && same_text(&f.text, token))
-            .then_some(f.error)
+        let f = self.failed.get(self.key(token))?;
+        (!f.stale()
+            && std::ptr::eq(f.keyring.as_ptr(), Arc::as_ptr(keyring))
+            && same_text(&f.text, token))
+        .then_some(f.error)
     }
 
     /// Remembers that `keyring` (or the session check after it) refused `token` with `error`.
     pub fn insert_failure(&self, keyring: &Arc<Keyring>, token: &str, error: TokenError) {
-        if let Some(failed) = &self.failed {
-            failed.insert(
-                self.key(token),
-                Failed {
-                    text: Arc::from(token),
-                    error,
-                    keyring: Arc::downgrade(keyring),
-                },
-            );
-        }
-    }
-}
-
-/// Expires a cached token when it does.
-struct UntilExpiry;
-
-impl moka::Expiry<u64, Cached> for UntilExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &u64,
-        value: &Cached,
-        _created_at: std::time::Instant,
-    ) -> Option<std::time::Duration> {
-        Some(value.ttl)
+        self.failed.insert(
+            self.key(token),
+            Failed {
+                text: Arc::from(token),
+                error,
+                keyring: Arc::downgrade(keyring),
+                at: std::time::Instant::now(),
+            },
+            Failed::stale,
+        );
     }
 }
 
@@ -361,8 +356,7 @@ mod tests {
         let t = kr.sign(&claims(now)).unwrap();
         let v = Arc::new(kr.verify(&t, "authd", "authd", now).unwrap());
         cache.insert(&t, v, now + chrono::Duration::hours(1));
-        cache.verified.run_pending_tasks();
-        assert!(cache.verified.get(&cache.key(&t)).is_none());
+        assert!(cache.verified.get(cache.key(&t)).is_none());
     }
 
     #[test]
@@ -379,8 +373,9 @@ mod tests {
             Cached {
                 text: Arc::from(other.as_str()),
                 token: v,
-                ttl: std::time::Duration::from_secs(60),
+                dead_at: i64::MAX,
             },
+            |_| false,
         );
         assert!(cache.get(&kr, &t, now).is_none());
     }

@@ -3,7 +3,8 @@
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
-use subtle::ConstantTimeEq;
+
+use crate::domain::fastkey::same_bytes;
 
 /// Seconds per time step.
 pub const STEP_SECS: i64 = 30;
@@ -53,7 +54,7 @@ pub fn matching_step(seed: &[u8], presented: &str, now_step: i64) -> Option<i64>
             continue;
         }
         let expected = code(seed, step);
-        if bool::from(expected.as_bytes().ct_eq(presented.as_bytes())) {
+        if same_bytes(expected.as_bytes(), presented.as_bytes()) {
             found = Some(step);
         }
     }

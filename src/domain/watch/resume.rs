@@ -26,9 +26,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use authd_token::PublicJwk;
+
+use crate::domain::fastkey::same_bytes;
 
 /// Name of the server secret that keys the resume tokens.
 pub const RESUME_SECRET: &str = "watch_resume_hmac";
@@ -106,7 +107,7 @@ pub fn verify(secret: &[u8], token: &str, now: DateTime<Utc>) -> Option<ResumePo
     }
     let (body, presented) = raw.split_at(BODY);
     let expected = tag(secret, body);
-    if !bool::from(expected.as_slice().ct_eq(presented)) {
+    if !same_bytes(&expected, presented) {
         return None;
     }
     if body[0] & NO_RESUME != 0 {
