@@ -111,7 +111,9 @@ impl ServiceKeyEntry {
     }
 }
 
-type KeyMap = HashMap<Vec<u8>, Arc<ServiceKeyEntry>>;
+/// Keyed by the SHA-256 of the key; read on every service-key call, so hashed with foldhash, not
+/// SipHash.
+type KeyMap = HashMap<Vec<u8>, Arc<ServiceKeyEntry>, foldhash::fast::RandomState>;
 
 /// See the module docs.
 #[derive(Debug)]
@@ -143,7 +145,7 @@ impl Views {
         Self {
             ended: RwLock::new(HashMap::new()),
             watermark: tokio::sync::Mutex::new(0),
-            service_keys: RwLock::new(Arc::new(HashMap::new())),
+            service_keys: RwLock::new(Arc::new(KeyMap::default())),
             created: Instant::now(),
             synced_at: AtomicU64::new(0),
             trimmed_at: AtomicI64::new(i64::MIN),

@@ -70,7 +70,7 @@ struct Key {
 /// Verifies access tokens against a set of Ed25519 public keys, found by the token's `kid`.
 /// Cheap to query from many threads; rebuild it to change the keys.
 pub struct Verifier {
-    keys: HashMap<String, Key>,
+    keys: HashMap<String, Key, foldhash::fast::RandomState>,
     jwks: Vec<PublicJwk>,
 }
 
@@ -89,7 +89,7 @@ impl Verifier {
     /// A verifier of `keys` (a later key with the same `kid` replaces an earlier one).
     pub fn new(keys: impl IntoIterator<Item = PublicKey>) -> Self {
         let mut v = Self {
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             jwks: Vec::new(),
         };
         for k in keys {
