@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::db::{self, service_keys, sessions};
@@ -27,6 +28,14 @@ pub enum Caller<'a> {
     ServiceKey(Option<&'a str>),
 }
 
+/// The error of a refused access token.
+fn invalid(e: TokenError) -> Error {
+    Error::Unauthenticated(match e {
+        TokenError::Expired => AuthFailure::TokenExpired,
+        TokenError::Invalid => AuthFailure::TokenInvalid,
+    })
+}
+
 impl Authd {
     /// Verifies an access token: signature and claims (once per token, then from the cache), and,
     /// the first time this replica sees it, that its session exists and is not revoked in the
@@ -35,24 +44,30 @@ impl Authd {
     pub(in crate::domain) async fn verify_access_token(
         &self,
         token: &str,
+        now: DateTime<Utc>,
     ) -> Result<Arc<VerifiedToken>> {
-        let invalid = |e: TokenError| {
-            Error::Unauthenticated(match e {
-                TokenError::Expired => AuthFailure::TokenExpired,
-                TokenError::Invalid => AuthFailure::TokenInvalid,
-            })
-        };
         if token.is_empty() || token.len() > tokens::MAX_TOKEN_BYTES {
             return Err(invalid(TokenError::Invalid));
         }
         let keyring = self.keyring();
-        let now = self.now();
         if let Some(hit) = self.token_cache.get(&keyring, token, now) {
             return hit.map_err(invalid);
         }
         if let Some(e) = self.token_cache.failure(&keyring, token) {
             return Err(invalid(e));
         }
+        // Boxed: the future of a database query is large, and the cached path above, which is
+        // nearly every call, would otherwise carry (and copy) its space.
+        Box::pin(self.verify_uncached(token, keyring, now)).await
+    }
+
+    /// [`Authd::verify_access_token`] for a token neither cache knows.
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        keyring: Arc<tokens::Keyring>,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<VerifiedToken>> {
         let refuse = |e: TokenError| {
             self.token_cache.insert_failure(&keyring, token, e);
             invalid(e)
@@ -83,7 +98,7 @@ impl Authd {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
             _ => return Err(Error::Unauthenticated(AuthFailure::TokenInvalid)),
         };
-        let v = self.live_access_token(token).await?;
+        let v = self.live_access_token(token, self.now()).await?;
         Ok(Principal {
             user_id: v.user_id,
             session_id: v.session_id,
@@ -104,6 +119,16 @@ impl Authd {
         key: Option<&str>,
         source: Option<IpAddr>,
     ) -> Result<Uuid> {
+        self.authenticate_service_key_at(key, source, self.now())
+    }
+
+    /// [`Authd::authenticate_service_key`] at `now` (one clock reading for a whole call).
+    fn authenticate_service_key_at(
+        &self,
+        key: Option<&str>,
+        source: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Result<Uuid> {
         let key = key
             .map(str::trim)
             .filter(|k| !k.is_empty())
@@ -123,7 +148,6 @@ impl Authd {
             self.rate_limiter.check(source)?;
             return Err(Error::Unauthenticated(AuthFailure::ServiceKeyInvalid));
         };
-        let now = self.now();
         let debounce = chrono::Duration::seconds(SERVICE_KEY_TOUCH_SECS);
         if entry.claim_touch(now, debounce) {
             // Off the request path: the caller does not wait for this write.
@@ -166,13 +190,23 @@ impl Authd {
         caller: Caller<'_>,
         source: Option<IpAddr>,
     ) -> Result<()> {
+        self.authenticate_verifier_at(caller, source, self.now())
+    }
+
+    /// [`Authd::authenticate_verifier`] at `now`.
+    fn authenticate_verifier_at(
+        &self,
+        caller: Caller<'_>,
+        source: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         if self.settings.access.validate_require_key {
             match caller {
                 Caller::ClientCertificate { subject } => {
                     tracing::debug!(%subject, "caller trusted by its client certificate");
                 }
                 Caller::ServiceKey(key) => {
-                    self.authenticate_service_key(key, source).await?;
+                    self.authenticate_service_key_at(key, source, now)?;
                 }
             }
         }
@@ -188,7 +222,9 @@ impl Authd {
         source: Option<IpAddr>,
         token: &str,
     ) -> Result<Introspection> {
-        self.authenticate_verifier(caller, source).await?;
+        // One clock reading for the whole call.
+        let now = self.now();
+        self.authenticate_verifier_at(caller, source, now)?;
         let token = token.trim();
         if token.is_empty() {
             return Err(Error::invalid("access_token is required"));
@@ -199,7 +235,7 @@ impl Authd {
                 tokens::MAX_TOKEN_BYTES
             )));
         }
-        match self.live_access_token(token).await {
+        match self.live_access_token(token, now).await {
             Ok(v) => Ok(Some(v)),
             Err(Error::Unauthenticated(_)) => Ok(None),
             Err(e) => Err(e),

@@ -165,9 +165,10 @@ impl Authd {
     pub(in crate::domain) async fn live_access_token(
         &self,
         token: &str,
+        now: DateTime<Utc>,
     ) -> Result<Arc<VerifiedToken>> {
         self.views.check_fresh()?;
-        let v = self.verify_access_token(token).await?;
+        let v = self.verify_access_token(token, now).await?;
         if self.views.has_ended(v.session_id) {
             return Err(Error::Unauthenticated(AuthFailure::TokenInvalid));
         }
