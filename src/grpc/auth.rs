@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     authorization, caller, client_address, client_info, principal, role_to_proto, timestamp,
+    uuid_text,
 };
 use crate::domain::Authd;
 use crate::domain::accounts::NewAccount;
@@ -240,11 +241,11 @@ impl AuthService for AuthApi {
             None => proto::ValidateTokenResponse::default(),
             Some(v) => proto::ValidateTokenResponse {
                 valid: true,
-                user_id: v.user_id.to_string(),
+                user_id: uuid_text(v.user_id),
                 email: v.email.clone(),
                 username: v.username.clone().unwrap_or_default(),
                 role: role_to_proto(v.role) as i32,
-                session_id: v.session_id.to_string(),
+                session_id: uuid_text(v.session_id),
                 expire_time: Some(timestamp(v.expire_time)),
                 issue_time: Some(timestamp(v.issue_time)),
                 amr: v.amr.clone(),
