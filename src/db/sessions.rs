@@ -322,11 +322,20 @@ pub struct Rotation<'a> {
     pub rotate_ip: &'a str,
 }
 
-/// What [`rotate`] returns: the rotated session and what a token needs of its user.
+/// What [`rotate`] returns: what a token needs of the rotated session and of its user (no more,
+/// so that the statement returns and the reply parses only these columns).
 #[derive(Debug, QueryableByName)]
 pub struct Rotated {
-    #[diesel(embed)]
-    pub session: Session,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub user_id: Uuid,
+    #[diesel(sql_type = Timestamptz)]
+    pub idle_expire_time: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    pub expire_time: DateTime<Utc>,
+    #[diesel(sql_type = diesel::sql_types::Array<Text>)]
+    pub amr: Vec<String>,
     #[diesel(sql_type = Text)]
     pub user_email: String,
     #[diesel(sql_type = Nullable<Text>)]
@@ -408,8 +417,9 @@ impl QueryFragment<Pg> for Rotate<'_> {
         out.push_sql(" AND s.idle_expire_time > ");
         out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
         out.push_sql(
-            " AND u.id = s.user_id RETURNING s.*, u.email AS user_email, \
-             u.username AS user_username, u.role AS user_role, u.active AS user_active",
+            " AND u.id = s.user_id RETURNING s.id, s.user_id, s.idle_expire_time, s.expire_time, \
+             s.amr, u.email AS user_email, u.username AS user_username, u.role AS user_role, \
+             u.active AS user_active",
         );
         Ok(())
     }
