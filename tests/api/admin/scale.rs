@@ -308,3 +308,53 @@ async fn rotations_inside_a_grace_window_are_hot_updates() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn prunes_racing_refreshes_keep_every_live_session_and_its_token() {
+    let srv = TestServer::start().await;
+    let mut tokens = Vec::new();
+    for _ in 0..8 {
+        tokens.push(srv.user_session().await.1.refresh_token);
+    }
+    // Every session is due for the prune (as after rotations moved their idle expiry on), and
+    // all of them refresh while several prunes run.
+    exec(
+        &srv,
+        "UPDATE sessions SET prune_time = now() - interval '2 days'",
+    )
+    .await;
+    let refreshes = tokens.into_iter().map(|token| {
+        let srv = &srv;
+        async move {
+            let mut auth = srv.auth().await;
+            let mut token = token;
+            for _ in 0..5 {
+                token = auth
+                    .refresh(proto::RefreshRequest {
+                        refresh_token: token,
+                    })
+                    .await?
+                    .into_inner()
+                    .refresh_token;
+            }
+            Ok::<_, tonic::Status>(())
+        }
+    });
+    let prunes = (0..4).map(|_| srv.svc.prune());
+    let (refreshed, pruned) = tokio::join!(join_all(refreshes), join_all(prunes));
+    for r in refreshed {
+        r.expect("a refresh during the prune");
+    }
+    for p in pruned {
+        assert_eq!(p.expect("prune").1, 0, "no live session is pruned");
+    }
+    assert_eq!(
+        sql_count(
+            &srv,
+            "SELECT count(*) AS n FROM sessions WHERE revoke_time IS NULL \
+             AND prune_time > now()"
+        )
+        .await,
+        sql_count(&srv, "SELECT count(*) AS n FROM sessions").await
+    );
+}
