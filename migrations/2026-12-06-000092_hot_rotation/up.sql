@@ -9,7 +9,7 @@
 --   prune_time         a lower bound of the session's end, LEAST(expire_time, idle_expire_time,
 --                      revoke_time): set when the row is inserted and when it is revoked (the
 --                      triggers below), never by a rotation, which only moves idle_expire_time
---                      later. The prune (db::sessions::prune) reads the sessions whose prune_time
+--                      later; NULL (rows from before this migration) means not known yet. The prune (db::sessions::prune) reads the sessions whose prune_time
 --                      passed: it deletes those that ended and moves the others' prune_time up
 --                      to their end, so each live session is visited at most once per idle period.
 --   replay_sweep_time  when the replay sweep (db::sessions::clear_replays) must next look at the
@@ -17,11 +17,13 @@
 --                      rotations inside a pending window do not change it; the sweep clears the
 --                      boxes whose window ended and moves the others' sweep time to their window's
 --                      end.
+--
+-- Existing rows are not rewritten (an installation with a million sessions would wait for that under
+-- this migration's lock): their prune_time stays NULL, which the prune reads as "due" (an index
+-- probe for NULL) and fills in. Only the few rows inside a grace window get a sweep time.
 ALTER TABLE sessions ADD COLUMN prune_time timestamptz NULL;
 ALTER TABLE sessions ADD COLUMN replay_sweep_time timestamptz NULL;
-UPDATE sessions SET prune_time = LEAST(expire_time, idle_expire_time, revoke_time),
-                    replay_sweep_time = replay_until;
-ALTER TABLE sessions ALTER COLUMN prune_time SET NOT NULL;
+UPDATE sessions SET replay_sweep_time = replay_until WHERE replay_until IS NOT NULL;
 
 CREATE FUNCTION authd_session_prune_time() RETURNS trigger
 LANGUAGE plpgsql AS $$

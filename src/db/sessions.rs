@@ -261,7 +261,8 @@ pub struct PruneBatch {
 /// of an unrevoked session). Its `prune_time` (migration 000092) is a lower bound of that end which
 /// rotations leave alone: the index `sessions_prune_time_idx` makes this a range probe, nothing at
 /// all to read when nothing is due. A due session that a rotation kept alive gets its `prune_time`
-/// moved up to its end, out of the range, so it is read again only when that end comes.
+/// moved up to its end, out of the range, so it is read again only when that end comes. Rows from
+/// before migration 000092 have no `prune_time` yet (NULL): they are due, and get one the same way.
 pub async fn prune(
     conn: &mut AsyncPgConnection,
     before: DateTime<Utc>,
@@ -269,8 +270,8 @@ pub async fn prune(
 ) -> Result<PruneBatch, DbError> {
     use diesel::sql_types::{BigInt, Timestamptz};
     let row: PruneRow = diesel::sql_query(
-        "WITH due AS (SELECT id FROM sessions WHERE prune_time < $1 ORDER BY prune_time LIMIT $2 \
-                      FOR UPDATE SKIP LOCKED), \
+        "WITH due AS (SELECT id FROM sessions WHERE prune_time < $1 OR prune_time IS NULL \
+                      LIMIT $2 FOR UPDATE SKIP LOCKED), \
               gone AS (DELETE FROM sessions s USING due WHERE s.id = due.id \
                        AND LEAST(s.expire_time, s.idle_expire_time, s.revoke_time) < $1 RETURNING 1), \
               moved AS (UPDATE sessions s \

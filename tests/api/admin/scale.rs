@@ -266,6 +266,32 @@ async fn session_prune_moves_a_session_kept_alive_by_rotations_out_of_its_range(
         .await,
         0
     );
+    // Rows from before migration 000092 have no prune_time: the prune fills it in, or deletes.
+    exec(
+        &srv,
+        "INSERT INTO sessions (id, user_id, create_time, last_use_time, idle_expire_time, expire_time, user_agent) \
+         SELECT gen_random_uuid(), (SELECT id FROM users LIMIT 1), now() - interval '9 days', now(), \
+                e.idle, now() + interval '20 days', e.ua \
+         FROM (VALUES (now() + interval '6 days', 'old-live'), \
+                      (now() - interval '2 days', 'old-ended')) AS e(idle, ua)",
+    )
+    .await;
+    exec(
+        &srv,
+        "UPDATE sessions SET prune_time = NULL WHERE user_agent LIKE 'old-%'",
+    )
+    .await;
+    let (_, ended) = srv.svc.prune().await.expect("prune");
+    assert_eq!(ended, 1);
+    assert_eq!(
+        sql_count(
+            &srv,
+            "SELECT count(*) AS n FROM sessions WHERE user_agent LIKE 'old-%' \
+             AND prune_time = idle_expire_time"
+        )
+        .await,
+        1
+    );
     // A revocation brings prune_time down to the revocation (the trigger of migration 000092).
     exec(
         &srv,
