@@ -109,22 +109,27 @@ pub async fn extend_access(
 }
 
 /// Forgets what grace replays needed (the sealed successor, the window's end, the rotating address)
-/// on every session whose window ended before `now`. Returns how many it cleared. The partial index
-/// `sessions_replay_until_idx` holds only sessions inside a window, so this reads nothing else.
+/// on every session whose window ended before `now`, and moves the sweep time of those whose
+/// window was renewed by a later rotation to that window's end. Returns how many rows it touched.
+/// The partial index `sessions_replay_sweep_time_idx` (migration 000092) holds only sessions with a
+/// pending sweep, so this reads nothing else. A rotation sets `replay_sweep_time` only when it is
+/// NULL, which keeps rotations HOT updates (see [`rotate`]).
 pub async fn clear_replays(
     conn: &mut AsyncPgConnection,
     now: DateTime<Utc>,
 ) -> Result<usize, DbError> {
-    Ok(
-        diesel::update(sessions::table.filter(sessions::replay_until.lt(now)))
-            .set((
-                sessions::replay_box.eq(None::<Vec<u8>>),
-                sessions::replay_until.eq(None::<DateTime<Utc>>),
-                sessions::rotate_ip.eq(None::<String>),
-            ))
-            .execute(conn)
-            .await?,
+    use diesel::sql_types::Timestamptz;
+    Ok(diesel::sql_query(
+        "UPDATE sessions SET \
+           replay_box = CASE WHEN replay_until >= $1 THEN replay_box END, \
+           rotate_ip = CASE WHEN replay_until >= $1 THEN rotate_ip END, \
+           replay_until = CASE WHEN replay_until >= $1 THEN replay_until END, \
+           replay_sweep_time = CASE WHEN replay_until >= $1 THEN replay_until END \
+         WHERE replay_sweep_time < $1",
     )
+    .bind::<Timestamptz, _>(now)
+    .execute(conn)
+    .await?)
 }
 
 /// Revokes one session if it is not revoked yet. Returns whether it was.
@@ -240,26 +245,57 @@ pub async fn revoke_own(
     Ok(n > 0)
 }
 
-/// Deletes sessions that ended (expired, or revoked) before `before`. Deleted sessions count as
-/// revoked wherever revocation is checked. Returns how many went.
+/// What one batch of [`prune`] did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PruneBatch {
+    /// Sessions deleted: they ended before the bound.
+    pub deleted: usize,
+    /// Sessions read from the index: when fewer than the batch size, nothing is left to read.
+    pub visited: usize,
+}
+
+/// Deletes sessions that ended (expired, or revoked) before `before`, one batch of at most `batch`
+/// sessions. Deleted sessions count as revoked wherever revocation is checked.
 ///
 /// A session ends at `LEAST(expire_time, idle_expire_time, revoke_time)` (LEAST ignores the NULL
-/// of an unrevoked session): the expression index `sessions_end_time_idx` (migration 000080)
-/// makes this a range probe, nothing at all to read when nothing ended.
+/// of an unrevoked session). Its `prune_time` (migration 000092) is a lower bound of that end which
+/// rotations leave alone: the index `sessions_prune_time_idx` makes this a range probe, nothing at
+/// all to read when nothing is due. A due session that a rotation kept alive gets its `prune_time`
+/// moved up to its end, out of the range, so it is read again only when that end comes. Rows from
+/// before migration 000092 have no `prune_time` yet (NULL): they are due, and get one the same way.
 pub async fn prune(
     conn: &mut AsyncPgConnection,
     before: DateTime<Utc>,
     batch: i64,
-) -> Result<usize, DbError> {
+) -> Result<PruneBatch, DbError> {
     use diesel::sql_types::{BigInt, Timestamptz};
-    Ok(diesel::sql_query(
-        "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
-         WHERE LEAST(expire_time, idle_expire_time, revoke_time) < $1 LIMIT $2)",
+    let row: PruneRow = diesel::sql_query(
+        "WITH due AS (SELECT id FROM sessions WHERE prune_time < $1 OR prune_time IS NULL \
+                      LIMIT $2 FOR UPDATE SKIP LOCKED), \
+              gone AS (DELETE FROM sessions s USING due WHERE s.id = due.id \
+                       AND LEAST(s.expire_time, s.idle_expire_time, s.revoke_time) < $1 RETURNING 1), \
+              moved AS (UPDATE sessions s \
+                        SET prune_time = LEAST(s.expire_time, s.idle_expire_time, s.revoke_time) \
+                        FROM due WHERE s.id = due.id \
+                        AND LEAST(s.expire_time, s.idle_expire_time, s.revoke_time) >= $1 RETURNING 1) \
+         SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM due) AS visited",
     )
     .bind::<Timestamptz, _>(before)
     .bind::<BigInt, _>(batch)
-    .execute(conn)
-    .await?)
+    .get_result(conn)
+    .await?;
+    Ok(PruneBatch {
+        deleted: usize::try_from(row.deleted).unwrap_or(0),
+        visited: usize::try_from(row.visited).unwrap_or(0),
+    })
+}
+
+#[derive(QueryableByName)]
+struct PruneRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    deleted: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    visited: i64,
 }
 
 // ----- rotation: one single-row UPDATE ------------------------------------------------------
@@ -287,11 +323,20 @@ pub struct Rotation<'a> {
     pub rotate_ip: &'a str,
 }
 
-/// What [`rotate`] returns: the rotated session and what a token needs of its user.
+/// What [`rotate`] returns: what a token needs of the rotated session and of its user (no more,
+/// so that the statement returns and the reply parses only these columns).
 #[derive(Debug, QueryableByName)]
 pub struct Rotated {
-    #[diesel(embed)]
-    pub session: Session,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub user_id: Uuid,
+    #[diesel(sql_type = Timestamptz)]
+    pub idle_expire_time: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    pub expire_time: DateTime<Utc>,
+    #[diesel(sql_type = diesel::sql_types::Array<Text>)]
+    pub amr: Vec<String>,
     #[diesel(sql_type = Text)]
     pub user_email: String,
     #[diesel(sql_type = Nullable<Text>)]
@@ -356,7 +401,11 @@ impl QueryFragment<Pg> for Rotate<'_> {
         out.push_bind_param::<Nullable<Bytea>, _>(&self.r.replay_box)?;
         out.push_sql(", replay_until = ");
         out.push_bind_param::<Nullable<Timestamptz>, _>(&self.r.replay_until)?;
-        out.push_sql(", rotate_ip = ");
+        // Set only when no sweep is pending, so that rotations inside a window change no indexed
+        // column (HOT; see migration 000092 and `clear_replays`).
+        out.push_sql(", replay_sweep_time = COALESCE(s.replay_sweep_time, ");
+        out.push_bind_param::<Nullable<Timestamptz>, _>(&self.r.replay_until)?;
+        out.push_sql("), rotate_ip = ");
         out.push_bind_param::<Nullable<Text>, _>(&self.rotate_ip)?;
         out.push_sql(" FROM users u WHERE s.id = ");
         out.push_bind_param::<diesel::sql_types::Uuid, _>(&self.r.session_id)?;
@@ -369,8 +418,9 @@ impl QueryFragment<Pg> for Rotate<'_> {
         out.push_sql(" AND s.idle_expire_time > ");
         out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
         out.push_sql(
-            " AND u.id = s.user_id RETURNING s.*, u.email AS user_email, \
-             u.username AS user_username, u.role AS user_role, u.active AS user_active",
+            " AND u.id = s.user_id RETURNING s.id, s.user_id, s.idle_expire_time, s.expire_time, \
+             s.amr, u.email AS user_email, u.username AS user_username, u.role AS user_role, \
+             u.active AS user_active",
         );
         Ok(())
     }

@@ -48,9 +48,9 @@ impl Authd {
         }
         let mut ended = 0;
         loop {
-            let n = sessions::prune(conn, sessions_before, BATCH).await?;
-            ended += n;
-            if (n as i64) < BATCH {
+            let b = sessions::prune(conn, sessions_before, BATCH).await?;
+            ended += b.deleted;
+            if (b.visited as i64) < BATCH {
                 break;
             }
         }

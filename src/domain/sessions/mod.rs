@@ -69,7 +69,23 @@ impl Authd {
         refresh_token: String,
         now: DateTime<Utc>,
     ) -> Result<TokenPair> {
-        let refresh_end = session_end(session);
+        let facts = SessionFacts {
+            id: session.id,
+            end: session_end(session),
+            amr: &session.amr,
+        };
+        self.token_pair_of(user, facts, refresh_token, now)
+    }
+
+    /// [`Self::token_pair`] from what a token needs of its session (a rotation returns only that).
+    pub(in crate::domain) fn token_pair_of(
+        &self,
+        user: TokenSubject<'_>,
+        session: SessionFacts<'_>,
+        refresh_token: String,
+        now: DateTime<Utc>,
+    ) -> Result<TokenPair> {
+        let refresh_end = session.end;
         let exp = self.access_expire_time(now, refresh_end);
         let claims = AccessClaims {
             iss: self.settings.tokens.issuer.clone(),
@@ -84,7 +100,7 @@ impl Authd {
             role: user.role.to_owned(),
             email: user.email.to_owned(),
             preferred_username: user.username.map(str::to_owned),
-            amr: session.amr.clone(),
+            amr: session.amr.to_vec(),
         };
         let access_token = self.keyring().sign(&claims)?;
         Ok(TokenPair {
@@ -95,6 +111,14 @@ impl Authd {
             session_id: session.id,
         })
     }
+}
+
+/// What an access token needs of its session: the id, the end (the earlier of the idle and the
+/// absolute expiry) and the authentication methods of its login.
+pub(in crate::domain) struct SessionFacts<'a> {
+    pub(in crate::domain) id: Uuid,
+    pub(in crate::domain) end: DateTime<Utc>,
+    pub(in crate::domain) amr: &'a [String],
 }
 
 /// What an access token says about its user.

@@ -20,7 +20,7 @@ use crate::domain::opaque::{
     self, HashedToken, MAX_OPAQUE_BYTES, RefreshClaims, RefreshFormat, ReplayBox,
 };
 use crate::domain::sessions::revocation::{self, Revoked};
-use crate::domain::sessions::{TokenPair, TokenSubject, session_end, show_ip};
+use crate::domain::sessions::{SessionFacts, TokenPair, TokenSubject, session_end, show_ip};
 use crate::domain::{AuthFailure, Authd, ClientInfo, ClientKey, Error, Result};
 
 pub(in crate::domain) enum RefreshOutcome {
@@ -126,12 +126,17 @@ impl Authd {
                     return Err(Error::Unauthenticated(AuthFailure::BadRefreshToken));
                 }
                 let subject = TokenSubject {
-                    user_id: r.session.user_id,
+                    user_id: r.user_id,
                     role: &r.user_role,
                     email: &r.user_email,
                     username: r.user_username.as_deref(),
                 };
-                return self.token_pair(subject, &r.session, token, now);
+                let facts = SessionFacts {
+                    id: r.id,
+                    end: r.idle_expire_time.min(r.expire_time),
+                    amr: &r.amr,
+                };
+                return self.token_pair_of(subject, facts, token, now);
             }
             RefreshOutcome::Replayed(s, t) => (s, t),
             RefreshOutcome::Reused(session_id) => {

@@ -1,6 +1,7 @@
 //! Issue J, cost that does not grow with the data: ListUsers' capped count and its estimate flag,
 //! the partitioned `audit_events` (the migration keeps every existing event, retention drops whole
-//! partitions, two replicas pruning at once), and the session prune by end time.
+//! partitions, two replicas pruning at once), the session prune by end time, and rotations that
+//! PostgreSQL makes HOT updates (P4: no index of `sessions` covers a column a rotation changes).
 
 use super::*;
 use diesel::connection::Connection;
@@ -222,5 +223,164 @@ async fn session_prune_finds_ended_sessions_by_end_time() {
     assert_eq!(
         sql_count(&srv, "SELECT count(*) AS n FROM sessions").await,
         total - 3
+    );
+}
+
+#[tokio::test]
+async fn session_prune_moves_a_session_kept_alive_by_rotations_out_of_its_range() {
+    let srv = TestServer::start().await;
+    let _ = srv.admin_session().await;
+    // A live session whose prune_time (a lower bound of its end that rotations leave alone) is two
+    // days old, as after rotations moved its idle expiry on, and one that ended two days ago.
+    exec(
+        &srv,
+        "INSERT INTO sessions (id, user_id, create_time, last_use_time, idle_expire_time, expire_time, user_agent) \
+         SELECT gen_random_uuid(), (SELECT id FROM users LIMIT 1), now() - interval '9 days', now(), \
+                e.idle, now() + interval '20 days', e.ua \
+         FROM (VALUES (now() + interval '6 days', 'kept-alive'), \
+                      (now() - interval '2 days', 'ended')) AS e(idle, ua)",
+    )
+    .await;
+    exec(
+        &srv,
+        "UPDATE sessions SET prune_time = now() - interval '2 days' WHERE user_agent = 'kept-alive'",
+    )
+    .await;
+    let (_, ended) = srv.svc.prune().await.expect("prune");
+    assert_eq!(ended, 1);
+    // The live one stays, its prune_time moved up to its end: no later run reads it again.
+    assert_eq!(
+        sql_count(
+            &srv,
+            "SELECT count(*) AS n FROM sessions WHERE user_agent = 'kept-alive' \
+             AND prune_time = idle_expire_time"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        sql_count(
+            &srv,
+            "SELECT count(*) AS n FROM sessions WHERE user_agent = 'ended'"
+        )
+        .await,
+        0
+    );
+    // Rows from before migration 000092 have no prune_time: the prune fills it in, or deletes.
+    exec(
+        &srv,
+        "INSERT INTO sessions (id, user_id, create_time, last_use_time, idle_expire_time, expire_time, user_agent) \
+         SELECT gen_random_uuid(), (SELECT id FROM users LIMIT 1), now() - interval '9 days', now(), \
+                e.idle, now() + interval '20 days', e.ua \
+         FROM (VALUES (now() + interval '6 days', 'old-live'), \
+                      (now() - interval '2 days', 'old-ended')) AS e(idle, ua)",
+    )
+    .await;
+    exec(
+        &srv,
+        "UPDATE sessions SET prune_time = NULL WHERE user_agent LIKE 'old-%'",
+    )
+    .await;
+    let (_, ended) = srv.svc.prune().await.expect("prune");
+    assert_eq!(ended, 1);
+    assert_eq!(
+        sql_count(
+            &srv,
+            "SELECT count(*) AS n FROM sessions WHERE user_agent LIKE 'old-%' \
+             AND prune_time = idle_expire_time"
+        )
+        .await,
+        1
+    );
+    // A revocation brings prune_time down to the revocation (the trigger of migration 000092).
+    exec(
+        &srv,
+        "UPDATE sessions SET revoke_time = now() - interval '2 days' WHERE user_agent = 'kept-alive'",
+    )
+    .await;
+    let (_, ended) = srv.svc.prune().await.expect("prune");
+    assert_eq!(ended, 1);
+}
+
+#[tokio::test]
+async fn rotations_inside_a_grace_window_are_hot_updates() {
+    let srv = TestServer::start().await;
+    let (_, pair) = srv.user_session().await;
+    let mut token = pair.refresh_token;
+    let mut auth = srv.auth().await;
+    for _ in 0..4 {
+        token = auth
+            .refresh(proto::RefreshRequest {
+                refresh_token: token,
+            })
+            .await
+            .expect("refresh")
+            .into_inner()
+            .refresh_token;
+    }
+    // The first rotation sets the sweep time of the window (an indexed column); the three inside
+    // the window change no indexed column. PostgreSQL reports its counters with a delay.
+    wait_until(
+        "three rotations counted as HOT updates",
+        std::time::Duration::from_secs(30),
+        || async {
+            sql_count(
+                &srv,
+                "SELECT n_tup_hot_upd AS n FROM pg_stat_user_tables WHERE relname = 'sessions'",
+            )
+            .await
+                >= 3
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn prunes_racing_refreshes_keep_every_live_session_and_its_token() {
+    let srv = TestServer::start().await;
+    let mut tokens = Vec::new();
+    for _ in 0..8 {
+        tokens.push(srv.user_session().await.1.refresh_token);
+    }
+    // Every session is due for the prune (as after rotations moved their idle expiry on), and
+    // all of them refresh while several prunes run.
+    exec(
+        &srv,
+        "UPDATE sessions SET prune_time = now() - interval '2 days'",
+    )
+    .await;
+    let refreshes = tokens.into_iter().map(|token| {
+        let srv = &srv;
+        async move {
+            let mut auth = srv.auth().await;
+            let mut token = token;
+            for _ in 0..5 {
+                token = auth
+                    .refresh(proto::RefreshRequest {
+                        refresh_token: token,
+                    })
+                    .await?
+                    .into_inner()
+                    .refresh_token;
+            }
+            Ok::<_, tonic::Status>(())
+        }
+    });
+    let prunes = (0..4).map(|_| srv.svc.prune());
+    let (refreshed, pruned) = tokio::join!(join_all(refreshes), join_all(prunes));
+    for r in refreshed {
+        r.expect("a refresh during the prune");
+    }
+    for p in pruned {
+        assert_eq!(p.expect("prune").1, 0, "no live session is pruned");
+    }
+    assert_eq!(
+        sql_count(
+            &srv,
+            "SELECT count(*) AS n FROM sessions WHERE revoke_time IS NULL \
+             AND prune_time > now()"
+        )
+        .await,
+        sql_count(&srv, "SELECT count(*) AS n FROM sessions").await
     );
 }

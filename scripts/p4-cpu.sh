@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Where the CPU of a refresh goes (BENCHMARKS.md, P4). Starts a release authd on a fresh embedded data
+# directory pinned to CPU 1 (its PostgreSQL inherits the pin, as in scripts/benchmarks.sh), seeds
+# 1,024 refresh sessions by SQL (scripts/seed-refresh-sessions.sql), and from CPU 0 runs:
+#
+#   1. authd-bench --rpc refresh -c 16 over those sessions (the 2 s warm-up rotates each seeded
+#      token out of the previous format), sampling /proc/<pid>/stat (utime + stime) of authd, of
+#      every PostgreSQL process of the cluster and of authd-bench over the steady part of the run:
+#      CPU µs per refresh for each; and pg_stat_user_tables' n_tup_upd / n_tup_hot_upd of
+#      `sessions` and the commits (HOT share, transactions per refresh);
+#   2. pgbench's single-row UPDATE (-M prepared -c 16 -j 1, scale 1) against the same PostgreSQL:
+#      tps and PostgreSQL's CPU µs per transaction, sampled the same way while it runs.
+#
+# It prints both and the P4 ratio of this run. Numbers per call are CPU time, so they hold better
+# than rates on a shared machine, but the two CPUs' other load still inflates them.
+#
+# Usage: scripts/p4-cpu.sh [--bin DIR] [--duration SECONDS] [--out DIR]
+#   --bin: where authd and authd-bench are (default target/release). Extra AUTHD_* settings in
+#   the environment reach the server; P4_PRESQL, if set, runs in authd's database after seeding.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bindir="$root/target/release"
+secs=15
+out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bin) bindir="$2"; shift 2 ;;
+    --duration) secs="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "p4-cpu.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ "$secs" -ge 8 ] || { echo "p4-cpu.sh: --duration must be at least 8 (seconds)" >&2; exit 2; }
+[ -x "$bindir/authd" ] && [ -x "$bindir/authd-bench" ] || { echo "p4-cpu.sh: no authd and authd-bench in $bindir" >&2; exit 1; }
+command -v pgbench >/dev/null && command -v psql >/dev/null || { echo "p4-cpu.sh: needs pgbench and psql" >&2; exit 1; }
+[ -n "$out" ] || out="$(mktemp -d /tmp/authd-p4-cpu.XXXXXX)"
+mkdir -p "$out"
+
+data="$(mktemp -d /tmp/authd-p4-cpu-data.XXXXXX)"
+log="$out/authd.log"
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+url="http://127.0.0.1:$port"
+pid=""
+cleanup() {
+  if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  rm -rf "$data" "$data.tokens" "$data.pgb.sql"
+}
+trap cleanup EXIT
+
+taskset -c 1 env -u DATABASE_URL AUTHD_DATA_DIR="$data" AUTHD_LISTEN="127.0.0.1:$port" \
+  AUTHD_RATE_LIMIT_PER_IP=0 AUTHD_SHUTDOWN_DELAY=0 "$bindir/authd" serve >>"$log" 2>&1 &
+pid=$!
+taskset -c 0 "$bindir/authd-bench" --addr "$url" --wait-serving 120s --json >/dev/null
+sock="$data/run"
+PGPASSWORD="$(cat "$data/pg_password")"
+export PGPASSWORD
+pg() { psql -h "$sock" -U authd -v ON_ERROR_STOP=1 "$@"; }
+pg -d authd -q -At -v n=1024 -f "$root/scripts/seed-refresh-sessions.sql" >"$data.tokens"
+if [ -n "${P4_PRESQL:-}" ]; then pg -d authd -c "$P4_PRESQL"; fi
+pgdata="$(realpath "$data/pgdata")"
+
+# CPU ticks of authd, of the cluster's processes (summed) and of the optional pid $1.
+ticks() {
+  python3 - "$pid" "$pgdata" "${1:-0}" <<'EOF'
+import os, sys
+apid, pgdata, other = sys.argv[1], sys.argv[2], sys.argv[3]
+def t(p):
+    try:
+        f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[12])
+    except OSError:
+        return 0
+pg = 0
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        try:
+            if os.path.realpath(f"/proc/{p}/cwd") == pgdata:
+                pg += t(p)
+        except OSError:
+            pass
+print(t(apid), pg, t(other) if other != "0" else 0)
+EOF
+}
+now() { date +%s.%N; }
+table_stats() {
+  pg -d authd -At -c "SELECT n_tup_upd, n_tup_hot_upd, (SELECT xact_commit FROM pg_stat_database WHERE datname = 'authd') FROM pg_stat_user_tables WHERE relname = 'sessions'"
+}
+
+# 1. Refresh.
+s0="$(table_stats)"
+taskset -c 0 "$bindir/authd-bench" --addr "$url" --duration "${secs}s" --warmup 2s --users 1 --server-cores 1 \
+  --rpc refresh -c 16 --refresh-tokens "$data.tokens" --json >"$out/refresh.json" 2>"$out/refresh.stderr" &
+bench=$!
+sleep 3
+c0="$(ticks "$bench")"; t0="$(now)"
+sleep $((secs - 3))
+c1="$(ticks "$bench")"; t1="$(now)"
+wait "$bench"
+s1="$(table_stats)"
+
+# 2. pgbench's single-row UPDATE against the same PostgreSQL.
+pg -d postgres -q -c "DROP DATABASE IF EXISTS p4_pgbench" -c "CREATE DATABASE p4_pgbench" 2>/dev/null
+taskset -c 0 pgbench -h "$sock" -U authd -i -s 1 -q p4_pgbench >/dev/null 2>&1
+printf '\\set aid random(1, 100000 * :scale)\nUPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n' >"$data.pgb.sql"
+taskset -c 0 pgbench -n -h "$sock" -U authd -M prepared -c 16 -j 1 -T "$secs" -f "$data.pgb.sql" p4_pgbench \
+  >"$out/pgbench.txt" 2>&1 &
+gbench=$!
+sleep 3
+g0="$(ticks)"; u0="$(now)"
+x0="$(pg -d postgres -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = 'p4_pgbench'")"
+sleep $((secs - 5))
+g1="$(ticks)"; u1="$(now)"
+x1="$(pg -d postgres -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = 'p4_pgbench'")"
+wait "$gbench"
+
+python3 - "$out" "$c0" "$c1" "$t0" "$t1" "$s0" "$s1" "$g0" "$g1" "$u0" "$u1" "$x0" "$x1" <<'EOF' | tee "$out/summary.txt"
+import json, os, re, sys
+out = sys.argv[1]
+c0, c1 = (list(map(int, a.split())) for a in sys.argv[2:4])
+dt = float(sys.argv[5]) - float(sys.argv[4])
+s0, s1 = (list(map(int, a.split("|"))) for a in sys.argv[6:8])
+g0, g1 = (list(map(int, a.split())) for a in sys.argv[8:10])
+du = float(sys.argv[11]) - float(sys.argv[10])
+x0, x1 = int(sys.argv[12]), int(sys.argv[13])
+hz = os.sysconf("SC_CLK_TCK")
+g = json.load(open(f"{out}/refresh.json"))["groups"][0]
+rps = g["rps"]
+# The sampled window's own rate for per-call CPU: the bench's rate over its whole run is close enough.
+print(f"refresh: {rps} /s (authd-bench, 16 workers), errors {g['errors'] or 0}, p50 {g['latency_us'].get('p50')} us")
+for name, a, b in zip(["authd", "postgres", "authd-bench"], c0, c1):
+    sec = (b - a) / hz
+    print(f"  {name:<12} {sec / dt * 100:5.1f} % of a CPU, {sec / dt / rps * 1e6:6.1f} us CPU per refresh")
+upd, hot, commits = (b - a for a, b in zip(s0, s1))
+print(f"  sessions: {upd} rows updated, {hot} HOT ({hot / max(upd, 1) * 100:.1f} %); {commits} commits")
+tps = float(re.search(r"tps = ([0-9.]+)", open(f"{out}/pgbench.txt").read()).group(1))
+pgsec = (g1[1] - g0[1]) / hz
+win_tps = (x1 - x0) / du
+print(f"pgbench single-row UPDATE: {tps:.1f} tps; postgres {pgsec / du * 100:.1f} % of a CPU, "
+      f"{pgsec / du / win_tps * 1e6:.1f} us CPU per transaction")
+print(f"P4 (this run): {rps / tps:.3f}")
+EOF
+echo "p4-cpu.sh: results in $out" >&2
