@@ -104,9 +104,9 @@ where
         match resolve_for(req.uri().path()) {
             Resolve::Nothing => {}
             Resolve::Address => {
-                // Not used without a database (only `ClientInfo` carries it on); taking it out
-                // keeps the extensions within their first allocation (a fourth entry regrows the
-                // map, a tenth of a cached ValidateToken's own work).
+                // These methods never read the deadline (only `ClientInfo` carries it on); taking
+                // it out keeps the extensions within their first allocation (a fourth entry
+                // regrows the map, a tenth of a cached ValidateToken's own work).
                 req.extensions_mut().remove::<RequestDeadline>();
                 let peer = peer_address(req.extensions());
                 let address = resolve_client(
