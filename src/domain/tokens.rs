@@ -189,8 +189,9 @@ struct Failed {
 }
 
 impl Failed {
-    fn stale(&self) -> bool {
-        self.at.elapsed() >= FAILURE_TTL
+    /// Whether it is older than [`FAILURE_TTL`] at `now` (wall-clock time).
+    fn stale_at(&self, now: std::time::Instant) -> bool {
+        now.saturating_duration_since(self.at) >= FAILURE_TTL
     }
 }
 
@@ -274,7 +275,7 @@ impl TokenCache {
     /// Why `token` was refused, if it was within [`FAILURE_TTL`] under this same `keyring`.
     pub fn failure(&self, keyring: &Arc<Keyring>, token: &str) -> Option<TokenError> {
         let f = self.failed.get(self.key(token))?;
-        (!f.stale()
+        (!f.stale_at(std::time::Instant::now())
             && std::ptr::eq(f.keyring.as_ptr(), Arc::as_ptr(keyring))
             && same_text(&f.text, token))
         .then_some(f.error)
@@ -282,15 +283,18 @@ impl TokenCache {
 
     /// Remembers that `keyring` (or the session check after it) refused `token` with `error`.
     pub fn insert_failure(&self, keyring: &Arc<Keyring>, token: &str, error: TokenError) {
+        // One clock reading: a full shard checks every entry against it (a flood of bad tokens
+        // keeps the shards full).
+        let now = std::time::Instant::now();
         self.failed.insert(
             self.key(token),
             Failed {
                 text: Arc::from(token),
                 error,
                 keyring: Arc::downgrade(keyring),
-                at: std::time::Instant::now(),
+                at: now,
             },
-            Failed::stale,
+            |f| f.stale_at(now),
         );
     }
 }
@@ -390,6 +394,20 @@ mod tests {
         assert_eq!(cache.failure(&kr, "garbagf"), None);
         // A new keyring (keys reloaded) judges again.
         assert_eq!(cache.failure(&Arc::new(keyring()), "garbage"), None);
+        // A failure older than FAILURE_TTL is forgotten.
+        if let Some(past) = std::time::Instant::now().checked_sub(FAILURE_TTL) {
+            cache.failed.insert(
+                cache.key("old"),
+                Failed {
+                    text: Arc::from("old"),
+                    error: TokenError::Invalid,
+                    keyring: Arc::downgrade(&kr),
+                    at: past,
+                },
+                |_| false,
+            );
+            assert_eq!(cache.failure(&kr, "old"), None);
+        }
         // Capacity 0 remembers nothing.
         let none = TokenCache::new(0);
         none.insert_failure(&kr, "garbage", TokenError::Invalid);
