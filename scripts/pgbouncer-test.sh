@@ -92,13 +92,15 @@ done
 url="postgres://authd:$db_password@127.0.0.1:$bouncer_port/authd"
 
 # No bootstrap admin here: the smoke test's replica creates its own.
-start_replica() { # name -> prints the address
+# Not in a command substitution: that would run it in a subshell, and the parent's `pids` (what
+# cleanup stops) would never hear of the replica.
+start_replica() { # name -> sets $started to the address
   local name="$1" port
   port="$(free_port)"
   env DATABASE_URL="$url" AUTHD_DATA_DIR="$work/data-$name" AUTHD_LISTEN="127.0.0.1:$port" \
     AUTHD_BCRYPT_COST=10 "$bin" serve >"$work/authd-$name.log" 2>&1 &
   pids+=($!)
-  echo "127.0.0.1:$port"
+  started="127.0.0.1:$port"
 }
 wait_serving() { # addr name
   for _ in $(seq 1 150); do
@@ -111,8 +113,10 @@ wait_serving() { # addr name
 }
 
 step "two replicas start together (migrations under the advisory lock, through the bouncer)"
-a="$(start_replica a)"
-b="$(start_replica b)"
+start_replica a
+a="$started"
+start_replica b
+b="$started"
 wait_serving "$a" a
 wait_serving "$b" b
 applied="$(as_pg "$pgbin/psql" -h "$work" -p "$pg_port" -U postgres -d authd -tAq \
