@@ -142,7 +142,15 @@ impl<'a> TokenSubject<'a> {
 
 /// When a session's refresh token stops working: its idle or its absolute expiry.
 pub(in crate::domain) fn session_end(session: &Session) -> DateTime<Utc> {
-    session.idle_expire_time.min(session.expire_time)
+    end_of(session.idle_expire_time, session.expire_time)
+}
+
+/// When a session ends: the earlier of its idle and its absolute expiry.
+pub(in crate::domain) fn end_of(
+    idle_expire_time: DateTime<Utc>,
+    expire_time: DateTime<Utc>,
+) -> DateTime<Utc> {
+    idle_expire_time.min(expire_time)
 }
 
 /// An address for an audit detail (`unknown` when the transport did not give one).

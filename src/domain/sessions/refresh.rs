@@ -20,7 +20,9 @@ use crate::domain::opaque::{
     self, HashedToken, MAX_OPAQUE_BYTES, RefreshClaims, RefreshFormat, ReplayBox,
 };
 use crate::domain::sessions::revocation::{self, Revoked};
-use crate::domain::sessions::{SessionFacts, TokenPair, TokenSubject, session_end, show_ip};
+use crate::domain::sessions::{
+    SessionFacts, TokenPair, TokenSubject, end_of, session_end, show_ip,
+};
 use crate::domain::{AuthFailure, Authd, ClientInfo, ClientKey, Error, Result};
 
 pub(in crate::domain) enum RefreshOutcome {
@@ -133,7 +135,7 @@ impl Authd {
                 };
                 let facts = SessionFacts {
                     id: r.id,
-                    end: r.idle_expire_time.min(r.expire_time),
+                    end: end_of(r.idle_expire_time, r.expire_time),
                     amr: &r.amr,
                 };
                 return self.token_pair_of(subject, facts, token, now);
