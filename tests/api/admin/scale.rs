@@ -226,21 +226,29 @@ async fn session_prune_finds_ended_sessions_by_end_time() {
     );
 }
 
+/// Inserts two sessions of the first user: `live` (idle expiry in 6 days) and `ended` (idle expiry
+/// 2 days ago), told apart by their user agents.
+async fn insert_live_and_ended(srv: &TestServer, live: &str, ended: &str) {
+    exec(
+        srv,
+        &format!(
+            "INSERT INTO sessions (id, user_id, create_time, last_use_time, idle_expire_time, expire_time, user_agent) \
+             SELECT gen_random_uuid(), (SELECT id FROM users LIMIT 1), now() - interval '9 days', now(), \
+                    e.idle, now() + interval '20 days', e.ua \
+             FROM (VALUES (now() + interval '6 days', '{live}'), \
+                          (now() - interval '2 days', '{ended}')) AS e(idle, ua)"
+        ),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn session_prune_moves_a_session_kept_alive_by_rotations_out_of_its_range() {
     let srv = TestServer::start().await;
     let _ = srv.admin_session().await;
     // A live session whose prune_time (a lower bound of its end that rotations leave alone) is two
     // days old, as after rotations moved its idle expiry on, and one that ended two days ago.
-    exec(
-        &srv,
-        "INSERT INTO sessions (id, user_id, create_time, last_use_time, idle_expire_time, expire_time, user_agent) \
-         SELECT gen_random_uuid(), (SELECT id FROM users LIMIT 1), now() - interval '9 days', now(), \
-                e.idle, now() + interval '20 days', e.ua \
-         FROM (VALUES (now() + interval '6 days', 'kept-alive'), \
-                      (now() - interval '2 days', 'ended')) AS e(idle, ua)",
-    )
-    .await;
+    insert_live_and_ended(&srv, "kept-alive", "ended").await;
     exec(
         &srv,
         "UPDATE sessions SET prune_time = now() - interval '2 days' WHERE user_agent = 'kept-alive'",
@@ -267,15 +275,7 @@ async fn session_prune_moves_a_session_kept_alive_by_rotations_out_of_its_range(
         0
     );
     // Rows from before migration 000092 have no prune_time: the prune fills it in, or deletes.
-    exec(
-        &srv,
-        "INSERT INTO sessions (id, user_id, create_time, last_use_time, idle_expire_time, expire_time, user_agent) \
-         SELECT gen_random_uuid(), (SELECT id FROM users LIMIT 1), now() - interval '9 days', now(), \
-                e.idle, now() + interval '20 days', e.ua \
-         FROM (VALUES (now() + interval '6 days', 'old-live'), \
-                      (now() - interval '2 days', 'old-ended')) AS e(idle, ua)",
-    )
-    .await;
+    insert_live_and_ended(&srv, "old-live", "old-ended").await;
     exec(
         &srv,
         "UPDATE sessions SET prune_time = NULL WHERE user_agent LIKE 'old-%'",
