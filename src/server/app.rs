@@ -132,13 +132,13 @@ pub async fn serve(
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
     // Readiness starts from a real probe, not tonic-health's default SERVING for "".
-    let ready = readiness::probe(svc.pool()).await;
+    let ready = readiness::probe(&svc).await;
     readiness::set_readiness(&reporter, ready).await;
 
     let readiness = Readiness::new(reporter.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let monitor = tokio::spawn(readiness::health_monitor(
-        svc.pool().clone(),
+        svc.clone(),
         readiness.clone(),
         ready,
         stop_rx.clone(),

@@ -1,5 +1,10 @@
 //! Readiness: the health statuses of `""` and the API services, following the database (probed
 //! every second) until a drain begins; from then on NOT_SERVING.
+//!
+//! Ready means that calls can be answered: the database answers a ping **and** the revocation view
+//! is fresh (token checks fail closed on a stale view, see [`crate::domain::views`]). After an
+//! outage the probe refreshes a stale view itself, so readiness never turns SERVING while every
+//! token check would still answer UNAVAILABLE until the view's next poll.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +13,8 @@ use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::db::{self, Pool};
+use crate::db;
+use crate::domain::Authd;
 use crate::grpc::auth::AuthApi;
 use crate::grpc::user::UserApi;
 use crate::proto::auth_service_server::AuthServiceServer;
@@ -19,11 +25,16 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one readiness probe may take before the database counts as lost.
 const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub(crate) async fn probe(pool: &Pool) -> bool {
-    matches!(
-        tokio::time::timeout(HEALTH_PROBE_TIMEOUT, db::ping(pool)).await,
-        Ok(Ok(()))
-    )
+/// Whether calls can be answered: the database answers, and the revocation view is fresh (or is
+/// refreshed now). Bounded by [`HEALTH_PROBE_TIMEOUT`].
+pub(crate) async fn probe(svc: &Authd) -> bool {
+    let ready = async {
+        db::ping(svc.pool()).await.is_ok()
+            && (svc.views().check_fresh().is_ok() || svc.sync_views().await.is_ok())
+    };
+    tokio::time::timeout(HEALTH_PROBE_TIMEOUT, ready)
+        .await
+        .unwrap_or(false)
 }
 
 pub(crate) async fn set_readiness(reporter: &HealthReporter, ready: bool) {
@@ -84,7 +95,7 @@ impl Readiness {
 
 /// Probes the database every second and flips readiness when the answer changes.
 pub(crate) async fn health_monitor(
-    pool: Pool,
+    svc: Arc<Authd>,
     readiness: Readiness,
     mut ready: bool,
     mut stop: watch::Receiver<bool>,
@@ -94,7 +105,7 @@ pub(crate) async fn health_monitor(
             _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
             _ = stop.changed() => return,
         }
-        let now_ready = probe(&pool).await;
+        let now_ready = probe(&svc).await;
         if now_ready != ready && readiness.database(now_ready).await {
             if now_ready {
                 tracing::info!("database reachable again; readiness SERVING");
