@@ -46,6 +46,7 @@ impl From<RefreshResponse> for LoginResponse {
 }
 
 pub mod code_name;
+pub mod codec;
 pub mod rlimit;
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ fn generated_code_is_up_to_date() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .codec_path("crate::codec::AuthdCodec")
         .emit_rerun_if_changed(false)
         .out_dir(&fresh)
         .compile_fds(api)?;
