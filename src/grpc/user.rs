@@ -109,6 +109,7 @@ impl UserService for UserApi {
                 user_agent: s.user_agent,
                 ip_address: s.ip_address,
                 current: s.current,
+                amr: s.amr,
             })
             .collect();
         Ok(Response::new(proto::ListMySessionsResponse { sessions }))

@@ -152,6 +152,26 @@ async fn enrol_confirm_login_verify_with_amr_through_refresh_and_validate() {
     assert_eq!(amr_of(&pair.access_token), pwd_otp());
     assert_eq!(srv.validate(&pair.access_token).await.amr, pwd_otp());
     get_me(&srv, &pair.access_token).await.unwrap();
+    // ListMySessions shows how each session was authenticated.
+    let listed = srv
+        .users()
+        .await
+        .list_my_sessions(with_bearer(
+            proto::ListMySessionsRequest {},
+            &pair.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    let amrs: Vec<(bool, Vec<String>)> = listed.into_iter().map(|s| (s.current, s.amr)).collect();
+    assert_eq!(
+        amrs.len(),
+        2,
+        "the enrolment session and this one: {amrs:?}"
+    );
+    assert!(amrs.contains(&(true, pwd_otp())), "{amrs:?}");
+    assert!(amrs.contains(&(false, vec!["pwd".to_owned()])), "{amrs:?}");
     // Refresh keeps the session's amr.
     let refreshed = try_refresh(&srv, &pair.refresh_token).await.unwrap();
     assert_eq!(amr_of(&refreshed.access_token), pwd_otp());

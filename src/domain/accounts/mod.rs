@@ -261,6 +261,8 @@ pub struct SessionInfo {
     pub user_agent: String,
     pub ip_address: String,
     pub current: bool,
+    /// How the session was authenticated, as in its tokens' `amr` claim.
+    pub amr: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -249,6 +249,7 @@ impl Authd {
                 current: s.id == p.session_id,
                 user_agent: s.user_agent,
                 ip_address: s.ip_address,
+                amr: s.amr,
             })
             .collect())
     }

@@ -2423,6 +2423,11 @@ pub struct Session {
     /// True for the session of the access token making this call.
     #[prost(bool, tag = "7")]
     pub current: bool,
+    /// How the session was authenticated (RFC 8176 values, as in its tokens' `amr` claim): \["pwd"\]
+    /// after a password login, \["pwd", "otp"\] after a second factor. A session that predates second
+    /// factors has \["pwd"\].
+    #[prost(string, repeated, tag = "8")]
+    pub amr: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Which of the caller's sessions UserService.RevokeMySession ends.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
