@@ -61,7 +61,7 @@ const PASSPHRASE: &str = "Lantern orbit Kelso walnut 7";
 fn keyring() -> Keyring {
     let k = generate_key().expect("generate key");
     let verifier = Verifier::new([k.public_key().expect("public key")]);
-    Keyring::new(Some(k.signer()), verifier)
+    Keyring::new(Some(k.signer().expect("signer")), verifier)
 }
 
 /// The claims of an access token as Login issues them (15 minutes).

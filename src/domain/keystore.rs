@@ -305,10 +305,10 @@ pub fn keyring_from_rows(rows: &[SigningKey], now: DateTime<Utc>) -> Result<Keyr
             signer = Some(row);
         }
     }
-    Ok(Keyring::new(
-        signer.map(|row| Signer::from_pkcs8(&row.kid, &row.private_key)),
-        Verifier::new(public),
-    ))
+    let signer = signer
+        .map(|row| Signer::from_pkcs8(&row.kid, &row.private_key))
+        .transpose()?;
+    Ok(Keyring::new(signer, Verifier::new(public)))
 }
 
 #[cfg(test)]

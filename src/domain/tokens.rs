@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::pkcs8::EncodePrivateKey;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, Header};
 use sha2::{Digest, Sha256};
 
 use super::fastkey::{FastKeys, SecretMap, same_bytes};
@@ -37,7 +37,7 @@ impl GeneratedKey {
     }
 
     /// Its private half, for a [`Keyring`].
-    pub fn signer(&self) -> Signer {
+    pub fn signer(&self) -> Result<Signer> {
         Signer::from_pkcs8(&self.kid, &self.private_pkcs8)
     }
 }
@@ -71,22 +71,92 @@ pub fn public_key(kid: &str, public: &[u8]) -> Result<PublicKey> {
 }
 
 /// The private key that signs access tokens, and its `kid`.
+///
+/// The key is decoded once, here, and the JWS header (`alg`, `typ`, `kid`) is encoded once.
+/// `jsonwebtoken::encode` decodes the PKCS#8 key and derives its public half (a scalar
+/// multiplication) on every call: about 97,000 instructions, a fifth of a whole Refresh (callgrind,
+/// issue J). The key is held by jsonwebtoken's own backend ([`SigningKey`]), and Ed25519 signatures
+/// are deterministic (RFC 8032), so the tokens are byte for byte the ones `jsonwebtoken::encode`
+/// makes with the same key (a unit test checks it); they are still verified by `jsonwebtoken`.
 pub struct Signer {
     kid: String,
-    key: EncodingKey,
+    key: SigningKey,
+    /// `base64url(JSON header)`, the first part of every token.
+    header: String,
+}
+
+/// A decoded Ed25519 private key of the build's jsonwebtoken backend (feature `jwt-aws-lc-rs`:
+/// AWS-LC, about half the instructions per signature of RustCrypto's ed25519-dalek here).
+#[cfg(feature = "jwt-aws-lc-rs")]
+struct SigningKey(aws_lc_rs::signature::Ed25519KeyPair);
+#[cfg(not(feature = "jwt-aws-lc-rs"))]
+struct SigningKey(ed25519_dalek::SigningKey);
+
+impl SigningKey {
+    #[cfg(feature = "jwt-aws-lc-rs")]
+    fn from_pkcs8(der: &[u8]) -> std::result::Result<Self, String> {
+        aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(der)
+            .map(Self)
+            .map_err(|e| e.to_string())
+    }
+
+    #[cfg(not(feature = "jwt-aws-lc-rs"))]
+    fn from_pkcs8(der: &[u8]) -> std::result::Result<Self, String> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        ed25519_dalek::SigningKey::from_pkcs8_der(der)
+            .map(Self)
+            .map_err(|e| e.to_string())
+    }
+
+    #[cfg(feature = "jwt-aws-lc-rs")]
+    fn sign(&self, message: &[u8]) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        out.copy_from_slice(self.0.sign(message).as_ref());
+        out
+    }
+
+    #[cfg(not(feature = "jwt-aws-lc-rs"))]
+    fn sign(&self, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer as _;
+        self.0.sign(message).to_bytes()
+    }
 }
 
 impl Signer {
     /// The signer of `kid` from its PKCS#8 (DER) private key.
-    pub fn from_pkcs8(kid: &str, private_pkcs8: &[u8]) -> Self {
-        Self {
+    pub fn from_pkcs8(kid: &str, private_pkcs8: &[u8]) -> Result<Self> {
+        let key = SigningKey::from_pkcs8(private_pkcs8).map_err(|e| {
+            Error::internal(format!("signing key {kid} is not an Ed25519 key: {e}"))
+        })?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
+        header.kid = Some(kid.to_owned());
+        let header = serde_json::to_vec(&header)
+            .map_err(|e| Error::internal(format!("cannot encode the token header: {e}")))?;
+        Ok(Self {
             kid: kid.to_owned(),
-            key: EncodingKey::from_ed_der(private_pkcs8),
-        }
+            key,
+            header: URL_SAFE_NO_PAD.encode(header),
+        })
     }
 
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+
+    /// `header.claims.signature`, each part base64url without padding (RFC 7515 compact form).
+    fn sign(&self, claims: &AccessClaims) -> Result<String> {
+        let claims = serde_json::to_vec(claims)
+            .map_err(|e| Error::internal(format!("cannot encode token claims: {e}")))?;
+        let b64 = |n: usize| n.div_ceil(3) * 4;
+        let mut token = String::with_capacity(self.header.len() + b64(claims.len()) + 90);
+        token.push_str(&self.header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims, &mut token);
+        let signature = self.key.sign(token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Ok(token)
     }
 }
 
@@ -125,15 +195,10 @@ impl Keyring {
 
     /// Signs `claims` with the active key.
     pub fn sign(&self, claims: &AccessClaims) -> Result<String> {
-        let signer = self
-            .signer
+        self.signer
             .as_ref()
-            .ok_or_else(|| Error::internal("no active signing key"))?;
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
-        header.kid = Some(signer.kid.clone());
-        jsonwebtoken::encode(&header, claims, &signer.key)
-            .map_err(|e| Error::internal(format!("cannot sign token: {e}")))
+            .ok_or_else(|| Error::internal("no active signing key"))?
+            .sign(claims)
     }
 
     /// Verifies signature, header and claims of an access token at `now` ([`Verifier::verify`]).
@@ -307,7 +372,41 @@ mod tests {
 
     fn keyring() -> Keyring {
         let k = generate_key().unwrap();
-        Keyring::new(Some(k.signer()), Verifier::new([k.public_key().unwrap()]))
+        Keyring::new(
+            Some(k.signer().unwrap()),
+            Verifier::new([k.public_key().unwrap()]),
+        )
+    }
+
+    #[test]
+    fn tokens_are_byte_for_byte_jsonwebtokens_and_verify() {
+        let now = Utc::now();
+        let k = generate_key().unwrap();
+        let kr = Keyring::new(
+            Some(k.signer().unwrap()),
+            Verifier::new([k.public_key().unwrap()]),
+        );
+        for c in [claims(now), {
+            let mut c = claims(now);
+            c.preferred_username = Some("zoë".into());
+            c.amr = vec![AMR_PASSWORD.into(), AMR_OTP.into()];
+            c
+        }] {
+            let ours = kr.sign(&c).unwrap();
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
+            header.kid = Some(k.kid.clone());
+            let theirs = jsonwebtoken::encode(
+                &header,
+                &c,
+                &jsonwebtoken::EncodingKey::from_ed_der(&k.private_pkcs8),
+            )
+            .unwrap();
+            assert_eq!(ours, theirs);
+            let v = kr.verify(&ours, "authd", "authd", now).unwrap();
+            assert_eq!((v.amr, v.username), (c.amr, c.preferred_username));
+        }
+        assert!(Signer::from_pkcs8("x", b"not a key").is_err());
     }
 
     fn claims(now: DateTime<Utc>) -> AccessClaims {
