@@ -11,7 +11,8 @@
 #        health c16, validate c16, getme c16, refresh c16, login c4 (bcrypt cost 12),
 #        mix validate=16,login=4 (ValidateToken during a login storm), and
 #        health with 1000 connections and 64 workers while authd's VmRSS is sampled every 100 ms;
-#      h2load (health and ValidateToken alternating, 3 rounds each, 1 connection, 16 streams) with pre-encoded gRPC bodies;
+#      h2load (health and ValidateToken alternating, 3 rounds each, 1 connection, 16 streams) with pre-encoded gRPC bodies,
+#      sampling authd's CPU in each round (how busy it was, CPU µs per call: P1-h2load's server_cpu_ratio);
 #   4. pgbench against the same embedded PostgreSQL over its Unix socket, -M prepared -c 16 -j 1:
 #      one single-row UPDATE per transaction (a separate database, `pgbench -i -s 1`), then authd's
 #      refresh statement alone on the sessions the refresh run left (PostgreSQL's share of P4);
@@ -234,9 +235,9 @@ for round in 1 2 3; do
     esac
     say "run h2load-$h2 (round $round of 3): h2load -c 1 -m 16 -t 1 $h2path, ${pgbench_secs} s"
     $client_pin python3 "$root/scripts/h2load-grpc.py" run "h2load-$h2" "$url" "$h2path" \
-      "$h2dir/$h2.bin" "$pgbench_secs" $h2key >"$h2dir/$h2-$round.json" \
+      "$h2dir/$h2.bin" "$pgbench_secs" $h2key --server-pid "$pid" >"$h2dir/$h2-$round.json" \
       || fail_with_log "h2load $h2 failed"
-    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(f\"  h2load {d['name']}: {d['rps']} req/s, {d['failed']} failed\")" "$h2dir/$h2-$round.json" >&2
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); s=d.get('server') or {}; print(f\"  h2load {d['name']}: {d['rps']} req/s, {d['failed']} failed; authd busy {s.get('busy')}, {s.get('cpu_us_per_call')} us CPU per call\")" "$h2dir/$h2-$round.json" >&2
     sleep 1
   done
 done
@@ -250,6 +251,15 @@ for k in ("requests", "succeeded", "failed"):
     d[k] = sum(r[k] for r in rounds)
 d["seconds"] = sum(float(r["seconds"]) for r in rounds)
 d["rounds_rps"] = [r["rps"] for r in rounds]
+# authd's CPU per call and how busy it was, per round: the rate ratio is the server's only in
+# rounds where authd was busy (see BENCHMARKS.md, issue J third pass).
+d.pop("server", None)
+servers = [r.get("server") for r in rounds]
+if all(servers):
+    d["rounds_server_busy"] = [s["busy"] for s in servers]
+    d["rounds_server_cpu_us_per_call"] = [s["cpu_us_per_call"] for s in servers]
+    calls = sum(r["rps"] * s["window_s"] for r, s in zip(rounds, servers))
+    d["server_cpu_us_per_call"] = round(sum(s["cpu_s"] for s in servers) / calls * 1e6, 2)
 print(json.dumps(d))
 EOF
 done
@@ -408,7 +418,11 @@ ratios = [
     {"id": "P1-h2load", "ratio": "ValidateToken req/s ÷ health Check req/s (h2load, 1 conn, 16 streams)",
      "target": ">= 0.9", "measured": ratio(h2v["rps"], h2h["rps"]), "ok": None,
      "raw": {"validate_rps": h2v["rps"], "health_rps": h2h["rps"],
-             "validate_failed": h2v["failed"], "health_failed": h2h["failed"]}},
+             "validate_failed": h2v["failed"], "health_failed": h2h["failed"],
+             # health's CPU per call ÷ ValidateToken's: the rate ratio a busy server would give.
+             "server_cpu_ratio": ratio(h2h.get("server_cpu_us_per_call"), h2v.get("server_cpu_us_per_call")),
+             "server_busy_health": h2h.get("rounds_server_busy"),
+             "server_busy_validate": h2v.get("rounds_server_busy")}},
     {"id": "P2", "ratio": "Login/s ÷ (server cores ÷ bcrypt verify time), c4", "target": ">= 0.9",
      "measured": lb.get("ratio"), "ok": None,
      "raw": {"login_rps": lg["rps"], "bcrypt_cost": lb.get("bcrypt_cost"),

@@ -5,8 +5,14 @@ client next to authd-bench (issue J, P1).
   h2load-grpc.py setup URL EMAIL PASSWORD DIR   logs in (nghttp), creates a service key, and writes
                                                 DIR/health.bin, DIR/validate.bin (pre-encoded
                                                 gRPC bodies) and DIR/api-key
-  h2load-grpc.py run NAME URL PATH BODY SECS [API_KEY]   one h2load run (1 connection, 16
-                                                streams, 1 thread); prints JSON with req/s
+  h2load-grpc.py run NAME URL PATH BODY SECS [API_KEY] [--server-pid PID]
+                                                one h2load run (1 connection, 16 streams, 1
+                                                thread); prints JSON with req/s and, with
+                                                --server-pid, the server's CPU (user + kernel,
+                                                from /proc/PID/stat) after the 1 s warm-up: how
+                                                busy it was and its CPU µs per call. A rate ratio
+                                                means the server's ratio only when the server was
+                                                busy in both runs (issue J, P1).
 
 Bodies are gRPC messages framed by hand (flag 0, 4-byte length, protobuf), sent with
 `content-type: application/grpc` and `te: trailers`. h2load counts HTTP status 200 as success; a
@@ -19,6 +25,7 @@ import re
 import struct
 import subprocess
 import sys
+import time
 
 HEADERS = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
 
@@ -116,29 +123,59 @@ def setup(url, email, password, out):
         f.write(key)
 
 
-def run(name, url, path, body, secs, key=None):
+def cpu_seconds(pid):
+    """User plus kernel CPU seconds of process `pid` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(name, url, path, body, secs, key=None, server_pid=None):
     extra = ["-H", f"x-api-key: {key}"] if key else []
-    cmd = ["h2load", "-c", "1", "-m", "16", "-t", "1", "-D", str(secs), "--warm-up-time", "1",
+    warmup = 1
+    cmd = ["h2load", "-c", "1", "-m", "16", "-t", "1", "-D", str(secs), "--warm-up-time", str(warmup),
            "-d", body, *HEADERS, *extra, url + path]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"h2load failed: {r.stderr[-500:]}{r.stdout[-500:]}")
-    text = r.stdout
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = None
+    if server_pid:
+        time.sleep(warmup)
+        c0, t0 = cpu_seconds(server_pid), time.monotonic()
+    out, err = p.communicate()
+    if server_pid:
+        c1, t1 = cpu_seconds(server_pid), time.monotonic()
+        server = {"pid": server_pid, "cpu_s": round(c1 - c0, 3), "window_s": round(t1 - t0, 3)}
+    if p.returncode != 0:
+        raise SystemExit(f"h2load failed: {err[-500:]}{out[-500:]}")
+    text = out
     m = re.search(r"finished in [^,]+, ([0-9.]+) req/s", text)
     st = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", text)
     if not m or not st:
         raise SystemExit("unexpected h2load output:\n" + text)
-    print(json.dumps({"tool": "h2load", "name": name, "path": path, "rps": float(m.group(1)),
-                      "requests": int(st.group(1)), "succeeded": int(st.group(4)),
-                      "failed": int(st.group(5)), "connections": 1, "streams": 16,
-                      "seconds": secs}))
+    rps = float(m.group(1))
+    result = {"tool": "h2load", "name": name, "path": path, "rps": rps,
+              "requests": int(st.group(1)), "succeeded": int(st.group(4)),
+              "failed": int(st.group(5)), "connections": 1, "streams": 16, "seconds": secs}
+    if server and server["window_s"] > 0 and rps > 0:
+        # The window runs from the end of the warm-up to h2load's exit, so it matches the
+        # measured period to within the exit's few milliseconds.
+        server["busy"] = round(server["cpu_s"] / server["window_s"], 3)
+        server["cpu_us_per_call"] = round(server["cpu_s"] / (rps * server["window_s"]) * 1e6, 2)
+        result["server"] = server
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
     a = sys.argv[1:]
     if a and a[0] == "setup" and len(a) == 5:
         setup(*a[1:])
-    elif a and a[0] == "run" and len(a) in (6, 7):
-        run(a[1], a[2], a[3], a[4], int(a[5]), a[6] if len(a) == 7 else None)
+    elif a and a[0] == "run" and len(a) >= 6:
+        pid = None
+        if "--server-pid" in a:
+            i = a.index("--server-pid")
+            pid = int(a[i + 1])
+            a = a[:i] + a[i + 2:]
+        if len(a) not in (6, 7):
+            raise SystemExit(__doc__)
+        run(a[1], a[2], a[3], a[4], int(a[5]), a[6] if len(a) == 7 else None, pid)
     else:
         raise SystemExit(__doc__)
