@@ -72,14 +72,7 @@ async fn session_ips(srv: &TestServer) -> Vec<String> {
 
 /// ListMySessions of `token`: the address of the session the token belongs to.
 async fn my_session_ip(srv: &TestServer, token: &str) -> String {
-    let sessions = srv
-        .users()
-        .await
-        .list_my_sessions(with_bearer(proto::ListMySessionsRequest {}, token))
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let sessions = srv.my_sessions(token).await;
     let current = sessions.iter().find(|s| s.current);
     current
         .unwrap_or_else(|| panic!("no current session in {sessions:?}"))

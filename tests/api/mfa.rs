@@ -153,18 +153,12 @@ async fn enrol_confirm_login_verify_with_amr_through_refresh_and_validate() {
     assert_eq!(srv.validate(&pair.access_token).await.amr, pwd_otp());
     get_me(&srv, &pair.access_token).await.unwrap();
     // ListMySessions shows how each session was authenticated.
-    let listed = srv
-        .users()
+    let amrs: Vec<(bool, Vec<String>)> = srv
+        .my_sessions(&pair.access_token)
         .await
-        .list_my_sessions(with_bearer(
-            proto::ListMySessionsRequest {},
-            &pair.access_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
-    let amrs: Vec<(bool, Vec<String>)> = listed.into_iter().map(|s| (s.current, s.amr)).collect();
+        .into_iter()
+        .map(|s| (s.current, s.amr))
+        .collect();
     assert_eq!(
         amrs.len(),
         2,

@@ -798,17 +798,7 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
         .await
         .unwrap();
 
-    let sessions = srv
-        .users()
-        .await
-        .list_my_sessions(with_bearer(
-            proto::ListMySessionsRequest {},
-            &pair.access_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let sessions = srv.my_sessions(&pair.access_token).await;
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].ip_address, "127.0.0.1");
     let events = audit_of(&srv, &admin.access_token, &user.id).await;
@@ -875,17 +865,7 @@ async fn forwarded_for_from_a_trusted_proxy_names_the_client_everywhere() {
         .unwrap()
         .into_inner();
 
-    let sessions = srv
-        .users()
-        .await
-        .list_my_sessions(with_bearer(
-            proto::ListMySessionsRequest {},
-            &pair.access_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let sessions = srv.my_sessions(&pair.access_token).await;
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].ip_address, "198.51.100.23");
     let events = audit_of(&srv, &admin.access_token, &user.id).await;

@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::cluster::{connect_db, fresh_database};
-use crate::requests::{PASSWORD, login_email, unique_email, with_key};
+use crate::requests::{PASSWORD, login_email, unique_email, with_bearer, with_key};
 
 /// The configuration tests start from: bcrypt cost 4, the given database.
 pub fn test_config(url: &str) -> Config {
@@ -239,6 +239,17 @@ impl TestServer {
             .await
             .expect("validate")
             .into_inner()
+    }
+
+    /// ListMySessions with `access_token`: the caller's live sessions.
+    pub async fn my_sessions(&self, access_token: &str) -> Vec<proto::Session> {
+        self.users()
+            .await
+            .list_my_sessions(with_bearer(proto::ListMySessionsRequest {}, access_token))
+            .await
+            .expect("ListMySessions")
+            .into_inner()
+            .sessions
     }
 }
 
