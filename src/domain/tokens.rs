@@ -109,10 +109,8 @@ impl SigningKey {
     }
 
     #[cfg(feature = "jwt-aws-lc-rs")]
-    fn sign(&self, message: &[u8]) -> [u8; 64] {
-        let mut out = [0u8; 64];
-        out.copy_from_slice(self.0.sign(message).as_ref());
-        out
+    fn sign(&self, message: &[u8]) -> aws_lc_rs::signature::Signature {
+        self.0.sign(message)
     }
 
     #[cfg(not(feature = "jwt-aws-lc-rs"))]
