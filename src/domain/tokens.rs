@@ -147,7 +147,8 @@ impl Signer {
         let claims = serde_json::to_vec(claims)
             .map_err(|e| Error::internal(format!("cannot encode token claims: {e}")))?;
         let b64 = |n: usize| n.div_ceil(3) * 4;
-        let mut token = String::with_capacity(self.header.len() + b64(claims.len()) + 90);
+        // The header, the claims and the 64-byte signature, each base64url, and two dots.
+        let mut token = String::with_capacity(self.header.len() + b64(claims.len()) + b64(64) + 2);
         token.push_str(&self.header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(claims, &mut token);
@@ -369,7 +370,10 @@ mod tests {
     use uuid::Uuid;
 
     fn keyring() -> Keyring {
-        let k = generate_key().unwrap();
+        keyring_of(&generate_key().unwrap())
+    }
+
+    fn keyring_of(k: &GeneratedKey) -> Keyring {
         Keyring::new(
             Some(k.signer().unwrap()),
             Verifier::new([k.public_key().unwrap()]),
@@ -380,10 +384,7 @@ mod tests {
     fn tokens_are_byte_for_byte_jsonwebtokens_and_verify() {
         let now = Utc::now();
         let k = generate_key().unwrap();
-        let kr = Keyring::new(
-            Some(k.signer().unwrap()),
-            Verifier::new([k.public_key().unwrap()]),
-        );
+        let kr = keyring_of(&k);
         for c in [claims(now), {
             let mut c = claims(now);
             c.preferred_username = Some("zoë".into());
