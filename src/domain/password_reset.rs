@@ -6,7 +6,9 @@
 //! [`crate::db::password_resets`]), nothing else, so neither its answer (always OK) nor its time
 //! depends on whether an account exists. The limits, per address and per client key, are counted
 //! from those rows in the database (every replica together) and apply identically to known and
-//! unknown addresses.
+//! unknown addresses. Both calls also take the in-memory per-client bucket
+//! (`AUTHD_RATE_LIMIT_PER_IP`) first, as VerifyEmail and ConfirmEmailChange do: a client guessing
+//! reset tokens gets RESOURCE_EXHAUSTED before any query.
 //!
 //! **The job.** [`Authd::process_password_resets`] (run by `server::background::password_reset_loop`
 //! on every replica, woken at once by a local request, otherwise polling) claims requests one at a
@@ -99,6 +101,7 @@ impl Authd {
     /// RequestPasswordReset: OK for every well-formed address, known or not (see the module doc).
     /// RESOURCE_EXHAUSTED with `retry-after` past a limit.
     pub async fn request_password_reset(&self, email: &str, client: &ClientInfo) -> Result<()> {
+        self.rate_limiter.check(client.ip)?;
         let email = validate::email(email)?;
         let s = self.settings.password_reset;
         let now = self.now();
@@ -247,6 +250,7 @@ impl Authd {
         new_password: &str,
         client: &ClientInfo,
     ) -> Result<()> {
+        self.rate_limiter.check(client.ip)?;
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Error::invalid(format!(
                 "token must be at most {MAX_TOKEN_BYTES} bytes"

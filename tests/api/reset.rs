@@ -588,6 +588,35 @@ async fn requests_are_limited_per_client_address() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn token_guesses_take_the_per_client_bucket() {
+    let (server, _smtp) = start_with(|c| c.rate_limit_per_ip = 5).await;
+    let results = concurrently(server.auth().await, 12, |c, i| {
+        reset_on(c, format!("pr_guess{i}"), OTHER_PASSWORD.to_owned())
+    })
+    .await;
+    let limited = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == Code::ResourceExhausted))
+        .count();
+    assert_eq!(limited, 7, "{results:?}");
+    for r in &results {
+        match r {
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(s.metadata().get("retry-after").is_some(), "{s:?}")
+            }
+            Err(s) => assert_bad_token(s),
+            Ok(()) => panic!("a guessed token was accepted"),
+        }
+    }
+    // RequestPasswordReset draws on the same bucket.
+    assert_eq!(
+        request(&server, &unique_email()).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+    server.stop().await;
+}
+
 /// A measurement, not a check (run with `--ignored --nocapture`): the reply time of
 /// RequestPasswordReset for a known and an unknown address, interleaved, 300 of each. Numbers go
 /// to BENCHMARKS.md.
