@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use authd::proto;
-use diesel_async::RunQueryDsl;
 use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
@@ -98,13 +97,6 @@ fn assert_unauthenticated(r: &CheckResponse) {
         hs.get("www-authenticate").map(String::as_str),
         Some(r#"Bearer error="invalid_token""#)
     );
-}
-
-async fn exec(srv: &TestServer, sql: &str) {
-    diesel::sql_query(sql)
-        .execute(&mut srv.db().await)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 #[tokio::test]
@@ -297,13 +289,10 @@ async fn a_session_revoked_in_the_database_is_denied_within_a_second() {
         assert_eq!(code(&check(&srv, &key, &pair.access_token, None).await), 0);
     }
     // Behind this replica's back, as another replica would.
-    exec(
-        &srv,
-        &format!(
-            "UPDATE sessions SET revoke_time = now(), revoke_reason = 'test' WHERE id = '{}'",
-            pair.session_id
-        ),
-    )
+    srv.exec(&format!(
+        "UPDATE sessions SET revoke_time = now(), revoke_reason = 'test' WHERE id = '{}'",
+        pair.session_id
+    ))
     .await;
     let start = Instant::now();
     loop {
@@ -330,11 +319,8 @@ async fn a_stale_revocation_view_gets_503_not_a_failed_rpc() {
     assert_eq!(code(&check(&srv, &key, &pair.access_token, None).await), 0);
     // The view's poll reads service_keys: without the table every poll fails, and after 3 s
     // (views::MAX_STALENESS) the view is stale.
-    exec(
-        &srv,
-        "ALTER TABLE service_keys RENAME TO service_keys_hidden",
-    )
-    .await;
+    srv.exec("ALTER TABLE service_keys RENAME TO service_keys_hidden")
+        .await;
     let start = Instant::now();
     let r = loop {
         let r = check(&srv, &key, &pair.access_token, None).await;
@@ -346,11 +332,8 @@ async fn a_stale_revocation_view_gets_503_not_a_failed_rpc() {
     };
     assert_eq!(code(&r), Code::Unavailable as i32, "{r:?}");
     assert_eq!(denied(&r).0, 503);
-    exec(
-        &srv,
-        "ALTER TABLE service_keys_hidden RENAME TO service_keys",
-    )
-    .await;
+    srv.exec("ALTER TABLE service_keys_hidden RENAME TO service_keys")
+        .await;
     wait_until("the view recovers", Duration::from_secs(10), || async {
         code(&check(&srv, &key, &pair.access_token, None).await) == 0
     })

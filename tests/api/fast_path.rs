@@ -10,13 +10,6 @@ use tonic::Code;
 
 use authd_testkit::*;
 
-async fn exec(srv: &TestServer, sql: &str) {
-    diesel::sql_query(sql)
-        .execute(&mut srv.db().await)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
 async fn validate_with(
     srv: &TestServer,
     key: &str,
@@ -66,13 +59,10 @@ async fn a_session_revoked_in_the_database_is_refused_within_a_second() {
     assert!(is_valid(&srv, &key, &pair.access_token).await);
     assert!(is_valid(&srv, &key, &pair.access_token).await);
 
-    exec(
-        &srv,
-        &format!(
-            "UPDATE sessions SET revoke_time = now(), revoke_reason = 'test' WHERE id = '{}'",
-            pair.session_id
-        ),
-    )
+    srv.exec(&format!(
+        "UPDATE sessions SET revoke_time = now(), revoke_reason = 'test' WHERE id = '{}'",
+        pair.session_id
+    ))
     .await;
     let took = within(Duration::from_secs(1), || async {
         !is_valid(&srv, &key, &pair.access_token).await
@@ -96,7 +86,8 @@ async fn sessions_of_an_account_deleted_in_the_database_are_refused_within_a_sec
     let (user, pair) = srv.user_session().await;
     assert!(is_valid(&srv, &key, &pair.access_token).await);
 
-    exec(&srv, &format!("DELETE FROM users WHERE id = '{}'", user.id)).await;
+    srv.exec(&format!("DELETE FROM users WHERE id = '{}'", user.id))
+        .await;
     let took = within(Duration::from_secs(1), || async {
         !is_valid(&srv, &key, &pair.access_token).await
     })
@@ -114,7 +105,8 @@ async fn a_service_key_revoked_in_the_database_is_refused_within_a_second() {
     let (_, pair) = srv.user_session().await;
     assert!(is_valid(&srv, &key, &pair.access_token).await);
 
-    exec(&srv, "UPDATE service_keys SET revoke_time = now()").await;
+    srv.exec("UPDATE service_keys SET revoke_time = now()")
+        .await;
     let took = within(Duration::from_secs(1), || async {
         validate_with(&srv, &key, &pair.access_token)
             .await

@@ -1767,6 +1767,50 @@ async fn health_follows_the_database() {
     pg.stop().await.expect("stop cluster");
 }
 
+/// Ready means the database answers *and* the revocation view is fresh: token checks fail closed
+/// on a stale view, so a replica whose polls fail must leave the balancer even though its database
+/// answers a ping, and come back only once its view has caught up.
+#[tokio::test]
+async fn readiness_follows_a_stale_revocation_view() {
+    let srv = TestServer::start().await;
+    let (_, pair) = srv.user_session().await;
+    let serving = Some(ServingStatus::Serving as i32);
+    let not_serving = Some(ServingStatus::NotServing as i32);
+    assert_eq!(statuses(&srv).await, vec![serving; 3]);
+
+    // The view's poll reads service_keys: without the table every poll fails, and after 3 s
+    // (views::MAX_STALENESS) the view is stale.
+    srv.exec("ALTER TABLE service_keys RENAME TO service_keys_hidden")
+        .await;
+    wait_until(
+        "readiness NOT_SERVING on a stale view",
+        StdDuration::from_secs(10),
+        || async { statuses(&srv).await == vec![not_serving; 3] },
+    )
+    .await;
+    // The database answers: calls that need no view work, token checks fail closed.
+    assert_eq!(
+        health(&srv, "liveness").await.expect("liveness"),
+        ServingStatus::Serving as i32
+    );
+    srv.register(&unique_email(), PASSWORD).await;
+    expect_code(get_me(&srv, &pair.access_token).await, Code::Unavailable);
+
+    srv.exec("ALTER TABLE service_keys_hidden RENAME TO service_keys")
+        .await;
+    wait_until(
+        "readiness SERVING once the view is fresh",
+        StdDuration::from_secs(10),
+        || async { statuses(&srv).await == vec![serving; 3] },
+    )
+    .await;
+    // Ready means the token checks work: at once, not after the next poll.
+    get_me(&srv, &pair.access_token)
+        .await
+        .expect("GetMe as soon as readiness is SERVING");
+    srv.stop().await;
+}
+
 /// Creates database `name` in `pg` unless it exists.
 async fn ensure_database(pg: &EmbeddedPostgres, name: &str) {
     let mut conn = connect_db(&pg.database_url("postgres")).await;

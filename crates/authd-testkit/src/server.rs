@@ -133,6 +133,16 @@ impl TestServer {
         connect_db(&self.url).await
     }
 
+    /// Runs one SQL statement on this server's database (a test's direct change), panicking with
+    /// the statement if it fails.
+    pub async fn exec(&self, sql: &str) {
+        use diesel_async::RunQueryDsl;
+        diesel::sql_query(sql)
+            .execute(&mut self.db().await)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
             .expect("uri")
