@@ -110,8 +110,24 @@ fn read_password_line() -> std::io::Result<String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // AUTHD_LOG_FORMAT=json: one JSON object per line.
-    if let Err(e) = server::init_logging(&cli.config.log, &cli.config.log_format, std::io::stderr) {
+    // AUTHD_LOG_FORMAT=json: one JSON object per line. Lines are written to stderr by a thread of
+    // their own; `_log_flush` writes out the last ones when main returns.
+    let (logged, _log_flush) = match server::background_writer(std::io::stderr()) {
+        Ok((writer, guard)) => (
+            server::init_logging(&cli.config.log, &cli.config.log_format, writer),
+            Some(guard),
+        ),
+        Err(e) => {
+            eprintln!(
+                "authd: cannot start the log writer thread ({e}); logging to stderr directly"
+            );
+            (
+                server::init_logging(&cli.config.log, &cli.config.log_format, std::io::stderr),
+                None,
+            )
+        }
+    };
+    if let Err(e) = logged {
         eprintln!("authd: cannot install the log subscriber: {e}");
     }
 

@@ -19,6 +19,9 @@ pub const BCRYPT_EXPECTED_WAIT: &str = "authd_bcrypt_expected_wait_seconds";
 /// `authd_ext_authz_checks_total{result}`: Envoy ext_authz Check answers (the caller authenticated).
 pub const EXT_AUTHZ_CHECKS: &str = "authd_ext_authz_checks_total";
 
+/// `authd_log_lines_dropped_total`: log lines dropped because the log writer's queue was full.
+pub const LOG_LINES_DROPPED: &str = "authd_log_lines_dropped_total";
+
 /// `authd_watch_streams`: WatchRevocations streams open on this replica.
 pub const WATCH_STREAMS: &str = "authd_watch_streams";
 /// `authd_mail_outbox_depth`: messages waiting in the outbox (neither sent nor failed).

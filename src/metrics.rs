@@ -156,6 +156,10 @@ fn describe() {
     );
     describe_counter!(crate::metric_names::MAIL_SENT, "Mail messages delivered.");
     describe_counter!(
+        crate::metric_names::LOG_LINES_DROPPED,
+        "Log lines dropped because the log writer's queue was full (its output, e.g. stderr, fell behind)."
+    );
+    describe_counter!(
         crate::metric_names::EMAIL_VERIFICATION,
         "E-mail verification: result mailed (a link queued), capped (3 links live, none queued), requested (ResendVerification accepted), throttled, verified, invalid_token."
     );

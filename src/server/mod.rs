@@ -1,6 +1,6 @@
 //! Process wiring. [`app`] starts the service and serves it; [`background`] holds the loops of a
 //! serving process, [`readiness`] the health statuses, [`shutdown`] the signal and the drain;
-//! [`logging`] sets up tracing; [`cli`] and [`healthcheck`] are the commands of the binary;
+//! [`logging`] sets up tracing and its writer thread; [`cli`] and [`healthcheck`] are the commands of the binary;
 //! [`health`] is the gRPC health service, [`reflection`] server reflection and its allowlist, and
 //! [`http`] the HTTP side listener (metrics, JWKS, probes). Arrows point out of here: server → grpc, layers, transport → domain → db.
 
@@ -24,5 +24,5 @@ pub use cli::{
 };
 pub use error::StartError;
 pub use healthcheck::healthcheck_command;
-pub use logging::{init_logging, log_filter};
+pub use logging::{BackgroundWriter, LogFlushGuard, background_writer, init_logging, log_filter};
 pub use reflection::REFLECTED_SERVICES;
