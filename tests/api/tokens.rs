@@ -1695,6 +1695,22 @@ async fn statuses(srv: &TestServer) -> Vec<Option<i32>> {
     out
 }
 
+/// Waits (at most 10 s) until every API health service reports `status`.
+async fn wait_for_readiness(srv: &TestServer, status: ServingStatus, what: &str) {
+    let want = vec![Some(status as i32); API_HEALTH_SERVICES.len()];
+    wait_until(what, StdDuration::from_secs(10), || async {
+        statuses(srv).await == want
+    })
+    .await;
+}
+
+async fn assert_live(srv: &TestServer) {
+    assert_eq!(
+        health(srv, "liveness").await.expect("liveness"),
+        ServingStatus::Serving as i32
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_follows_the_database() {
     let tmp = tempfile::Builder::new()
@@ -1717,22 +1733,12 @@ async fn health_follows_the_database() {
     let email = unique_email();
     srv.register(&email, PASSWORD).await;
     let pair = srv.login(&email, PASSWORD).await;
-    let serving = Some(ServingStatus::Serving as i32);
-    let not_serving = Some(ServingStatus::NotServing as i32);
-    assert_eq!(statuses(&srv).await, vec![serving; 3]);
+    wait_for_readiness(&srv, ServingStatus::Serving, "readiness SERVING").await;
 
     // The database goes away.
     pg.stop().await.expect("stop cluster");
-    wait_until(
-        "readiness NOT_SERVING",
-        StdDuration::from_secs(10),
-        || async { statuses(&srv).await == vec![not_serving; 3] },
-    )
-    .await;
-    assert_eq!(
-        health(&srv, "liveness").await.expect("liveness"),
-        ServingStatus::Serving as i32
-    );
+    wait_for_readiness(&srv, ServingStatus::NotServing, "readiness NOT_SERVING").await;
+    assert_live(&srv).await;
     expect_code(
         srv.auth().await.login(login_email(&email, PASSWORD)).await,
         Code::Unavailable,
@@ -1745,16 +1751,8 @@ async fn health_follows_the_database() {
     let pg = EmbeddedPostgres::start(options())
         .await
         .expect("restart private cluster");
-    wait_until(
-        "readiness SERVING again",
-        StdDuration::from_secs(10),
-        || async { statuses(&srv).await == vec![serving; 3] },
-    )
-    .await;
-    assert_eq!(
-        health(&srv, "liveness").await.expect("liveness"),
-        ServingStatus::Serving as i32
-    );
+    wait_for_readiness(&srv, ServingStatus::Serving, "readiness SERVING again").await;
+    assert_live(&srv).await;
     let again = srv.login(&email, PASSWORD).await;
     get_me(&srv, &again.access_token)
         .await
@@ -1774,34 +1772,29 @@ async fn health_follows_the_database() {
 async fn readiness_follows_a_stale_revocation_view() {
     let srv = TestServer::start().await;
     let (_, pair) = srv.user_session().await;
-    let serving = Some(ServingStatus::Serving as i32);
-    let not_serving = Some(ServingStatus::NotServing as i32);
-    assert_eq!(statuses(&srv).await, vec![serving; 3]);
+    wait_for_readiness(&srv, ServingStatus::Serving, "readiness SERVING").await;
 
     // The view's poll reads service_keys: without the table every poll fails, and after 3 s
     // (views::MAX_STALENESS) the view is stale.
     srv.exec("ALTER TABLE service_keys RENAME TO service_keys_hidden")
         .await;
-    wait_until(
+    wait_for_readiness(
+        &srv,
+        ServingStatus::NotServing,
         "readiness NOT_SERVING on a stale view",
-        StdDuration::from_secs(10),
-        || async { statuses(&srv).await == vec![not_serving; 3] },
     )
     .await;
     // The database answers: calls that need no view work, token checks fail closed.
-    assert_eq!(
-        health(&srv, "liveness").await.expect("liveness"),
-        ServingStatus::Serving as i32
-    );
+    assert_live(&srv).await;
     srv.register(&unique_email(), PASSWORD).await;
     expect_code(get_me(&srv, &pair.access_token).await, Code::Unavailable);
 
     srv.exec("ALTER TABLE service_keys_hidden RENAME TO service_keys")
         .await;
-    wait_until(
+    wait_for_readiness(
+        &srv,
+        ServingStatus::Serving,
         "readiness SERVING once the view is fresh",
-        StdDuration::from_secs(10),
-        || async { statuses(&srv).await == vec![serving; 3] },
     )
     .await;
     // Ready means the token checks work: at once, not after the next poll.
