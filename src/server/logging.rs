@@ -100,9 +100,8 @@ pub struct QueuedLine<'a>(&'a BackgroundWriter);
 
 impl Write for QueuedLine<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.0.queue.try_send(LogMsg::Line(buf.to_vec()))
-        {
+        // Full, or the thread is gone: the line is lost either way, and counted.
+        if self.0.queue.try_send(LogMsg::Line(buf.to_vec())).is_err() {
             self.0.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(crate::metric_names::LOG_LINES_DROPPED).increment(1);
         }

@@ -1,8 +1,9 @@
 //! Process wiring. [`app`] starts the service and serves it; [`background`] holds the loops of a
 //! serving process, [`readiness`] the health statuses, [`shutdown`] the signal and the drain;
-//! [`logging`] sets up tracing and its writer thread; [`cli`] and [`healthcheck`] are the commands of the binary;
-//! [`health`] is the gRPC health service, [`reflection`] server reflection and its allowlist, and
-//! [`http`] the HTTP side listener (metrics, JWKS, probes). Arrows point out of here: server → grpc, layers, transport → domain → db.
+//! [`logging`] sets up tracing and its writer thread; [`cli`] and [`healthcheck`] are the
+//! commands of the binary; [`health`] is the gRPC health service, [`reflection`] server
+//! reflection and its allowlist, and [`http`] the HTTP side listener (metrics, JWKS, probes).
+//! Arrows point out of here: server → grpc, layers, transport → domain → db.
 
 mod app;
 mod background;
