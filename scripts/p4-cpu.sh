@@ -109,7 +109,7 @@ INSERT INTO users (id, email, first_name, last_name, password_hash, role, active
 SELECT ('00000000-0000-0000-0001-' || lpad(to_hex(i), 12, '0'))::uuid, 'x' || i || '@bench.invalid', 'S', 'U', '!x', 'user', true, now(), now()
 FROM generate_series(1, 1024) i;
 INSERT INTO sessions (id, user_id, generation, create_time, last_use_time, idle_expire_time, expire_time, user_agent, ip_address, access_expire_time, refresh_hash)
-SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(i), 12, '0'))::uuid, ('00000000-0000-0000-0001-' || lpad(to_hex(i), 12, '0'))::uuid, 0, now(), now(), now() + interval '7 days', now() + interval '30 days', 'seed-refresh-sessions.sql', '127.0.0.1', now() + interval '15 minutes', sha256('x'::bytea)
+SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(i), 12, '0'))::uuid, ('00000000-0000-0000-0001-' || lpad(to_hex(i), 12, '0'))::uuid, 0, now(), now(), now() + interval '7 days', now() + interval '30 days', 'p4-cpu.sh --statements', '127.0.0.1', now() + interval '15 minutes', sha256('x'::bytea)
 FROM generate_series(1, 1024) i;
 VACUUM ANALYZE sessions; VACUUM ANALYZE users;
 SQL
