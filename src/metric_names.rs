@@ -6,6 +6,11 @@
 pub const LOGINS: &str = "authd_logins_total";
 /// `authd_refresh_reuse_detected_total`: sessions revoked because a spent refresh token came back.
 pub const REFRESH_REUSE_DETECTED: &str = "authd_refresh_reuse_detected_total";
+/// `authd_refresh_batches_total`: statements that wrote a batch of refresh rotations.
+pub const REFRESH_BATCHES: &str = "authd_refresh_batches_total";
+/// `authd_refresh_batched_rotations_total`: rotations those statements carried (divided by the
+/// batches, the mean batch size).
+pub const REFRESH_BATCHED_ROTATIONS: &str = "authd_refresh_batched_rotations_total";
 /// `authd_bcrypt_queue_depth`: bcrypt jobs admitted and not yet finished.
 pub const BCRYPT_QUEUE_DEPTH: &str = "authd_bcrypt_queue_depth";
 /// `authd_bcrypt_rejected_total{reason}`: bcrypt jobs refused with RESOURCE_EXHAUSTED.

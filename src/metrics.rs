@@ -112,6 +112,14 @@ fn describe() {
         REFRESH_REUSE_DETECTED,
         "Refresh tokens presented again after rotation (the session was revoked)."
     );
+    describe_counter!(
+        REFRESH_BATCHES,
+        "Statements that wrote a batch of refresh rotations (group commit; see AUTHD_REFRESH_BATCH_MAX)."
+    );
+    describe_counter!(
+        REFRESH_BATCHED_ROTATIONS,
+        "Refresh rotations written by those statements (divided by authd_refresh_batches_total: the mean batch size)."
+    );
     describe_gauge!(
         DB_POOL_CONNECTIONS,
         "Database pool connections: size (open), in_use, waiting (callers queued for one), max."

@@ -571,6 +571,9 @@ async fn metrics_cover_calls_logins_reuse_pool_and_bcrypt() {
         at_least(&s, "authd_logins_total", &[("result", result)], 1.0);
     }
     at_least(&s, "authd_refresh_reuse_detected_total", &[], 1.0);
+    // The refresh above was written by the rotation batcher (a batch of one).
+    at_least(&s, "authd_refresh_batches_total", &[], 1.0);
+    at_least(&s, "authd_refresh_batched_rotations_total", &[], 1.0);
     for result in ["allowed", "denied"] {
         at_least(
             &s,

@@ -18,6 +18,8 @@ impl std::fmt::Debug for Config {
             session_max_lifetime,
             refresh_reuse_grace,
             refresh_replay_same_client,
+            refresh_batch_max,
+            refresh_batch_writers,
             bcrypt_cost,
             bcrypt_concurrency,
             bcrypt_queue,
@@ -86,6 +88,8 @@ impl std::fmt::Debug for Config {
             .field("session_max_lifetime", session_max_lifetime)
             .field("refresh_reuse_grace", refresh_reuse_grace)
             .field("refresh_replay_same_client", refresh_replay_same_client)
+            .field("refresh_batch_max", refresh_batch_max)
+            .field("refresh_batch_writers", refresh_batch_writers)
             .field("bcrypt_cost", bcrypt_cost)
             .field("bcrypt_concurrency", bcrypt_concurrency)
             .field("bcrypt_queue", bcrypt_queue)

@@ -23,6 +23,8 @@ impl Config {
                 max_lifetime: self.session_max_lifetime,
                 refresh_reuse_grace: self.refresh_reuse_grace,
                 replay_same_client: self.refresh_replay_same_client,
+                refresh_batch_max: self.refresh_batch_max,
+                refresh_batch_writers: self.refresh_batch_writers,
             },
             passwords: PasswordSettings {
                 bcrypt_cost: self.bcrypt_cost,

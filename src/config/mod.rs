@@ -10,6 +10,8 @@
 //! | `AUTHD_SESSION_MAX_LIFETIME` | `--session-max-lifetime` | `30d` (absolute lifetime) |
 //! | `AUTHD_REFRESH_REUSE_GRACE` | `--refresh-reuse-grace` | `5s` (`0` = strict) |
 //! | `AUTHD_REFRESH_REPLAY_SAME_CLIENT` | `--refresh-replay-same-client` | `true` (a grace replay is honoured only from the client, address or IPv6 /64, that spent the token) |
+//! | `AUTHD_REFRESH_BATCH_MAX` | `--refresh-batch-max` | `32` (1-1000; most refresh rotations per statement and commit, `1` = no batching) |
+//! | `AUTHD_REFRESH_BATCH_WRITERS` | `--refresh-batch-writers` | `1` (1-64; batches written at once) |
 //! | `AUTHD_BCRYPT_COST` | `--bcrypt-cost` | `12` (4-31) |
 //! | `AUTHD_BCRYPT_CONCURRENCY` | `--bcrypt-concurrency` | `0` = the cores available to the process (bcrypt threads) |
 //! | `AUTHD_BCRYPT_QUEUE` | `--bcrypt-queue` | unset = `64` password checks one client may have waiting for a bcrypt thread (a memory cap; admission is by deadline) |
@@ -137,6 +139,18 @@ pub struct Config {
     /// `false` honours replays from anywhere (for clients that hop networks mid-refresh).
     #[arg(long, env = "AUTHD_REFRESH_REPLAY_SAME_CLIENT", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub refresh_replay_same_client: bool,
+
+    /// Most refresh rotations written by one statement and one commit (group commit). Concurrent
+    /// refreshes that queue while earlier batches are written share the next one; nothing waits for
+    /// a batch to fill. 1 = every refresh writes its own statement.
+    #[arg(long, env = "AUTHD_REFRESH_BATCH_MAX", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub refresh_batch_max: u32,
+
+    /// Batches of refresh rotations written at once, each on a database connection of its own. One
+    /// writer makes the largest batches (the least database CPU per refresh); more keep refreshes
+    /// moving while one batch waits on a row lock.
+    #[arg(long, env = "AUTHD_REFRESH_BATCH_WRITERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64), global = true)]
+    pub refresh_batch_writers: u32,
 
     /// bcrypt cost for new password hashes (4-31).
     #[arg(long, env = "AUTHD_BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31), global = true)]
@@ -491,6 +505,8 @@ impl Config {
             session_max_lifetime: Duration::from_secs(30 * 86400),
             refresh_reuse_grace: Duration::from_secs(5),
             refresh_replay_same_client: true,
+            refresh_batch_max: 32,
+            refresh_batch_writers: 1,
             bcrypt_cost: 12,
             bcrypt_concurrency: 0,
             bcrypt_queue: None,

@@ -11,6 +11,7 @@ pub mod mfa;
 pub mod models;
 pub mod outbox;
 pub mod password_resets;
+pub mod rotations;
 pub mod schema;
 pub mod service_keys;
 pub mod sessions;

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{BigInt, Bool, Bytea, Nullable, Text, Timestamptz, Untyped};
+use diesel::sql_types::{BigInt, Nullable, Timestamptz, Untyped};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -296,134 +296,6 @@ struct PruneRow {
     deleted: i64,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     visited: i64,
-}
-
-// ----- rotation: one single-row UPDATE ------------------------------------------------------
-
-/// One rotation of a session's refresh token: the guard (the session, its generation and the hash
-/// of its current token) and what it writes: the successor's hash, the session's new idle expiry
-/// and the `exp` of the access token issued with it (both capped by the session's absolute expiry),
-/// and, when a grace window is on, the successor sealed for a replay (see
-/// `domain::opaque::ReplayBox`) with the window's end and the rotating client's address.
-#[derive(Debug, Clone, Copy)]
-pub struct Rotation<'a> {
-    pub session_id: Uuid,
-    /// The session's generation, which the presented token carries.
-    pub generation: i32,
-    /// The presented token's hash; `None` for a token of the previous format (its row in
-    /// `refresh_tokens` was locked and spent in the same transaction, and the session row has no
-    /// `refresh_hash` yet).
-    pub presented_hash: Option<&'a [u8]>,
-    pub successor_hash: &'a [u8],
-    pub now: DateTime<Utc>,
-    pub idle_expire_time: DateTime<Utc>,
-    pub access_expire_time: DateTime<Utc>,
-    pub replay_box: Option<&'a [u8]>,
-    pub replay_until: Option<DateTime<Utc>>,
-    pub rotate_ip: &'a str,
-}
-
-/// What [`rotate`] returns: what a token needs of the rotated session and of its user (no more,
-/// so that the statement returns and the reply parses only these columns).
-#[derive(Debug, QueryableByName)]
-pub struct Rotated {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    pub id: Uuid,
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    pub user_id: Uuid,
-    #[diesel(sql_type = Timestamptz)]
-    pub idle_expire_time: DateTime<Utc>,
-    #[diesel(sql_type = Timestamptz)]
-    pub expire_time: DateTime<Utc>,
-    #[diesel(sql_type = diesel::sql_types::Array<Text>)]
-    pub amr: Vec<String>,
-    #[diesel(sql_type = Text)]
-    pub user_email: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub user_username: Option<String>,
-    #[diesel(sql_type = Text)]
-    pub user_role: String,
-    #[diesel(sql_type = Bool)]
-    pub user_active: bool,
-}
-
-/// A refresh in one statement, one row written (one round trip, one commit, a plan prepared once
-/// per connection): if the session is live, at the token's generation, and its current token is the
-/// presented one, move it to the next generation with the successor and the rest of the
-/// [`Rotation`]. A concurrent refresh or revocation of the same session makes PostgreSQL re-check
-/// the row after waiting for it, so exactly one caller rotates; every other outcome (replay, reuse,
-/// dead) returns `None`. The user's columns come from the join and are not locked.
-pub async fn rotate(
-    conn: &mut AsyncPgConnection,
-    rotation: &Rotation<'_>,
-) -> Result<Option<Rotated>, DbError> {
-    Ok(Rotate {
-        r: *rotation,
-        rotate_ip: rotation.replay_box.map(|_| rotation.rotate_ip),
-    }
-    .get_result(conn)
-    .await
-    .optional()?)
-}
-
-struct Rotate<'a> {
-    r: Rotation<'a>,
-    rotate_ip: Option<&'a str>,
-}
-
-/// The statement-cache identity of [`Rotate`] (the query itself borrows its binds).
-struct RotateId;
-
-impl QueryId for Rotate<'_> {
-    type QueryId = RotateId;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl Query for Rotate<'_> {
-    type SqlType = Untyped;
-}
-
-impl QueryFragment<Pg> for Rotate<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql("UPDATE sessions s SET generation = s.generation + 1, refresh_hash = ");
-        out.push_bind_param::<Bytea, _>(&self.r.successor_hash)?;
-        out.push_sql(", last_use_time = ");
-        out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
-        out.push_sql(", idle_expire_time = LEAST(");
-        out.push_bind_param::<Timestamptz, _>(&self.r.idle_expire_time)?;
-        out.push_sql(
-            ", s.expire_time), access_expire_time = GREATEST(s.access_expire_time, LEAST(",
-        );
-        out.push_bind_param::<Timestamptz, _>(&self.r.access_expire_time)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Timestamptz, _>(&self.r.idle_expire_time)?;
-        out.push_sql(", s.expire_time)), replay_box = ");
-        out.push_bind_param::<Nullable<Bytea>, _>(&self.r.replay_box)?;
-        out.push_sql(", replay_until = ");
-        out.push_bind_param::<Nullable<Timestamptz>, _>(&self.r.replay_until)?;
-        // Set only when no sweep is pending, so that rotations inside a window change no indexed
-        // column (HOT; see migration 000092 and `clear_replays`).
-        out.push_sql(", replay_sweep_time = COALESCE(s.replay_sweep_time, ");
-        out.push_bind_param::<Nullable<Timestamptz>, _>(&self.r.replay_until)?;
-        out.push_sql("), rotate_ip = ");
-        out.push_bind_param::<Nullable<Text>, _>(&self.rotate_ip)?;
-        out.push_sql(" FROM users u WHERE s.id = ");
-        out.push_bind_param::<diesel::sql_types::Uuid, _>(&self.r.session_id)?;
-        out.push_sql(" AND s.generation = ");
-        out.push_bind_param::<diesel::sql_types::Integer, _>(&self.r.generation)?;
-        out.push_sql(" AND s.refresh_hash IS NOT DISTINCT FROM ");
-        out.push_bind_param::<Nullable<Bytea>, _>(&self.r.presented_hash)?;
-        out.push_sql(" AND s.revoke_time IS NULL AND s.expire_time > ");
-        out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
-        out.push_sql(" AND s.idle_expire_time > ");
-        out.push_bind_param::<Timestamptz, _>(&self.r.now)?;
-        out.push_sql(
-            " AND u.id = s.user_id RETURNING s.id, s.user_id, s.idle_expire_time, s.expire_time, \
-             s.amr, u.email AS user_email, u.username AS user_username, u.role AS user_role, \
-             u.active AS user_active",
-        );
-        Ok(())
-    }
 }
 
 // ----- the revocation view -------------------------------------------------------------------

@@ -13,6 +13,7 @@ use crate::db::{self, Pool};
 use crate::domain::Result;
 use crate::domain::keystore::{KeyStore, MasterKey};
 use crate::domain::passwords::{self, PasswordHasher};
+use crate::domain::sessions::rotations::RotationBatcher;
 use crate::domain::settings::Settings;
 use crate::domain::throttle::{self, IpRateLimiter, ProxyKeyBudget};
 use crate::domain::tokens::{Keyring, TokenCache};
@@ -55,6 +56,8 @@ pub struct Authd {
     pub(in crate::domain) reset_wake: tokio::sync::Notify,
     /// Keys the hashes of recovery codes (`domain::mfa::recovery`).
     pub(in crate::domain) recovery_secret: Vec<u8>,
+    /// Writes concurrent refreshes' rotations in shared statements (`sessions::rotations`).
+    pub(in crate::domain) rotations: RotationBatcher,
 }
 
 impl std::fmt::Debug for Authd {
@@ -115,6 +118,11 @@ impl Authd {
         views.sync(&mut conn, clock.now()).await?;
         drop(conn);
         tracing::info!(keys = ?keyring, "keyring loaded");
+        let rotations = RotationBatcher::start(
+            pool.clone(),
+            usize::try_from(settings.sessions.refresh_batch_max).unwrap_or(1),
+            usize::try_from(settings.sessions.refresh_batch_writers).unwrap_or(1),
+        );
         Ok(Arc::new(Self {
             pool,
             settings,
@@ -135,6 +143,7 @@ impl Authd {
             mailer,
             reset_wake: tokio::sync::Notify::new(),
             recovery_secret,
+            rotations,
         }))
     }
 

@@ -73,6 +73,10 @@ pub struct SessionSettings {
     pub refresh_reuse_grace: Duration,
     /// Honour a grace replay only from the spending client (`AUTHD_REFRESH_REPLAY_SAME_CLIENT`).
     pub replay_same_client: bool,
+    /// Most rotations written by one statement (`AUTHD_REFRESH_BATCH_MAX`; 1 = no batching).
+    pub refresh_batch_max: u32,
+    /// Batches written at once (`AUTHD_REFRESH_BATCH_WRITERS`).
+    pub refresh_batch_writers: u32,
 }
 
 /// Password hashing and the strength rule.

@@ -17,6 +17,7 @@ mod keys;
 mod mail;
 mod mfa;
 mod redaction;
+mod refresh_batch;
 mod refresh_format;
 mod refresh_rules;
 mod reset;

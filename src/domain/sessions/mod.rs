@@ -1,6 +1,7 @@
 //! Sessions: a login opens one, refresh rotates its refresh token, logout and the other revoking
 //! operations end it. Files: `login.rs`, `refresh.rs` (rotation, grace replays, reuse detection),
-//! `logout.rs`, and `revocation.rs` (the one way to revoke, and the one revocation check).
+//! `logout.rs`, `revocation.rs` (the one way to revoke, and the one revocation check), and
+//! `rotations.rs` (concurrent refreshes' rotations written in shared statements).
 //!
 //! This file holds what they share: [`TokenPair`] and the signing of a session's access token.
 
@@ -17,6 +18,7 @@ pub(in crate::domain) mod login;
 mod logout;
 pub(in crate::domain) mod refresh;
 pub(in crate::domain) mod revocation;
+pub(in crate::domain) mod rotations;
 
 pub use login::{LoginIdentifier, LoginOutcome, MfaTicket};
 

@@ -3,30 +3,32 @@
 //!
 //! A token of the current format (see `opaque`) names its session and generation, so the normal
 //! refresh is one single-row UPDATE of the session guarded by the token's hash
-//! ([`sessions::rotate`]). When that matches nothing, the session is locked and the token judged: a
-//! spent token of an earlier generation is a grace replay or reuse; anything else is invalid. Tokens
-//! of the previous format are looked up in `refresh_tokens` and rotated once, into the current
-//! format, under the same rules.
+//! ([`rotations::rotate`]), written together with concurrent refreshes' rotations
+//! (`sessions::rotations`). When that matches nothing, the session is locked and the token judged:
+//! a spent token of an earlier generation is a grace replay or reuse; anything else is invalid.
+//! Tokens of the previous format are looked up in `refresh_tokens` and rotated once, into the
+//! current format, under the same rules.
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
 use crate::db::models::Session;
-use crate::db::{DbError, PgConn, sessions, users};
+use crate::db::{DbError, PgConn, rotations, sessions, users};
 use crate::domain::audit::{self, AuditEntry, AuditKind};
 use crate::domain::authd::chrono_duration;
 use crate::domain::opaque::{
     self, HashedToken, MAX_OPAQUE_BYTES, RefreshClaims, RefreshFormat, ReplayBox,
 };
 use crate::domain::sessions::revocation::{self, Revoked};
+use crate::domain::sessions::rotations::Batched;
 use crate::domain::sessions::{
     SessionFacts, TokenPair, TokenSubject, end_of, session_end, show_ip,
 };
 use crate::domain::{AuthFailure, Authd, ClientInfo, ClientKey, Error, Result};
 
 pub(in crate::domain) enum RefreshOutcome {
-    Rotated(Box<sessions::Rotated>, String),
+    Rotated(Box<rotations::Rotated>, String),
     Replayed(Box<Session>, String),
     Reused(Uuid),
     Dead,
@@ -73,7 +75,8 @@ impl Authd {
         let presented = HashedToken::of(refresh_token);
         let now = self.now();
         let ip = client.ip_string();
-        let mut conn = self.conn().await?;
+        // Taken only when the token is not rotated by a batch (see `rotations`).
+        let mut conn = None;
         let outcome = match opaque::refresh_format(&self.refresh_secret, refresh_token) {
             // Only a token whose MAC verifies is taken for what it says (it can revoke a session).
             RefreshFormat::Forged => RefreshOutcome::Dead,
@@ -84,40 +87,51 @@ impl Authd {
                     return Err(Error::Unauthenticated(AuthFailure::BadRefreshToken));
                 };
                 let rotation = self.rotation(&claims, Some(presented.as_bytes()), &next, now, &ip);
-                // The normal case: one statement, one row.
-                let rotated = conn
-                    .guarded(async |c| sessions::rotate(c, &rotation).await)
-                    .await?;
-                match rotated {
-                    Some(r) => RefreshOutcome::Rotated(Box::new(r), next.token),
-                    None => {
-                        let outcome = conn
-                            .transaction::<_, DbError, _>(async |conn| {
-                                self.refresh_locked(
-                                    conn,
-                                    &claims,
-                                    &presented,
-                                    &rotation,
-                                    &next.token,
-                                    refresh_token,
-                                    client,
-                                    now,
-                                )
-                                .await
-                            })
-                            .await?;
-                        self.publish(&mut conn, outcome).await
+                // The normal case: one row of a shared statement, or a statement of its own.
+                let batched = self.rotations.rotate(&rotation).await;
+                if let Batched::Rotated(r) = batched {
+                    RefreshOutcome::Rotated(r, next.token)
+                } else {
+                    let c = conn.insert(self.conn().await?);
+                    let rotated = match batched {
+                        Batched::RunAlone => {
+                            c.guarded(async |c| rotations::rotate(c, &rotation).await)
+                                .await?
+                        }
+                        Batched::Rotated(_) | Batched::NotRotated => None,
+                    };
+                    match rotated {
+                        Some(r) => RefreshOutcome::Rotated(Box::new(r), next.token),
+                        None => {
+                            let outcome = c
+                                .transaction::<_, DbError, _>(async |conn| {
+                                    self.refresh_locked(
+                                        conn,
+                                        &claims,
+                                        &presented,
+                                        &rotation,
+                                        &next.token,
+                                        refresh_token,
+                                        client,
+                                        now,
+                                    )
+                                    .await
+                                })
+                                .await?;
+                            self.publish(c, outcome).await
+                        }
                     }
                 }
             }
             RefreshFormat::Legacy => {
-                let outcome = conn
+                let c = conn.insert(self.conn().await?);
+                let outcome = c
                     .transaction::<_, DbError, _>(async |conn| {
                         self.refresh_legacy(conn, &presented, refresh_token, client, now, &ip)
                             .await
                     })
                     .await?;
-                self.publish(&mut conn, outcome).await
+                self.publish(c, outcome).await
             }
         };
 
@@ -150,6 +164,10 @@ impl Authd {
             RefreshOutcome::Dead => {
                 return Err(Error::Unauthenticated(AuthFailure::BadRefreshToken));
             }
+        };
+        let mut conn = match conn {
+            Some(c) => c,
+            None => self.conn().await?,
         };
         let user = users::find_by_id(&mut conn, session.user_id)
             .await?
@@ -185,9 +203,9 @@ impl Authd {
         next: &'a Successor,
         now: DateTime<Utc>,
         ip: &'a str,
-    ) -> sessions::Rotation<'a> {
+    ) -> rotations::Rotation<'a> {
         let grace = chrono_duration(self.settings.sessions.refresh_reuse_grace);
-        sessions::Rotation {
+        rotations::Rotation {
             session_id: claims.session_id,
             generation: claims.generation,
             presented_hash,
@@ -211,7 +229,7 @@ impl Authd {
         conn: &mut PgConn,
         claims: &RefreshClaims,
         presented: &HashedToken,
-        rotation: &sessions::Rotation<'_>,
+        rotation: &rotations::Rotation<'_>,
         successor: &str,
         refresh_token: &str,
         client: &ClientInfo,
@@ -229,7 +247,7 @@ impl Authd {
             .is_some_and(|h| presented.matches(h));
         if current && session.generation == claims.generation {
             // The session was busy when the UPDATE ran and is still at this token: rotate now.
-            let outcome = match sessions::rotate(conn, rotation).await? {
+            let outcome = match rotations::rotate(conn, rotation).await? {
                 Some(r) => RefreshOutcome::Rotated(Box::new(r), successor.to_owned()),
                 None => RefreshOutcome::Dead,
             };
@@ -276,7 +294,7 @@ impl Authd {
         };
         // Guarded by the generation and by the session having no current-format token yet.
         let rotation = self.rotation(&claims, None, &next, now, ip);
-        let Some(r) = sessions::rotate(conn, &rotation).await? else {
+        let Some(r) = rotations::rotate(conn, &rotation).await? else {
             return Ok(Revoked::nothing(RefreshOutcome::Dead));
         };
         sessions::spend_legacy(conn, presented.as_bytes(), now).await?;
