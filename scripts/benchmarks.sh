@@ -354,9 +354,12 @@ run_pgbench pgbench "$pgdb" "UPDATE pgbench_accounts SET abalance = abalance + 1
 UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;
 EOF
 
-# authd's refresh statement (db::sessions::rotate, copied here: keep the two in step), on the live
+# authd's refresh statement (db::rotations::rotate, copied here: keep the two in step), on the live
 # sessions the refresh run left in authd's database: one single-row UPDATE of the session guarded
-# by its current token's hash and generation. Each client rotates sessions of its own.
+# by its current token's hash and generation. Each client rotates sessions of its own. This is a
+# lone refresh's statement: concurrent refreshes are written in batches (authd_rotate_sessions,
+# migration 000093), which cost PostgreSQL less per refresh than this, so the refresh run can
+# exceed this rate.
 psql_do -d authd -c "DROP TABLE IF EXISTS bench_refresh_sessions" \
   -c "CREATE TABLE bench_refresh_sessions AS SELECT row_number() OVER () AS n, id FROM sessions WHERE revoke_time IS NULL AND expire_time > now() AND idle_expire_time > now() AND refresh_hash IS NOT NULL" \
   -c "ALTER TABLE bench_refresh_sessions ADD PRIMARY KEY (n)" -c "ANALYZE" \

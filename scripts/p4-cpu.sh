@@ -19,7 +19,7 @@
 # schema, no authd in the path, over 1,024 more sessions seeded with predictable ids, printing
 # tps and PostgreSQL's CPU µs per statement (commits counted in pg_stat_database) for each of
 #   base     pgbench's single-row UPDATE of pgbench_accounts (scale 1), P4's denominator
-#   rotate   db::sessions::rotate as authd sends it: every column it sets, the guards, the join
+#   rotate   db::rotations::rotate as authd sends it alone: every column it sets, the guards, the join
 #            with users and the RETURNING a token needs
 #   nojoin   the same without the join with users (RETURNING only the session's columns)
 #   minimal  UPDATE sessions SET generation = generation + 1, refresh_hash = ... WHERE id = ...
