@@ -206,11 +206,12 @@ impl Rotation<'_> {
 /// same guards and writes, over `unnest` of one array per column (the function
 /// `authd_rotate_sessions` of migration 000093, which keeps one generic plan per connection). For
 /// a single rotation it sends [`rotate`]'s statement, which costs PostgreSQL less (in the P4 runs,
-/// 165 µs against 235 µs of CPU for a lone rotation through the function). Returns, for each rotation that
-/// matched, its index in `rotations` and what [`rotate`] would have returned; the others are
-/// exactly those [`rotate`] would have answered `None` for, plus all but one of any rotations of the
-/// same session (PostgreSQL updates a row once per statement), which the caller judges as it judges
-/// any refresh the UPDATE did not rotate.
+/// 165 µs against 235 µs of CPU for a lone rotation through the function).
+///
+/// Returns, for each rotation that matched, its index in `rotations` and what [`rotate`] would
+/// have returned. The others are exactly those [`rotate`] would have answered `None` for, plus all
+/// but one of any rotations of the same session (PostgreSQL updates a row once per statement),
+/// which the caller judges as it judges any refresh the UPDATE did not rotate.
 ///
 /// The plan reads the sessions through a bitmap of the primary key, so every batch locks its rows
 /// in the order of the table's pages. A batch that deadlocks anyway (with another batch whose row

@@ -98,6 +98,9 @@ impl Authd {
                             c.guarded(async |c| rotations::rotate(c, &rotation).await)
                                 .await?
                         }
+                        Batched::Unavailable(reason) => {
+                            return Err(DbError::Unavailable(reason).into());
+                        }
                         Batched::Rotated(_) | Batched::NotRotated => None,
                     };
                     match rotated {

@@ -11,18 +11,20 @@
 //!   batch is a single rotation and nothing waits; under load batches grow by themselves.
 //! - At most `AUTHD_REFRESH_BATCH_WRITERS` batches (default 1) are written at once, each on a
 //!   connection of its own, and a batch holds at most `AUTHD_REFRESH_BATCH_MAX` rotations (`1`
-//!   turns batching off). One writer gave the most refreshes per CPU in the P4 runs: its batches are
-//!   the largest (about 7 rotations at 16 concurrent refreshes, against 4 with two writers).
+//!   turns batching off). One writer gave the most refreshes per CPU in the P4 runs: its batches
+//!   are the largest (about 7 rotations at 16 concurrent refreshes, against 4 with two writers).
 //! - Every rotation keeps its own guards, so the outcome of each is what its own statement would
 //!   have given. The few the batch does not rotate (a replay, reuse, a dead session, two refreshes
 //!   of one session in one batch) are judged by the caller exactly as before, under the session's
 //!   lock.
 //! - If a batch fails (a deadlock with a statement that locks many sessions, a lost connection),
-//!   nothing of it was written, and each caller runs its rotation alone, with its own error.
+//!   nothing of it was written, and each caller runs its rotation alone, with its own error. If no
+//!   connection can be had for it at all, its callers fail with UNAVAILABLE at once, as a lone
+//!   refresh would, rather than each wait for a connection again.
 //! - A caller that has gone (its deadline passed, the client went away) before its batch is written
 //!   is left out of it, so its token stays unspent. If a caller goes while its batch's statement
-//!   runs (waiting on a row lock, say), the statement is abandoned as a lone refresh's would be, and
-//!   the batch's other callers run alone: a rotation commits only while its caller still waits.
+//!   runs (waiting on a row lock, say), the statement is abandoned as a lone refresh's would be,
+//!   and the batch's other callers run alone: a rotation commits only while its caller still waits.
 
 use std::sync::Arc;
 use std::task::Poll;
@@ -30,7 +32,7 @@ use std::task::Poll;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::db::rotations::{self, OwnedRotation, Rotated, Rotation};
-use crate::db::{self, Pool};
+use crate::db::{self, DbError, Pool};
 use crate::metric_names::{REFRESH_BATCHED_ROTATIONS, REFRESH_BATCHES};
 
 /// Rotations that may wait for a writer; with the queue full, a refresh runs its own statement.
@@ -46,6 +48,9 @@ pub(in crate::domain) enum Batched {
     /// Not written by a batch (batching is off, the queue is full, or the batch failed): the caller
     /// runs the rotation itself.
     RunAlone,
+    /// No database connection could be had for the batch (the pool's wait ran out, or the database
+    /// is down): the caller fails with it rather than wait for a connection a second time.
+    Unavailable(String),
 }
 
 /// Queues rotations for the dispatcher task (see the module docs).
@@ -123,27 +128,37 @@ async fn write(pool: &Pool, mut batch: Vec<Job>) {
     }
     let (rotations, mut replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|j| (j.rotation, j.reply)).unzip();
-    let written = match db::conn(pool).await {
-        Ok(mut conn) => {
-            let statement = conn.guarded(async |c| rotations::rotate_many(c, &rotations).await);
-            // Resolves when any caller has gone (its deadline passed, its client went away).
-            let caller_gone = std::future::poll_fn(|cx| {
-                if replies.iter_mut().any(|r| r.poll_closed(cx).is_ready()) {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            });
-            tokio::select! {
-                written = statement => written.map_err(Some),
-                // A gone caller's rotation must not be committed (its client never learns the
-                // successor; with no grace window, its retry would be reuse). Dropping the
-                // statement closes or rolls back its connection (`db::Conn`), as for a lone
-                // refresh; the callers still waiting each run alone, under their own deadlines.
-                () = caller_gone => Err(None),
+    let mut conn = match db::conn(pool).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let reason = match e {
+                DbError::Unavailable(reason) => reason,
+                other => other.to_string(),
+            };
+            for reply in replies {
+                let _ = reply.send(Batched::Unavailable(reason.clone()));
             }
+            return;
         }
-        Err(e) => Err(Some(e)),
+    };
+    let written = {
+        let statement = conn.guarded(async |c| rotations::rotate_many(c, &rotations).await);
+        // Resolves when any caller has gone (its deadline passed, its client went away).
+        let caller_gone = std::future::poll_fn(|cx| {
+            if replies.iter_mut().any(|r| r.poll_closed(cx).is_ready()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::select! {
+            written = statement => written.map_err(Some),
+            // A gone caller's rotation must not be committed (its client never learns the
+            // successor; with no grace window, its retry would be reuse). Dropping the
+            // statement closes or rolls back its connection (`db::Conn`), as for a lone
+            // refresh; the callers still waiting each run alone, under their own deadlines.
+            () = caller_gone => Err(None),
+        }
     };
     match written {
         Ok(rotated) => {
