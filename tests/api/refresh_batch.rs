@@ -142,7 +142,8 @@ async fn concurrent_refreshes_share_statements_and_each_keeps_its_own_rules() {
             .err(),
         Some(Code::Unauthenticated)
     );
-    // 28 rotations, 2 writers at a time: some statements carried more than one.
+    // 28 rotations released together, one batch written at a time: some statements carried more
+    // than one.
     let widest: Widest = diesel::sql_query("SELECT coalesce(max(n), 0) AS n FROM update_rows")
         .get_result(&mut srv.db().await)
         .await
