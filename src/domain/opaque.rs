@@ -71,10 +71,18 @@ impl std::fmt::Debug for HashedToken {
     }
 }
 
+/// Fills `bytes` for a token or a nonce from the thread's CSPRNG (`rand::thread_rng`: ChaCha12,
+/// seeded from the operating system and reseeded from it every 64 KiB). `OsRng` would be a system
+/// call each time, and a Refresh takes randomness four times. Server secrets and keys still come
+/// straight from `OsRng`.
+fn fill_random(bytes: &mut [u8]) {
+    rand::thread_rng().fill_bytes(bytes);
+}
+
 /// A prefix plus 256 random bits, base64url.
 pub fn random_256(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    fill_random(&mut bytes);
     format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
@@ -129,7 +137,7 @@ pub fn mint_refresh_token(secret: &[u8], session_id: Uuid, generation: i32) -> S
     raw[0] = REFRESH_VERSION;
     raw[1..17].copy_from_slice(session_id.as_bytes());
     raw[17..21].copy_from_slice(&generation.to_be_bytes());
-    rand::rngs::OsRng.fill_bytes(&mut raw[21..REFRESH_BODY]);
+    fill_random(&mut raw[21..REFRESH_BODY]);
     let mac = refresh_mac(secret, &raw[..REFRESH_BODY]);
     raw[REFRESH_BODY..].copy_from_slice(&mac);
     format!("{REFRESH_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw))
@@ -206,7 +214,7 @@ impl ReplayBox {
     /// Seals `successor` under `spent`.
     pub fn seal(spent: &str, successor: &str) -> Vec<u8> {
         let mut nonce = [0u8; REPLAY_NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        fill_random(&mut nonce);
         let payload = Payload {
             msg: successor.as_bytes(),
             aad: REPLAY_AAD,
