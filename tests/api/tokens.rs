@@ -1744,6 +1744,12 @@ async fn health_follows_the_database() {
         Code::Unavailable,
     );
     expect_code(get_me(&srv, &pair.access_token).await, Code::Unavailable);
+    // A refresh's batch (`domain::sessions::rotations`) gets no connection: UNAVAILABLE, and the
+    // token stays unspent.
+    expect_code(
+        try_refresh(&srv, &pair.refresh_token).await,
+        Code::Unavailable,
+    );
     // GetJwks needs no database.
     assert_eq!(jwks(&srv).await.len(), 1);
 
@@ -1760,6 +1766,10 @@ async fn health_follows_the_database() {
     get_me(&srv, &pair.access_token)
         .await
         .expect("an old token after recovery");
+    let rotated = try_refresh(&srv, &pair.refresh_token)
+        .await
+        .expect("the refresh token the outage refused, after recovery");
+    assert_eq!(rotated.session_id, pair.session_id);
 
     srv.stop().await;
     pg.stop().await.expect("stop cluster");

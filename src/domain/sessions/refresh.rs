@@ -88,41 +88,42 @@ impl Authd {
                 };
                 let rotation = self.rotation(&claims, Some(presented.as_bytes()), &next, now, &ip);
                 // The normal case: one row of a shared statement, or a statement of its own.
-                let batched = self.rotations.rotate(&rotation).await;
-                if let Batched::Rotated(r) = batched {
-                    RefreshOutcome::Rotated(r, next.token)
-                } else {
-                    let c = conn.insert(self.conn().await?);
-                    let rotated = match batched {
-                        Batched::RunAlone => {
-                            c.guarded(async |c| rotations::rotate(c, &rotation).await)
-                                .await?
-                        }
-                        Batched::Unavailable(reason) => {
-                            return Err(DbError::Unavailable(reason).into());
-                        }
-                        Batched::Rotated(_) | Batched::NotRotated => None,
-                    };
-                    match rotated {
-                        Some(r) => RefreshOutcome::Rotated(Box::new(r), next.token),
-                        None => {
-                            let outcome = c
-                                .transaction::<_, DbError, _>(async |conn| {
-                                    self.refresh_locked(
-                                        conn,
-                                        &claims,
-                                        &presented,
-                                        &rotation,
-                                        &next.token,
-                                        refresh_token,
-                                        client,
-                                        now,
-                                    )
-                                    .await
-                                })
-                                .await?;
-                            self.publish(c, outcome).await
-                        }
+                let rotated = match self.rotations.rotate(&rotation).await {
+                    Batched::Rotated(r) => Some(r),
+                    Batched::NotRotated => None,
+                    Batched::RunAlone => {
+                        let c = conn.insert(self.conn().await?);
+                        c.guarded(async |c| rotations::rotate(c, &rotation).await)
+                            .await?
+                            .map(Box::new)
+                    }
+                    Batched::Unavailable(reason) => {
+                        return Err(DbError::Unavailable(reason).into());
+                    }
+                };
+                match rotated {
+                    Some(r) => RefreshOutcome::Rotated(r, next.token),
+                    None => {
+                        let c = match conn.take() {
+                            Some(c) => conn.insert(c),
+                            None => conn.insert(self.conn().await?),
+                        };
+                        let outcome = c
+                            .transaction::<_, DbError, _>(async |conn| {
+                                self.refresh_locked(
+                                    conn,
+                                    &claims,
+                                    &presented,
+                                    &rotation,
+                                    &next.token,
+                                    refresh_token,
+                                    client,
+                                    now,
+                                )
+                                .await
+                            })
+                            .await?;
+                        self.publish(c, outcome).await
                     }
                 }
             }
