@@ -4,7 +4,8 @@
 //! its opening: the HTTP/2 preface and first SETTINGS frame, or its first HTTP/1 request headers
 //! ([`HandshakeDeadline`]). Clients that connect and then send nothing, or half of it, would
 //! otherwise hold a file descriptor each for as long as they like. Connections per address are not
-//! capped: sidecar proxies put every client on 127.0.0.1.
+//! capped: sidecar proxies put every client on 127.0.0.1. Connections report no vectored writes, so
+//! that a small reply leaves in one write (see `HandshakeDeadline::is_write_vectored`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -213,8 +214,8 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HandshakeDeadl
     ///
     /// With vectored writes, h2 keeps any DATA payload of 256 bytes or more out of its write buffer
     /// and flushes before the frame after it. A Refresh reply (about 600 bytes) took two writes, its
-    /// headers and message, then its trailers, and no two replies shared a write: 2.2 `writev` per
-    /// Refresh under load, each of which on loopback also runs the receiver's side of TCP. Without
+    /// headers and message, then its trailers, and no two replies shared a write: about two `writev`
+    /// per Refresh under load, each of which on loopback also runs the receiver's side of TCP. Without
     /// vectored writes, h2 copies payloads under 1 KiB into its buffer, so a reply's frames, and
     /// those of the other replies ready at the same time, leave in one write. A larger payload (a
     /// long ListUsers page) is still written from its own buffer, in one more write.
