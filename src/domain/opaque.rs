@@ -73,8 +73,8 @@ impl std::fmt::Debug for HashedToken {
 
 /// Fills `bytes` for a token or a nonce from the thread's CSPRNG (`rand::thread_rng`: ChaCha12,
 /// seeded from the operating system and reseeded from it every 64 KiB). `OsRng` would be a system
-/// call each time, and a Refresh takes randomness four times. Server secrets and keys still come
-/// straight from `OsRng`.
+/// call each time, and a Refresh takes randomness four times. Server secrets, signing keys, TOTP
+/// seeds and recovery codes still come straight from `OsRng`.
 fn fill_random(bytes: &mut [u8]) {
     rand::thread_rng().fill_bytes(bytes);
 }
