@@ -18,7 +18,10 @@
 //!
 //! Beyond "never panics", every accepted token is checked against the rules `verify` promises
 //! (RFC 8725 / RFC 9068): EdDSA, `typ` at+jwt, a known `kid`, no key-bearing or `crit` header, the
-//! right `iss` and `aud`, time claims within the leeway, and results that match the claims.
+//! right `iss` and `aud`, time claims within the leeway, and results that match the claims. A token
+//! refused as `Expired` has a header that passes and a past `exp`; it need not be signed, since
+//! `verify` reads `exp` before the signature. Header and claims are read as the verifier reads them:
+//! the members checked, as JSON values; every other member skipped unread.
 //!
 //! The key is fixed (derived from a constant seed), not random, so that checked-in seeds are valid
 //! tokens and every crash reproduces. A second fixed key is published but signs nothing, as right
@@ -36,6 +39,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, TimeZone, Utc};
 use ed25519_dalek::Signer;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -265,83 +269,127 @@ pub fn verify_checked(token: &str) {
     }
 }
 
-fn decode_json(seg: &str) -> Value {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(seg)
-        .unwrap_or_else(|e| panic!("verified token has a segment that is not base64url: {e}"));
-    // serde_json (as jsonwebtoken uses it) does not check UTF-8 inside values it skips, such as an
-    // unknown claim, so a signed token may carry invalid UTF-8 there; read it lossily.
-    serde_json::from_str(&String::from_utf8_lossy(&bytes))
-        .unwrap_or_else(|e| panic!("verified token has a segment that is not JSON: {e}"))
+/// A header as jsonwebtoken reads it: the members `verify` rules on, as JSON values. Every other
+/// member is skipped unread, as serde skips it, so that the harness does not refuse what the
+/// verifier never reads (invalid UTF-8 or a number beyond `f64` in an unknown member).
+#[derive(Deserialize)]
+struct HeaderView {
+    alg: Option<Value>,
+    typ: Option<Value>,
+    kid: Option<Value>,
+    jwk: Option<Value>,
+    jku: Option<Value>,
+    x5u: Option<Value>,
+    x5c: Option<Value>,
+    crit: Option<Value>,
 }
 
-/// Header and claims of a token that `verify` did not call invalid; checks the header rules.
-fn accepted_parts(f: &Fixture, token: &str) -> (Value, Value) {
+/// The claims `check_accepted` compares with the result, read as [`HeaderView`] is.
+#[derive(Deserialize)]
+struct ClaimsView {
+    iss: Option<Value>,
+    aud: Option<Value>,
+    sub: Option<Value>,
+    sid: Option<Value>,
+    role: Option<Value>,
+    email: Option<Value>,
+    exp: Option<Value>,
+    nbf: Option<Value>,
+    iat: Option<Value>,
+}
+
+/// The one claim an `Expired` answer rests on: `verify` reads `exp` before the signature and the
+/// other claims.
+#[derive(Deserialize)]
+struct ExpView {
+    exp: Option<Value>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(seg: &str, what: &str) -> T {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(seg)
+        .unwrap_or_else(|e| panic!("{what}: a segment that is not base64url: {e}"));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!("{what}: a segment that does not read as the verifier reads it: {e}")
+    })
+}
+
+/// The header rules that hold for every token `verify` did not call invalid (accepted or expired);
+/// returns the header's `kid` and the payload segment.
+fn checked_header<'t>(f: &Fixture, token: &'t str, what: &str) -> (String, &'t str) {
     assert!(
         !token.is_empty() && token.len() <= MAX_TOKEN_BYTES,
-        "accepted a token of {} bytes",
+        "{what}: a token of {} bytes",
         token.len()
     );
-    let (h, p, _) = split(token).expect("accepted a token without three segments");
-    let header = decode_json(h);
-    let claims = decode_json(p);
-    assert_eq!(
-        header.get("alg").and_then(Value::as_str),
-        Some("EdDSA"),
-        "accepted alg"
-    );
-    let typ = header.get("typ").and_then(Value::as_str).unwrap_or("");
+    let (h, p, _) =
+        split(token).unwrap_or_else(|| panic!("{what}: a token without three segments"));
+    let header: HeaderView = decode(h, what);
+    let text = |v: &Option<Value>| v.as_ref().and_then(Value::as_str).unwrap_or("").to_owned();
+    assert_eq!(text(&header.alg), "EdDSA", "{what}: alg");
+    let typ = text(&header.typ);
     assert!(
         typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYP)
             || typ.eq_ignore_ascii_case("application/at+jwt"),
-        "accepted typ {typ:?}"
+        "{what}: typ {typ:?}"
     );
-    for forbidden in ["jwk", "jku", "x5u", "x5c", "crit"] {
-        assert!(
-            header.get(forbidden).is_none_or(Value::is_null),
-            "accepted a header with {forbidden}"
-        );
+    for (name, member) in [
+        ("jwk", &header.jwk),
+        ("jku", &header.jku),
+        ("x5u", &header.x5u),
+        ("x5c", &header.x5c),
+        ("crit", &header.crit),
+    ] {
+        assert!(member.is_none(), "{what}: a header with {name}");
     }
-    let kid = header.get("kid").and_then(Value::as_str).unwrap_or("");
+    let kid = text(&header.kid);
     assert!(
         f.verifier.jwks().iter().any(|k| k.kid == kid),
-        "accepted unknown kid {kid:?}"
+        "{what}: unknown kid {kid:?}"
     );
-    // Only the fixed key can have signed anything the fuzzer produced.
-    assert_eq!(kid, f.kid, "accepted a token signed by another key");
-    (header, claims)
+    (kid, p)
 }
 
-fn int(claims: &Value, name: &str) -> i64 {
-    claims
-        .get(name)
+fn int(claim: &Option<Value>, name: &str) -> i64 {
+    claim
+        .as_ref()
         .and_then(Value::as_i64)
-        .unwrap_or_else(|| panic!("accepted a token whose {name} is not an integer: {claims}"))
+        .unwrap_or_else(|| panic!("{name} is not an integer: {claim:?}"))
 }
 
 fn check_accepted(f: &Fixture, token: &str, v: &VerifiedToken) {
-    let (_, c) = accepted_parts(f, token);
-    let s = |name: &str| c.get(name).and_then(Value::as_str).map(str::to_owned);
-    assert_eq!(s("iss").as_deref(), Some(ISSUER), "accepted iss");
-    assert_eq!(s("aud").as_deref(), Some(AUDIENCE), "accepted aud");
-    let (exp, nbf, iat) = (int(&c, "exp"), int(&c, "nbf"), int(&c, "iat"));
+    let (kid, payload) = checked_header(f, token, "accepted");
+    // Only the fixed key can have signed anything the fuzzer produced.
+    assert_eq!(kid, f.kid, "accepted a token signed by another key");
+    let c: ClaimsView = decode(payload, "accepted");
+    let s = |v: &Option<Value>| v.as_ref().and_then(Value::as_str).map(str::to_owned);
+    assert_eq!(s(&c.iss).as_deref(), Some(ISSUER), "accepted iss");
+    assert_eq!(s(&c.aud).as_deref(), Some(AUDIENCE), "accepted aud");
+    let (exp, nbf, iat) = (int(&c.exp, "exp"), int(&c.nbf, "nbf"), int(&c.iat, "iat"));
     let (now, leeway) = (i128::from(NOW), i128::from(LEEWAY_SECS));
     assert!(now < i128::from(exp) + leeway, "accepted expired exp {exp}");
     assert!(i128::from(nbf) <= now + leeway, "accepted future nbf {nbf}");
     assert!(i128::from(iat) <= now + leeway, "accepted future iat {iat}");
     assert_eq!(v.expire_time.timestamp(), exp);
     assert_eq!(v.issue_time.timestamp(), iat);
-    let id = |name: &str| s(name).and_then(|x| uuid::Uuid::parse_str(&x).ok());
-    assert_eq!(Some(v.user_id), id("sub"), "user_id differs from sub");
-    assert_eq!(Some(v.session_id), id("sid"), "session_id differs from sid");
-    assert_eq!(Some(v.role), s("role").as_deref().and_then(Role::parse));
-    assert_eq!(Some(v.email.as_str()), s("email").as_deref());
+    let id = |v: &Option<Value>| s(v).and_then(|x| uuid::Uuid::parse_str(&x).ok());
+    assert_eq!(Some(v.user_id), id(&c.sub), "user_id differs from sub");
+    assert_eq!(
+        Some(v.session_id),
+        id(&c.sid),
+        "session_id differs from sid"
+    );
+    assert_eq!(Some(v.role), s(&c.role).as_deref().and_then(Role::parse));
+    assert_eq!(Some(v.email.as_str()), s(&c.email).as_deref());
 }
 
 fn check_expired(f: &Fixture, token: &str) {
-    // Expired is only said of a correctly signed token whose header passed and whose exp is past.
-    let (_, c) = accepted_parts(f, token);
-    let exp = int(&c, "exp");
+    // `Expired` is said of a token whose header passes and whose `exp` is past. `verify` reads `exp`
+    // before the signature (a refusal either way), so the token need not be signed by any key, and
+    // its other claims need not be well formed.
+    let (_, payload) = checked_header(f, token, "called expired");
+    let c: ExpView = decode(payload, "called expired");
+    let exp = int(&c.exp, "exp");
     assert!(
         i128::from(NOW) >= i128::from(exp) + i128::from(LEEWAY_SECS),
         "called a token with exp {exp} expired"
