@@ -12,8 +12,12 @@
 //! - its signature verifies, `iss` and `aud` are the expected ones, `sub` and `sid` are UUIDs and
 //!   `role` a [`Role`];
 //! - `nbf` and `iat` are not after `now` and `exp` is after `now`, each with [`LEEWAY_SECS`] of
-//!   leeway. A token that fails only the `exp` check is [`TokenError::Expired`]; every other
-//!   refusal is [`TokenError::Invalid`], with no detail for a prober.
+//!   leeway.
+//!
+//! A token refused for its `exp` is [`TokenError::Expired`]. After the header, `exp` is read (with
+//! `iss` and `aud`) from the unverified payload, before the signature and the other claims, since
+//! the answer is a refusal either way: `Expired` says "refresh and retry", not that the token was
+//! ever signed. Every other refusal is [`TokenError::Invalid`], with no detail for a prober.
 //!
 //! Time is a parameter: nothing here reads the clock. Whether the token's session is still alive is
 //! not something a token can say; the server checks revocation itself.
